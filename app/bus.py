@@ -1,0 +1,311 @@
+"""The bus adapter: the only module that imports ``nats``.
+
+It moves messages and nothing else (STYLE §4): one JetStream stream per EventBus,
+subjects ``<bus>.<eventSourceName>.<eventName>``, publishes that carry ``Nats-Msg-Id``
+and wait for their PubAck, durable pull consumers for sensors with explicit
+ack/nak/in-progress. The sensor runner meets it through :class:`BusMessage` and a
+handler coroutine; event sources through :meth:`Bus.publish`.
+
+Failure contract: :meth:`Bus.publish` raises :class:`BusUnavailableError` when the event
+is not known to be durable (not connected, no PubAck within
+``publish_timeout_seconds``, stream error). Callers must then not ack upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from app.errors import BusUnavailableError, TransientError
+from app.events import Event
+from app.settings import BusSettings
+
+log = logging.getLogger(__name__)
+
+_TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def subject_token(value: str) -> str:
+    """Make a name safe as one NATS subject token (no dots, spaces or wildcards)."""
+    return _TOKEN_RE.sub("_", value) or "_"
+
+
+def event_subject(bus: str, event_source: str, event_name: str) -> str:
+    """The subject an event of ``event_source``/``event_name`` is published on."""
+    return f"{subject_token(bus)}.{subject_token(event_source)}.{subject_token(event_name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited)."""
+
+    max_msgs: int = 1_000_000
+    max_bytes: int = 1024 * 1024 * 1024
+    max_age_seconds: float = 72 * 3600
+    replicas: int = 1
+    duplicates_seconds: float = 300.0
+
+
+class BusMessage:
+    """One delivered bus message, decoded, with the ack verbs the runner needs."""
+
+    __slots__ = ("_msg", "event", "num_delivered", "subject")
+
+    def __init__(self, msg: Msg, event: Event) -> None:
+        self._msg = msg
+        self.event = event
+        self.subject = msg.subject
+        md = msg.metadata
+        self.num_delivered: int = int(md.num_delivered) if md else 1
+
+    async def ack(self) -> None:
+        """Done with this message; it will not be delivered again."""
+        await self._msg.ack()
+
+    async def nak(self, delay_seconds: float | None = None) -> None:
+        """Redeliver later (after ``delay_seconds`` when given)."""
+        await self._msg.nak(delay=delay_seconds)
+
+    async def in_progress(self) -> None:
+        """Reset the ack-wait timer while long work (retries) is still going on."""
+        await self._msg.in_progress()
+
+    async def term(self) -> None:
+        """Never deliver again (a message that is not an event at all)."""
+        await self._msg.term()
+
+
+Handler = Callable[[BusMessage], Awaitable[None]]
+
+
+class Bus:
+    """A connection to one NATS server and the JetStream streams of our EventBuses."""
+
+    def __init__(self, settings: BusSettings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._streams: dict[str, StreamLimits] = {}
+        self._closed = False
+
+    # -- connection -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect (reconnecting forever afterwards); raise if the first attempt fails."""
+
+        async def on_disconnect() -> None:
+            log.warning("bus disconnected from %s", self.url)
+
+        async def on_reconnect() -> None:
+            log.info("bus reconnected to %s", self.url)
+            # A server restarted on an empty store has lost our streams: recreate them.
+            for name, limits in list(self._streams.items()):
+                with contextlib.suppress(Exception):
+                    await self.ensure_stream(name, limits)
+
+        async def on_error(e: Exception) -> None:
+            log.debug("bus error: %s", e)
+
+        opts: dict[str, Any] = {
+            "servers": [self.url],
+            "connect_timeout": self.settings.connect_timeout_seconds,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25,
+            "allow_reconnect": True,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+            "error_cb": on_error,
+            "pending_size": 8 * 1024 * 1024,
+        }
+        if self.settings.token:
+            opts["token"] = self.settings.token
+        try:
+            self._nc = await nats.connect(**opts)
+        except Exception as e:
+            raise BusUnavailableError(f"cannot connect to NATS at {self.url}: {e}") from e
+        self._js = self._nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=1)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusUnavailableError("bus is not connected")
+        return self._js
+
+    # -- streams ----------------------------------------------------------------------
+    async def ensure_stream(self, bus: str, limits: StreamLimits | None = None) -> None:
+        """Create or update the stream of EventBus ``bus`` (subjects ``<bus>.>``)."""
+        limits = limits or StreamLimits(duplicates_seconds=self.settings.duplicates_window_seconds)
+        js = self._jetstream()
+        name = subject_token(bus)
+        cfg = StreamConfig(
+            name=name,
+            subjects=[f"{name}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs=limits.max_msgs or -1,
+            max_bytes=limits.max_bytes or -1,
+            max_age=limits.max_age_seconds or 0,
+            num_replicas=limits.replicas,
+            duplicate_window=limits.duplicates_seconds,
+        )
+        try:
+            try:
+                await js.stream_info(name)
+                await js.update_stream(cfg)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(cfg)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot create stream {name!r}: {e}") from e
+        self._streams[bus] = limits
+
+    # -- publish ----------------------------------------------------------------------
+    async def publish(self, bus: str, event: Event) -> None:
+        """Publish ``event`` and return only once JetStream has stored it.
+
+        The subject is ``<bus>.<event.source>.<event.subject>``; ``event.id`` is the
+        dedup id, so a retried publish of the same event is stored once.
+        """
+        await self.publish_raw(
+            event_subject(bus, event.source, event.subject), event.to_json(), event.id
+        )
+
+    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise BusUnavailableError("bus is not connected")
+        try:
+            await self._jetstream().publish(
+                subject,
+                payload,
+                timeout=self.settings.publish_timeout_seconds,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+
+    # -- consume ----------------------------------------------------------------------
+    async def consume(
+        self,
+        bus: str,
+        subject: str,
+        durable: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        ack_wait_seconds: float | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> None:
+        """Run ``handler`` for every message of a durable pull consumer, until cancelled.
+
+        The consumer is created on first use with ``DeliverPolicy.NEW`` (a new sensor
+        does not replay history) and keeps its position across restarts. Messages the
+        handler does not ack are redelivered after ``ack_wait_seconds``. With
+        ``concurrency`` > 1 several handlers run at once (order is then not kept).
+        ``ready`` is set once the consumer exists, so callers can start sources after.
+        """
+        stream = subject_token(bus)
+        name = subject_token(durable)
+        sem = asyncio.Semaphore(max(1, concurrency))
+        tasks: set[asyncio.Task[None]] = set()
+        backoff = 0.1
+        psub: Any = None
+        while not self._closed:
+            try:
+                if psub is None:
+                    psub = await self._jetstream().pull_subscribe(
+                        subject,
+                        durable=name,
+                        stream=stream,
+                        config=ConsumerConfig(
+                            durable_name=name,
+                            deliver_policy=DeliverPolicy.NEW,
+                            ack_policy=AckPolicy.EXPLICIT,
+                            ack_wait=ack_wait_seconds or self.settings.ack_wait_seconds,
+                            max_deliver=-1,
+                            max_ack_pending=self.settings.max_ack_pending,
+                            filter_subject=subject,
+                        ),
+                    )
+                    if ready is not None:
+                        ready.set()
+                    backoff = 0.1
+                want = self.settings.fetch_batch if concurrency > 1 else 1
+                try:
+                    msgs = await psub.fetch(want, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for m in msgs:
+                    bm = self._decode(m)
+                    if bm is None:
+                        await m.term()
+                        continue
+                    if concurrency <= 1:
+                        await handler(bm)
+                        continue
+                    await sem.acquire()
+                    t = asyncio.create_task(self._run_one(handler, bm, sem))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+            except asyncio.CancelledError:
+                for t in tasks:
+                    t.cancel()
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+                raise
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
+                log.warning("consumer %s: %s; retrying in %.1fs", name, e, backoff)
+                if isinstance(e, nats.js.errors.NotFoundError):
+                    psub = None  # consumer or stream lost (server store wiped): recreate
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _run_one(self, handler: Handler, bm: BusMessage, sem: asyncio.Semaphore) -> None:
+        try:
+            await handler(bm)
+        except Exception:  # the handler owns error handling; never kill the loop
+            log.exception("sensor handler failed on event %s", bm.event.id)
+        finally:
+            sem.release()
+
+    @staticmethod
+    def _decode(m: Msg) -> BusMessage | None:
+        try:
+            return BusMessage(m, Event.from_json(m.data))
+        except ValueError as e:
+            log.error("dropping a bus message on %s that is not a CloudEvent: %s", m.subject, e)
+            return None

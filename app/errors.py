@@ -1,0 +1,43 @@
+"""The error hierarchy every layer raises, so callers decide by kind, not by message.
+
+* ``ConfigError``: the user's manifest or settings are wrong. Reported (status, logs,
+  validate output) and never retried.
+* ``TransientError``: the world is temporarily unavailable (bus down, API 5xx,
+  timeouts). Retried with bounded backoff; the caller must not ack upstream.
+* ``PermanentError``: this one event can never succeed (missing parameter key, 4xx
+  from the API other than conflicts). Dead-lettered, then acked.
+
+Library exceptions are wrapped at the adapter boundary with ``raise ... from e`` so the
+domain code never imports ``nats`` or ``kubernetes`` to catch their errors.
+"""
+
+from __future__ import annotations
+
+
+class TriggerfishError(Exception):
+    """Root of every error Triggerfish raises on purpose."""
+
+
+class ConfigError(TriggerfishError):
+    """A manifest, setting or expression is invalid; ``path`` names where, when known."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.message = message
+        self.path = path
+
+
+class TransientError(TriggerfishError):
+    """A failure that may succeed when retried later (network, bus, API availability)."""
+
+
+class BusUnavailableError(TransientError):
+    """The event bus did not accept a publish (not connected, no PubAck in time)."""
+
+
+class PermanentError(TriggerfishError):
+    """A failure that retrying the same event cannot fix; the event is dead-lettered."""
+
+
+class ParameterError(PermanentError):
+    """A trigger parameter could not be resolved; names the parameter and the path."""

@@ -1,0 +1,83 @@
+"""Process settings, grouped, loaded once from ``TRIGGERFISH_*`` environment variables.
+
+Every field carries its unit in its name. Settings are built once at start-up
+(:func:`load_settings`) and passed explicitly to the parts that need them; nothing reads
+the environment later. Nested groups use a double underscore:
+``TRIGGERFISH_BUS__PUBLISH_TIMEOUT_SECONDS=2``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseModel):
+    """How Triggerfish talks to NATS JetStream."""
+
+    nats_url: str = Field("", description="NATS URL; empty starts an embedded nats-server")
+    token: str = Field("", description="NATS auth token, when the bus uses token auth")
+    connect_timeout_seconds: float = Field(5.0, description="first connection attempt")
+    publish_timeout_seconds: float = Field(
+        3.0, description="wait for a PubAck before answering 503 / not acking upstream"
+    )
+    duplicates_window_seconds: float = Field(
+        300.0, description="JetStream dedup window (Nats-Msg-Id), EventBus default 5 min"
+    )
+    ack_wait_seconds: float = Field(
+        30.0, description="redelivery delay for an unacked sensor message"
+    )
+    fetch_batch: int = Field(256, description="messages pulled per fetch by a sensor")
+    max_ack_pending: int = Field(
+        4096, description="unacked messages a sensor consumer may hold at once"
+    )
+
+
+class KubeSettings(BaseModel):
+    """How Triggerfish reaches the Kubernetes API."""
+
+    kubeconfig: str = Field("", description="kubeconfig path; empty = KUBECONFIG/default")
+    context: str = Field("", description="kubeconfig context; empty = current context")
+    disabled: bool = Field(
+        False, description="never talk to a cluster; record objects under the state dir"
+    )
+    workers: int = Field(16, description="threads running blocking Kubernetes API calls")
+    request_timeout_seconds: float = Field(10.0, description="per API request")
+
+
+class SensorSettings(BaseModel):
+    """Sensor execution knobs that are not part of the Sensor manifest."""
+
+    concurrency: int = Field(64, description="events a single-dependency sensor processes at once")
+    default_retry_steps: int = Field(
+        5, description="retries for transient trigger failures when no retryStrategy"
+    )
+    default_retry_duration_seconds: float = Field(0.5, description="first retry delay")
+    default_retry_factor: float = Field(2.0, description="backoff multiplier")
+    max_retry_delay_seconds: float = Field(30.0, description="cap on a single backoff")
+
+
+class Settings(BaseSettings):
+    """All settings of one Triggerfish process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIGGERFISH_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = Field(
+        Path(".triggerfish"), description="embedded bus store, recorded objects, traces"
+    )
+    api_host: str = Field("127.0.0.1", description="address of the API/metrics server")
+    api_port: int = Field(8080, description="port of the API/metrics server; 0 = off")
+    log_format: str = Field("text", description="'text' or 'json'")
+    log_level: str = Field("INFO", description="Python logging level name")
+    bus: BusSettings = Field(default_factory=BusSettings)
+    kube: KubeSettings = Field(default_factory=KubeSettings)
+    sensor: SensorSettings = Field(default_factory=SensorSettings)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; CLI flags arrive as ``overrides``."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Event source plugins: one module per source type, registered in :mod:`eventsources.registry`."""

@@ -1,0 +1,104 @@
+"""The small interface every event source plugin implements, and what it is given.
+
+A plugin is constructed with the EventSource's name and namespace, the validated config
+of each of its event names (``{eventName: config}``, config being the plugin's own
+pydantic model) and a :class:`SourceContext`. ``run()`` serves until cancelled.
+
+Delivery contract (STYLE §5): a plugin acknowledges upstream (HTTP 200, SQS delete,
+Service Bus complete) only after ``ctx.publish`` returned; ``publish`` raises
+:class:`app.errors.BusUnavailableError` when the event is not durable.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from app.events import Event
+from app.spec import SpecModel
+
+
+class SecretResolver(Protocol):
+    """Reads one key of a Kubernetes Secret (standalone: from loaded manifests)."""
+
+    async def get(self, namespace: str, name: str, key: str) -> str: ...
+
+
+class SourceMetrics(Protocol):
+    """Counters a source reports (Argo's metric names; see app.metrics)."""
+
+    def event_sent(self, source: str, event_name: str) -> None: ...
+
+    def event_send_failed(self, source: str, event_name: str) -> None: ...
+
+    def event_filtered(self, source: str, event_name: str) -> None: ...
+
+
+class _NullMetrics:
+    def event_sent(self, source: str, event_name: str) -> None:
+        pass
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        pass
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        pass
+
+
+@dataclass
+class SourceContext:
+    """Everything a source plugin needs from the process, bundled (no 15-arg ctors)."""
+
+    publish: Callable[[Event], Awaitable[None]]
+    secrets: SecretResolver
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("triggerfish.source"))
+    metrics: SourceMetrics = field(default_factory=_NullMetrics)
+    bind_host: str = "0.0.0.0"
+
+
+ConfigT = TypeVar("ConfigT", bound=SpecModel)
+
+
+class EventSourcePlugin(abc.ABC, Generic[ConfigT]):
+    """Base class of a source type; subclasses set ``type_name`` and ``config_model``."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[SpecModel]]
+
+    def __init__(
+        self,
+        source_name: str,
+        namespace: str,
+        events: Mapping[str, ConfigT],
+        ctx: SourceContext,
+    ) -> None:
+        self.source_name = source_name
+        self.namespace = namespace
+        self.events = dict(events)
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Serve until cancelled; raise only for errors that should stop the process."""
+
+    def ready(self) -> bool:
+        """True once the source accepts events (listening, subscribed)."""
+        return True
+
+    @classmethod
+    def check_config(cls, source_name: str, events: Mapping[str, ConfigT]) -> list[str]:
+        """Cross-event validation (e.g. port conflicts); ``path: message`` lines."""
+        return []
+
+    def make_event(self, event_name: str, data: Any, event_id: str) -> Event:
+        """Build the CloudEvent for one upstream message of ``event_name``."""
+        return Event(
+            id=event_id,
+            source=self.source_name,
+            subject=event_name,
+            type=self.type_name,
+            data=data,
+        )

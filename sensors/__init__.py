@@ -1,0 +1,1 @@
+"""Sensor domain logic: the Sensor spec, paths, filters, conditions, parameters, runner."""

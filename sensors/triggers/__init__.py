@@ -1,0 +1,1 @@
+"""Trigger plugins: one module per trigger type, registered in :mod:`sensors.triggers.registry`."""

