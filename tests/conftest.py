@@ -16,6 +16,8 @@ from app.bus import Bus
 from app.natsserver import EmbeddedNats
 from app.settings import BusSettings
 
+pytest_plugins = ["tests.fakekube.fixtures"]
+
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
