@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -40,20 +40,11 @@ from nats.js.api import (
 from app.errors import BusUnavailableError, TransientError
 from app.events import Event
 from app.settings import BusSettings
+from app.subjects import event_subject, subject_token
+
+__all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
 
 log = logging.getLogger(__name__)
-
-_TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def subject_token(value: str) -> str:
-    """Make a name safe as one NATS subject token (no dots, spaces or wildcards)."""
-    return _TOKEN_RE.sub("_", value) or "_"
-
-
-def event_subject(bus: str, event_source: str, event_name: str) -> str:
-    """The subject an event of ``event_source``/``event_name`` is published on."""
-    return f"{subject_token(bus)}.{subject_token(event_source)}.{subject_token(event_name)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +88,46 @@ class BusMessage:
 
 
 Handler = Callable[[BusMessage], Awaitable[None]]
+
+
+class StateStore:
+    """Durable key → bytes state (a JetStream KV bucket); errors become TransientError."""
+
+    def __init__(self, kv: Any) -> None:
+        self._kv = kv
+
+    async def put(self, key: str, value: bytes) -> None:
+        try:
+            await self._kv.put(subject_token(key), value)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"state put {key!r} failed: {e}") from e
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._kv.delete(subject_token(key))
+        except nats.js.errors.KeyNotFoundError:
+            return
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"state delete {key!r} failed: {e}") from e
+
+    async def items(self) -> dict[str, bytes]:
+        """All live keys and values."""
+        try:
+            try:
+                keys = await self._kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            out: dict[str, bytes] = {}
+            for k in keys:
+                try:
+                    entry = await self._kv.get(k)
+                except nats.js.errors.KeyNotFoundError:
+                    continue
+                if entry.value is not None:
+                    out[k] = entry.value
+            return out
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"state read failed: {e}") from e
 
 
 class Bus:
@@ -216,6 +247,22 @@ class Bus:
             )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
             raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+
+    # -- key-value state --------------------------------------------------------------
+    async def state_store(self, name: str) -> StateStore:
+        """A JetStream key-value bucket for durable sensor state (file storage)."""
+        js = self._jetstream()
+        bucket = subject_token(name).replace("-", "_")
+        try:
+            try:
+                kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
+        return StateStore(kv)
 
     # -- consume ----------------------------------------------------------------------
     async def consume(

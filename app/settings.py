@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         Path(".triggerfish"), description="embedded bus store, recorded objects, traces"
     )
+    bind_host: str = Field(
+        "0.0.0.0", description="address event-source servers (webhooks) listen on"
+    )
+    port_map: dict[int, int] = Field(
+        default_factory=dict,
+        description="serve a manifest's webhook port (key) on another port (value)",
+    )
     api_host: str = Field("127.0.0.1", description="address of the API/metrics server")
     api_port: int = Field(8080, description="port of the API/metrics server; 0 = off")
     log_format: str = Field("text", description="'text' or 'json'")

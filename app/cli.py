@@ -1,0 +1,139 @@
+"""The ``triggerfish`` command line.
+
+* ``run -f FILES_OR_DIRS``: standalone mode (every EventSource and Sensor in one
+  process, embedded JetStream unless ``--nats-url``).
+* ``validate -f FILES_OR_DIRS``: one line per manifest, non-zero exit on any error.
+* ``version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from app import __version__
+from app.errors import ConfigError, TriggerfishError
+from app.logs import setup_logging
+from app.settings import Settings, load_settings
+
+log = logging.getLogger("triggerfish")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="triggerfish", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="run EventSources and Sensors in one process")
+    run.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        required=True,
+        help="manifest file or directory (repeatable)",
+    )
+    run.add_argument(
+        "--nats-url", default=None, help="use this NATS server instead of an embedded one"
+    )
+    run.add_argument("--state-dir", default=None, help="embedded bus store and recorded objects")
+    run.add_argument("--api-port", type=int, default=None, help="operations API port (0 = off)")
+    run.add_argument("--bind-host", default=None, help="address webhook servers listen on")
+    run.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="never use a cluster: record objects under the state dir",
+    )
+
+    val = sub.add_parser("validate", help="validate manifests")
+    val.add_argument("-f", "--file", dest="files", action="append", required=True)
+
+    sub.add_parser("version", help="print the version")
+    return p  # fmt: skip
+
+
+def _settings_for_run(args: argparse.Namespace) -> Settings:
+    s = load_settings()
+    if args.nats_url is not None:
+        s.bus.nats_url = args.nats_url
+    if args.state_dir is not None:
+        s.state_dir = Path(args.state_dir)
+    if args.api_port is not None:
+        s.api_port = args.api_port
+    if args.bind_host is not None:
+        s.bind_host = args.bind_host
+    if args.no_cluster:
+        s.kube.disabled = True
+    for item in args.port_map:
+        src, sep, dst = item.partition("=")
+        if not sep or not src.isdigit() or not dst.isdigit():
+            raise ConfigError(f"--port-map wants FROM=TO port numbers, got {item!r}")
+        s.port_map[int(src)] = int(dst)
+    return s
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.loading import load_for_run
+    from app.runtime import Standalone
+    from app.server import build_app
+
+    settings = _settings_for_run(args)
+    manifests = load_for_run(args.files)
+    rt = Standalone(manifests, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    api_task: asyncio.Task[None] | None = None
+    if settings.api_port:
+        cfg = uvicorn.Config(
+            build_app(rt), host=settings.api_host, port=settings.api_port,
+            log_level="warning", access_log=False, lifespan="off",
+        )  # fmt: skip
+        server = uvicorn.Server(cfg)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        api_task = asyncio.create_task(server.serve())
+        log.info("operations API on http://%s:%d", settings.api_host, settings.api_port)
+    try:
+        await rt.run(stop)
+    finally:
+        if api_task is not None:
+            api_task.cancel()
+            with contextlib.suppress(BaseException):
+                await api_task
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        if args.cmd == "version":
+            print(__version__)
+            return 0
+        if args.cmd == "validate":
+            from app.validate import validate_paths
+
+            return validate_paths(args.files, sys.stdout)
+        if args.cmd == "run":
+            return asyncio.run(_serve(args))
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    except TriggerfishError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

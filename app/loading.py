@@ -1,0 +1,23 @@
+"""Manifests → what a standalone run serves, refusing to start on any invalid manifest."""
+
+from __future__ import annotations
+
+from app.errors import ConfigError
+from app.manifests import load_paths
+from app.runtime import Manifests
+
+
+def load_for_run(paths: list[str]) -> Manifests:
+    """Load and validate ``paths``; raise one ConfigError listing every problem."""
+    res = load_paths(paths)
+    if res.errors:
+        lines = [str(e) for e in res.errors]
+        raise ConfigError("invalid manifests:\n  " + "\n  ".join(lines))
+    if not res.event_sources and not res.sensors:
+        raise ConfigError(f"no EventSource or Sensor found in {', '.join(paths)}")
+    return Manifests(
+        event_buses=[x.obj for x in res.event_buses],
+        event_sources=[x.obj for x in res.event_sources],
+        sensors=[x.obj for x in res.sensors],
+        others=[x.obj for x in res.others],
+    )

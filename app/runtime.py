@@ -1,0 +1,254 @@
+"""The standalone supervisor: every EventSource and Sensor of a set of manifests in one
+process (``triggerfish run``).
+
+Start order matters for "nothing lost": the bus first (embedded ``nats-server`` unless a
+URL is given), then the streams, then every sensor's durable consumers, and only then
+the event sources, so no event is accepted before something will consume it. Stop order
+is the reverse: sources stop accepting, sensors stop consuming (unacked work is
+redelivered on the next start and is idempotent), the bus closes, the embedded server
+stops.
+
+With no cluster configured, objects are recorded under ``<state>/objects`` and the log
+says so; manifests of other kinds (WorkflowTemplate, RBAC, ...) are applied to the
+cluster when there is one, recorded otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.bus import Bus, StreamLimits
+from app.errors import ConfigError, TriggerfishError
+from app.kube import ApiKube, FileKube
+from app.metrics import Metrics
+from app.natsserver import EmbeddedNats
+from app.secrets import ManifestSecrets
+from app.settings import Settings
+from eventsources.base import EventSourcePlugin, SourceContext
+from eventsources.registry import REGISTRY
+from sensors.runner import RetryPolicy, SensorRunner
+from sensors.trace import TraceStore
+from sensors.triggers.base import TriggerContext
+
+log = logging.getLogger("triggerfish.runtime")
+
+
+@dataclass
+class Manifests:
+    """The objects one standalone run serves."""
+
+    event_buses: list[Any] = field(default_factory=list)
+    event_sources: list[Any] = field(default_factory=list)
+    sensors: list[Any] = field(default_factory=list)
+    others: list[dict[str, Any]] = field(default_factory=list)
+
+
+def source_plugins(es: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``(type key, {eventName: config})`` for every source type an EventSource uses."""
+    return [(key, dict(events)) for key, events in es.spec.sources().items() if events]
+
+
+class Standalone:
+    """Runs a set of manifests until ``stop`` is set."""
+
+    def __init__(self, manifests: Manifests, settings: Settings) -> None:
+        self.m = manifests
+        self.settings = settings
+        self.metrics = Metrics()
+        self.traces = TraceStore()
+        self.nats: EmbeddedNats | None = None
+        self.bus: Bus | None = None
+        self.kube: ApiKube | FileKube | None = None
+        self.sources: list[EventSourcePlugin[Any]] = []
+        self.runners: list[SensorRunner] = []
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start --------------------------------------------------------------------------
+    def _bus_names(self) -> set[str]:
+        names = {
+            getattr(es.spec, "event_bus_name", None) or "default" for es in self.m.event_sources
+        }
+        names |= {getattr(s.spec, "event_bus_name", None) or "default" for s in self.m.sensors}
+        return names or {"default"}
+
+    async def _start_bus(self) -> None:
+        url = self.settings.bus.nats_url
+        if not url:
+            self.nats = EmbeddedNats(store_dir=self.settings.state_dir / "nats")
+            await asyncio.to_thread(self.nats.start)
+            url = self.nats.url
+            log.info("embedded nats-server (JetStream) on %s, store %s", url, self.nats.store_dir)
+        self.bus = Bus(self.settings.bus, url)
+        await self.bus.connect()
+        for name in sorted(self._bus_names()):
+            limits = StreamLimits(duplicates_seconds=self.settings.bus.duplicates_window_seconds)
+            await self.bus.ensure_stream(name, limits)
+            log.info("bus stream %r ready", name)
+
+    async def _start_kube(self) -> None:
+        api = ApiKube.from_settings(self.settings.kube)
+        if api is None:
+            root = self.settings.state_dir / "objects"
+            self.kube = FileKube(root)
+            log.warning(
+                "no Kubernetes cluster configured: objects will be recorded as YAML under %s",
+                root,
+            )
+        else:
+            self.kube = api
+            log.info("Kubernetes API at %s", api.server)
+        for obj in self.m.others:
+            if obj.get("kind") in ("Secret",):
+                continue
+            meta = obj.get("metadata") or {}
+            ns = meta.get("namespace", "default")
+            try:
+                result = await self.kube.apply(obj, ns)
+                log.info("%s %s %s/%s", result, obj.get("kind"), ns, meta.get("name"))
+            except TriggerfishError as e:
+                log.warning(
+                    "could not apply %s %s/%s: %s", obj.get("kind"), ns, meta.get("name"), e
+                )
+
+    async def start(self) -> None:
+        """Bring everything up; returns once sources are listening."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._start_bus()
+        await self._start_kube()
+        assert self.bus is not None and self.kube is not None
+        tctx = TriggerContext(kube=self.kube, log=logging.getLogger("triggerfish.trigger"))
+        ss = self.settings.sensor
+        retry = RetryPolicy(
+            steps=ss.default_retry_steps,
+            duration_seconds=ss.default_retry_duration_seconds,
+            factor=ss.default_retry_factor,
+            jitter=0.1,
+            max_delay_seconds=ss.max_retry_delay_seconds,
+        )
+        for sensor in self.m.sensors:
+            runner = SensorRunner(
+                sensor,
+                self.bus,
+                tctx,
+                self.traces,
+                self.metrics,
+                concurrency=ss.concurrency,
+                default_retry=retry,
+                ack_wait_seconds=self.settings.bus.ack_wait_seconds,
+            )
+            self.runners.append(runner)
+        for runner in self.runners:
+            r = asyncio.Event()
+            self._tasks.append(asyncio.create_task(runner.run(r), name=f"sensor:{runner.name}"))
+            await self._wait_or_fail(r, self._tasks[-1], f"sensor {runner.name}")
+        secrets = ManifestSecrets(
+            self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
+        )
+        for es in self.m.event_sources:
+            bus_name = getattr(es.spec, "event_bus_name", None) or "default"
+            for key, events in source_plugins(es):
+                events = self._remap_ports(events)
+                ctx = SourceContext(
+                    publish=self._publisher(bus_name),
+                    secrets=secrets,
+                    log=logging.getLogger(f"triggerfish.source.{key}"),
+                    metrics=self.metrics,
+                    bind_host=self.settings.bind_host,
+                )
+                plugin = REGISTRY[key](
+                    es.metadata.name, es.metadata.namespace or "default", events, ctx
+                )
+                self.sources.append(plugin)
+                task = asyncio.create_task(plugin.run(), name=f"source:{es.metadata.name}:{key}")
+                self._tasks.append(task)
+        for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
+            await self._wait_until(plugin.ready, task, f"event source {plugin.source_name}")
+        self.ready.set()
+        log.info(
+            "ready: %d event source(s), %d sensor(s)", len(self.m.event_sources), len(self.runners)
+        )
+
+    def _remap_ports(self, events: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``--port-map`` to configs that listen on a port (webhook-like)."""
+        pm = self.settings.port_map
+        if not pm:
+            return events
+        out = {}
+        for name, cfg in events.items():
+            port = getattr(cfg, "port", None)
+            if port is not None and str(port).isdigit() and int(port) in pm:
+                cfg = cfg.model_copy(update={"port": str(pm[int(port)])})
+            out[name] = cfg
+        return out
+
+    def _publisher(self, bus_name: str) -> Any:
+        bus = self.bus
+        assert bus is not None
+
+        async def publish(event: Any) -> None:
+            await bus.publish(bus_name, event)
+            log.info("event published %s/%s id=%s", event.source, event.subject, event.id)
+
+        return publish
+
+    @staticmethod
+    async def _wait_or_fail(ev: asyncio.Event, task: asyncio.Task[None], what: str) -> None:
+        waiter = asyncio.create_task(ev.wait())
+        done, _ = await asyncio.wait(
+            {waiter, task}, return_when=asyncio.FIRST_COMPLETED, timeout=30
+        )
+        if task in done:
+            waiter.cancel()
+            exc = task.exception()
+            raise ConfigError(f"{what} failed to start: {exc}") from exc
+        if waiter not in done:
+            waiter.cancel()
+            raise TriggerfishError(f"{what} did not become ready in 30s")
+
+    @staticmethod
+    async def _wait_until(check: Any, task: asyncio.Task[None], what: str) -> None:
+        for _ in range(3000):
+            if task.done():
+                exc = task.exception()
+                raise ConfigError(f"{what} failed to start: {exc}") from exc
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise TriggerfishError(f"{what} did not become ready in 30s")
+
+    # -- run / stop ---------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, serve until ``stop`` is set or a component dies, then stop."""
+        try:
+            await self.start()
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {stopper, *self._tasks}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            for t in done:
+                if t is not stopper and not t.cancelled() and t.exception() is not None:
+                    raise TriggerfishError(f"{t.get_name()} stopped: {t.exception()}")
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        # sources first (stop accepting), then sensors, then the bus and the server
+        n_sensors = len(self.runners)
+        for t in self._tasks[n_sensors:] + self._tasks[:n_sensors]:
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+        if self.bus is not None:
+            await self.bus.close()
+        if isinstance(self.kube, ApiKube):
+            self.kube.close()
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+        log.info("stopped")
