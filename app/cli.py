@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=int, default=None, help="operations API port (0 = off)")
     run.add_argument("--bind-host", default=None, help="address webhook servers listen on")
     run.add_argument(
+        "--port-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="serve a manifest's webhook port FROM on port TO (repeatable)",
+    )
+    run.add_argument(
         "--no-cluster",
         action="store_true",
         help="never use a cluster: record objects under the state dir",

@@ -54,8 +54,8 @@ class AlreadyExists(KubeError):
     """409 AlreadyExists: an object of that name exists (idempotent creates expect it)."""
 
 
-class NotFound(KubeError):
-    """404 NotFound."""
+class NotFound(KubeError, PermanentError):
+    """404 NotFound (not retried, as Argo: a missing namespace or kind stays missing)."""
 
 
 class KubeTransientError(KubeError, TransientError):
@@ -115,9 +115,6 @@ class ApiKube:
         self._resources: dict[tuple[str, str], ResourceInfo] = {}
         self._discovered: set[str] = set()
         self._lock = threading.Lock()
-        # urllib3 pool as large as the thread pool, so threads don't queue for sockets.
-        cfg = api_client.configuration
-        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, settings.workers)
 
     @classmethod
     def from_settings(cls, settings: KubeSettings) -> ApiKube | None:
@@ -143,6 +140,10 @@ class ApiKube:
                 return None
         except (ConfigException, OSError) as e:
             raise ConfigError(f"cannot load Kubernetes configuration: {e}") from e
+        # urllib3 pool as large as the thread pool, so threads don't queue for sockets.
+        configuration.connection_pool_maxsize = max(
+            configuration.connection_pool_maxsize or 0, settings.workers
+        )
         return cls(client.ApiClient(configuration), settings)
 
     @property
@@ -300,6 +301,18 @@ class ApiKube:
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         await self._call(self._delete, api_version, kind, name, namespace)
+
+    async def ensure_namespace(self, name: str) -> bool:
+        """Create namespace ``name`` unless it exists; True when it was created."""
+        if await self.get("v1", "Namespace", name, "") is not None:
+            return False
+        try:
+            await self.create(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ""
+            )
+        except AlreadyExists:
+            return False
+        return True
 
     async def apply(self, obj: dict[str, Any], namespace: str) -> str:
         """Create, or replace when it exists (for manifests loaded at start-up)."""

@@ -90,6 +90,14 @@ class Standalone:
             await self.bus.ensure_stream(name, limits)
             log.info("bus stream %r ready", name)
 
+    def _namespaces(self) -> set[str]:
+        out = {x.metadata.namespace or "default" for x in self.m.event_sources + self.m.sensors}
+        for obj in self.m.others:
+            ns = (obj.get("metadata") or {}).get("namespace")
+            if ns:
+                out.add(ns)
+        return out
+
     async def _start_kube(self) -> None:
         api = ApiKube.from_settings(self.settings.kube)
         if api is None:
@@ -102,6 +110,12 @@ class Standalone:
         else:
             self.kube = api
             log.info("Kubernetes API at %s", api.server)
+            for ns in sorted(self._namespaces()):
+                try:
+                    if await api.ensure_namespace(ns):
+                        log.info("created namespace %s", ns)
+                except TriggerfishError as e:
+                    log.warning("could not ensure namespace %s: %s", ns, e)
         for obj in self.m.others:
             if obj.get("kind") in ("Secret",):
                 continue
@@ -192,7 +206,7 @@ class Standalone:
 
         async def publish(event: Any) -> None:
             await bus.publish(bus_name, event)
-            log.info("event published %s/%s id=%s", event.source, event.subject, event.id)
+            log.debug("event published %s/%s id=%s", event.source, event.subject, event.id)
 
         return publish
 

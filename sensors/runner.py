@@ -1,0 +1,420 @@
+"""The sensor runner: per-event domain work for one Sensor (STYLE §4).
+
+For every dependency it asks the bus for a durable consumer on
+``<bus>.<eventSourceName>.<eventName>`` and handles each delivered event:
+
+* **Fast path** (one dependency, so every trigger's condition is met by that event):
+  fire the triggers and ack the bus message only after they all succeeded or were
+  dead-lettered. Events are processed concurrently.
+* **Condition path** (several dependencies): the event is stored as the latest event of
+  its dependency for each trigger whose condition names it, in a JetStream key-value
+  bucket (so a restart between dependency A and B still fires once B arrives); then
+  every trigger whose condition is satisfied fires and its state is cleared; then the
+  message is acked. Processed one event at a time per sensor, in order.
+
+Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
+Transient failures are retried; when retries are exhausted, or on a permanent failure,
+the firing goes to the dead-letter subject ``<bus>._dlq.<sensor>.<trigger>`` and the
+message is acked. Each firing carries a key hashed from (sensor, trigger, event ids),
+which triggers use to make their effects idempotent under redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from app.errors import ConfigError, PermanentError, TriggerfishError
+from app.events import Event
+from app.subjects import dead_letter_subject, event_subject
+from sensors.conditions import Condition
+from sensors.parameters import apply_parameters, compile_parameters
+from sensors.trace import Trace, TraceStore, TriggerOutcome
+from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.plugins import TRIGGERS
+
+log = logging.getLogger("triggerfish.sensor")
+
+
+class Message(Protocol):
+    """A delivered bus message (implemented by ``app.bus.BusMessage``)."""
+
+    event: Event
+    num_delivered: int
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay_seconds: float | None = None) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+class State(Protocol):
+    """Durable key → bytes state (implemented by ``app.bus.StateStore``)."""
+
+    async def put(self, key: str, value: bytes) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def items(self) -> dict[str, bytes]: ...
+
+
+class BusPort(Protocol):
+    """What the runner needs from the bus adapter."""
+
+    async def consume(
+        self,
+        bus: str,
+        subject: str,
+        durable: str,
+        handler: Callable[[Any], Awaitable[None]],
+        *,
+        concurrency: int = 1,
+        ack_wait_seconds: float | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> None: ...
+
+    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None: ...
+
+    async def state_store(self, name: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff (Argo's ``retryStrategy`` / k8s ``wait.Backoff``)."""
+
+    steps: int = 5
+    duration_seconds: float = 1.0
+    factor: float = 1.0
+    jitter: float = 1.0
+    max_delay_seconds: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The sleeps between ``steps`` attempts."""
+        out, d = [], self.duration_seconds
+        for _ in range(max(0, self.steps - 1)):
+            j = d * self.jitter * random.random() if self.jitter > 0 else 0.0
+            out.append(min(d + j, self.max_delay_seconds))
+            d *= self.factor
+        return out
+
+
+class PreparedTrigger:
+    """One trigger of the sensor, compiled at load: type, condition, params, retries."""
+
+    def __init__(
+        self, spec: Any, dependencies: list[str], ctx: TriggerContext, defaults: RetryPolicy
+    ) -> None:
+        template = spec.template
+        self.name: str = template.name
+        self.spec = spec
+        self.type_key: str = template.trigger_type
+        self.config: Any = template.trigger_config
+        if self.type_key not in TRIGGERS:
+            raise ConfigError(f"trigger type {self.type_key!r} is not supported", self.name)
+        self.plugin_cls: type[Trigger] = TRIGGERS[self.type_key]
+        self.ctx = ctx
+        try:
+            self.condition = Condition.compile(getattr(template, "conditions", None), dependencies)
+        except ValueError as e:
+            raise ConfigError(str(e), f"trigger {self.name}: conditions") from e
+        self.template_params = compile_parameters(spec.parameters, where="parameters")
+        rs = getattr(spec, "retry_strategy", None)
+        if rs is not None:
+            self.retry = RetryPolicy(
+                steps=rs.steps_value,
+                duration_seconds=rs.duration_seconds,
+                factor=rs.factor_value,
+                jitter=rs.jitter_value,
+                max_delay_seconds=defaults.max_delay_seconds,
+            )
+        else:
+            self.retry = defaults
+        self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        self._template_dict: dict[str, Any] | None = None
+
+    def plugin_for(self, events: Mapping[str, Event]) -> tuple[Trigger, list[dict[str, Any]]]:
+        """The plugin to run: shared, or built from a template with parameters applied."""
+        if self._plugin is not None:
+            return self._plugin, []
+        if self._template_dict is None:
+            self._template_dict = self.spec.template.model_dump(
+                by_alias=True, exclude_none=True, exclude_unset=True
+            )
+        new_template, records = apply_parameters(self._template_dict, self.template_params, events)
+        try:
+            cfg = self.config.__class__.model_validate(new_template[self.type_key])
+        except Exception as e:
+            raise PermanentError(f"trigger template after parameters is invalid: {e}") from e
+        return self.plugin_cls(cfg, self.ctx), records
+
+
+def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, Event]) -> str:
+    """Stable hex key of (sensor, trigger, event ids): same events → same key."""
+    h = hashlib.sha256(f"{namespace}/{sensor}\x00{trigger}".encode())
+    for dep in sorted(events):
+        h.update(f"\x00{dep}={events[dep].id}".encode())
+    return h.hexdigest()[:32]
+
+
+class SensorRunner:
+    """Runs one Sensor against the bus until cancelled."""
+
+    def __init__(
+        self,
+        sensor: Any,
+        bus: BusPort,
+        trigger_ctx: TriggerContext,
+        traces: TraceStore,
+        metrics: Any,
+        *,
+        concurrency: int = 64,
+        default_retry: RetryPolicy | None = None,
+        ack_wait_seconds: float = 30.0,
+    ) -> None:
+        self.sensor = sensor
+        self.name: str = sensor.metadata.name
+        self.namespace: str = sensor.metadata.namespace or "default"
+        self.bus = bus
+        self.bus_name: str = getattr(sensor.spec, "event_bus_name", None) or "default"
+        self.deps = list(sensor.spec.dependencies)
+        dep_names = [d.name for d in self.deps]
+        self.triggers = [
+            PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
+            for t in sensor.spec.triggers
+        ]
+        self.traces = traces
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.ack_wait_seconds = ack_wait_seconds
+        self.fast_path = len(self.deps) == 1
+        self._lock = asyncio.Lock()
+        self._state: State | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Consume every dependency; ``ready`` is set once all consumers exist."""
+        if not self.fast_path:
+            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
+            await self._fire_pending()
+        readies: list[asyncio.Event] = []
+        tasks: list[asyncio.Task[None]] = []
+        for dep in self.deps:
+            r = asyncio.Event()
+            readies.append(r)
+            subject = event_subject(self.bus_name, dep.event_source_name, dep.event_name)
+            tasks.append(
+                asyncio.create_task(
+                    self.bus.consume(
+                        self.bus_name,
+                        subject,
+                        f"{self.namespace}-{self.name}-{dep.name}",
+                        self._handler(dep.name),
+                        concurrency=self.concurrency if self.fast_path else 1,
+                        ack_wait_seconds=self.ack_wait_seconds,
+                        ready=r,
+                    ),
+                    name=f"sensor:{self.name}:{dep.name}",
+                )
+            )
+        try:
+            await asyncio.gather(*(r.wait() for r in readies))
+            if ready is not None:
+                ready.set()
+            log.info(
+                "sensor %s/%s listening on %d dependencies",
+                self.namespace,
+                self.name,
+                len(self.deps),
+            )
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _handler(self, dep: str) -> Callable[[Message], Awaitable[None]]:
+        async def handle(msg: Message) -> None:
+            await self.handle(dep, msg)
+
+        return handle
+
+    # -- per event ----------------------------------------------------------------------
+    async def handle(self, dep: str, msg: Message) -> None:
+        """Process one delivered event of dependency ``dep``; ack when done."""
+        ev = msg.event
+        t0 = time.perf_counter()
+        trace = Trace(
+            sensor=self.name,
+            namespace=self.namespace,
+            event_id=ev.id,
+            event_source=ev.source,
+            event_name=ev.subject,
+            dependency=dep,
+            delivery=msg.num_delivered,
+        )
+        log.info(
+            "event received sensor=%s dependency=%s source=%s/%s id=%s delivery=%d",
+            self.name, dep, ev.source, ev.subject, ev.id, msg.num_delivered,
+        )  # fmt: skip
+        try:
+            if self.fast_path:
+                trace.conditions = {"satisfied": True}
+                trace.fired = True
+                await self._fire_all(self.triggers, {dep: ev}, trace, msg)
+            else:
+                async with self._lock:
+                    await self._accumulate(dep, ev, trace, msg)
+            await msg.ack()
+        except Exception as e:
+            # Not durable and not done (bus down while dead-lettering, state store
+            # unavailable): leave it unacked so it is redelivered.
+            trace.error = f"{type(e).__name__}: {e}"
+            self.metrics.events_processing_failed.labels(self.namespace, self.name).inc()
+            log.warning(
+                "sensor %s: event %s not done, will be redelivered: %s", self.name, ev.id, e
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay_seconds=1.0)
+        finally:
+            self.traces.add(trace)
+            self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
+                (time.perf_counter() - t0) * 1000
+            )
+
+    async def _accumulate(self, dep: str, ev: Event, trace: Trace, msg: Message) -> None:
+        assert self._state is not None
+        relevant = [t for t in self.triggers if dep in t.condition.names()]
+        payload = ev.to_json()
+        for t in relevant:
+            await self._state.put(f"{t.name}__{dep}", payload)
+        state = await self._load_state()
+        before = {t.name: sorted(state.get(t.name, {})) for t in relevant}
+        fire = [t for t in relevant if t.condition.satisfied(set(state.get(t.name, {})))]
+        trace.conditions = {
+            "state": before,
+            "fired": [t.name for t in fire],
+            "waiting": {t.name: t.condition.text for t in relevant if t not in fire},
+        }
+        for t in fire:
+            trace.fired = True
+            await self._fire_all([t], state[t.name], trace, msg)
+            for d in state[t.name]:
+                await self._state.delete(f"{t.name}__{d}")
+
+    async def _load_state(self) -> dict[str, dict[str, Event]]:
+        assert self._state is not None
+        out: dict[str, dict[str, Event]] = {}
+        for key, raw in (await self._state.items()).items():
+            trig, _, dep = key.partition("__")
+            with contextlib.suppress(ValueError):
+                out.setdefault(trig, {})[dep] = Event.from_json(raw)
+        return out
+
+    async def _fire_pending(self) -> None:
+        """After a restart: fire triggers whose stored state already satisfies them."""
+        state = await self._load_state()
+        for t in self.triggers:
+            events = state.get(t.name, {})
+            if events and t.condition.satisfied(set(events)):
+                trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
+                trace.fired = True
+                await self._fire_all([t], events, trace, None)
+                for d in events:
+                    assert self._state is not None
+                    await self._state.delete(f"{t.name}__{d}")
+                self.traces.add(trace)
+
+    # -- triggers -----------------------------------------------------------------------
+    async def _fire_all(
+        self,
+        triggers: list[PreparedTrigger],
+        events: Mapping[str, Event],
+        trace: Trace,
+        msg: Message | None,
+    ) -> None:
+        for t in triggers:
+            outcome = await self._fire_one(t, events, msg)
+            trace.triggers.append(outcome)
+
+    async def _fire_one(
+        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None
+    ) -> TriggerOutcome:
+        key = firing_key(self.namespace, self.name, t.name, events)
+        inv = Invocation(self.name, self.namespace, t.name, events, key)
+        outcome = TriggerOutcome(trigger=t.name, status="failed")
+        delays = t.retry.delays()
+        labels = (self.namespace, self.name, t.name)
+        last: Exception | None = None
+        for attempt in range(len(delays) + 1):
+            outcome.attempts = attempt + 1
+            t0 = time.perf_counter()
+            try:
+                plugin, template_records = t.plugin_for(events)
+                result: TriggerResult = await plugin.execute(inv)
+            except PermanentError as e:
+                last = e
+                break
+            except Exception as e:  # transient or unexpected: retry within bounds
+                last = e
+                if not isinstance(e, TriggerfishError):
+                    log.exception("trigger %s/%s raised unexpectedly", self.name, t.name)
+                if attempt < len(delays):
+                    log.warning(
+                        "trigger %s/%s attempt %d failed (%s); retrying in %.2fs",
+                        self.name, t.name, attempt + 1, e, delays[attempt],
+                    )  # fmt: skip
+                    if msg is not None:
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
+                    await asyncio.sleep(delays[attempt])
+                continue
+            finally:
+                self.metrics.action_duration.labels(*labels).observe(
+                    (time.perf_counter() - t0) * 1000
+                )
+            outcome.status = "succeeded"
+            outcome.action = result.action
+            outcome.detail = result.detail
+            outcome.parameters = template_records + result.parameters
+            self.metrics.action_triggered.labels(*labels).inc()
+            d = result.detail
+            log.info(
+                "trigger %s/%s %s %s %s/%s (events %s)",
+                self.name, t.name, result.action, d.get("kind", ""), d.get("namespace", ""),
+                d.get("name", ""), ",".join(e.id for e in events.values()),
+            )  # fmt: skip
+            return outcome
+        # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
+        self.metrics.action_failed.labels(*labels).inc()
+        outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
+        log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
+        await self._dead_letter(t, key, events, outcome.error)
+        self.metrics.dead_lettered.labels(*labels).inc()
+        outcome.status = "dead-lettered"
+        return outcome
+
+    async def _dead_letter(
+        self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
+    ) -> None:
+        subject = dead_letter_subject(self.bus_name, self.name, t.name)
+        payload = orjson.dumps(
+            {
+                "sensor": self.name,
+                "namespace": self.namespace,
+                "trigger": t.name,
+                "error": error,
+                "events": {d: orjson.loads(e.to_json()) for d, e in events.items()},
+            }
+        )
+        await self.bus.publish_raw(subject, payload, f"dlq-{key}")

@@ -1,0 +1,142 @@
+"""The ``k8s`` trigger: create, update, patch or delete any Kubernetes object.
+
+Fields (Argo's ``StandardK8STrigger``): ``source`` (``resource`` inline object or
+``inline`` YAML text), ``operation`` (create | update | patch | delete, default
+create), ``parameters`` (applied to the object after the template-level ones),
+``patchStrategy`` (merge | json | strategic | apply media types), ``liveObject``.
+
+Semantics:
+* The namespace defaults to the Sensor's unless the object names one.
+* Created objects carry the labels ``events.argoproj.io/sensor``, ``/trigger`` and
+  ``/action-timestamp``.
+* Idempotent creates (a deliberate fix over Argo): with ``generateName`` the name is the
+  prefix plus a short hash of (sensor, trigger, event ids), and the full key is stored
+  in an annotation. A redelivered event therefore hits 409 AlreadyExists; when the
+  existing object carries the same key that counts as success, otherwise (a real name
+  clash) it is an error.
+* Failure: API 409 Conflict / 429 / 5xx / network → TransientError (retried); other 4xx
+  → PermanentError (dead-lettered); a missing parameter key → ParameterError.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, ClassVar
+
+import yaml
+
+from app.errors import PermanentError
+from app.kube import AlreadyExists
+from app.spec import SpecModel
+from sensors.parameters import apply_parameters, compile_parameters
+from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.k8s_config import K8sTriggerConfig
+
+LABEL_SENSOR = "events.argoproj.io/sensor"
+LABEL_TRIGGER = "events.argoproj.io/trigger"
+LABEL_ACTION_TS = "events.argoproj.io/action-timestamp"
+ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
+NAME_HASH_CHARS = 10
+
+
+def load_resource(config: K8sTriggerConfig) -> dict[str, Any]:
+    """The object template from ``source.resource`` or ``source.inline``."""
+    src = config.source
+    if src is None:
+        raise PermanentError("k8s trigger has no source")
+    resource = getattr(src, "resource", None)
+    if resource:
+        return dict(resource)
+    inline = getattr(src, "inline", None)
+    if inline:
+        data = yaml.safe_load(inline)
+        if not isinstance(data, dict):
+            raise PermanentError("k8s trigger source.inline is not a YAML object")
+        return data
+    raise PermanentError("k8s trigger source has no resource or inline object")
+
+
+class K8sTrigger(Trigger):
+    """Applies one Kubernetes object per firing (see the module docstring)."""
+
+    type_name: ClassVar[str] = "k8s"
+    config_model: ClassVar[type[SpecModel]] = K8sTriggerConfig
+
+    def __init__(self, config: K8sTriggerConfig, ctx: TriggerContext) -> None:
+        super().__init__(config, ctx)
+        self.resource = load_resource(config)
+        self.operation = (config.operation or "create").lower()
+        self.params = compile_parameters(config.parameters, where="k8s.parameters")
+
+    async def execute(self, inv: Invocation) -> TriggerResult:
+        obj, records = apply_parameters(self.resource, self.params, inv.events)
+        obj = copy.deepcopy(obj) if obj is self.resource else obj
+        meta = obj.setdefault("metadata", {})
+        namespace = meta.get("namespace") or inv.namespace
+        meta["namespace"] = namespace
+        labels = meta.setdefault("labels", {}) or {}
+        meta["labels"] = labels
+        labels[LABEL_SENSOR] = inv.sensor_name
+        labels[LABEL_TRIGGER] = inv.trigger_name
+        labels[LABEL_ACTION_TS] = str(int(time.time() * 1000))
+        api_version = str(obj.get("apiVersion", ""))
+        kind = str(obj.get("kind", ""))
+        kube = self.ctx.kube
+
+        if self.operation == "create":
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta.pop("generateName") + inv.key[:NAME_HASH_CHARS]
+                meta.setdefault("annotations", {})[ANNOTATION_KEY] = inv.key
+            try:
+                created = await kube.create(obj, namespace)
+            except AlreadyExists:
+                live = await kube.get(api_version, kind, meta.get("name", ""), namespace)
+                live_key = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
+                    ANNOTATION_KEY
+                )
+                if live is not None and live_key == inv.key:
+                    return TriggerResult(
+                        "already-exists",
+                        _ref(live, kind, namespace),
+                        records,
+                    )
+                if ANNOTATION_KEY in (meta.get("annotations") or {}):
+                    raise PermanentError(
+                        f"{kind} {namespace}/{meta.get('name')} exists but was created "
+                        "for other events (name clash)"
+                    ) from None
+                raise
+            return TriggerResult("created", _ref(created, kind, namespace), records)
+        if self.operation == "update":
+            updated = await kube.update(obj, namespace)
+            return TriggerResult("updated", _ref(updated, kind, namespace), records)
+        if self.operation == "patch":
+            strategy = _patch_type(self.config.patch_strategy)
+            patched = await kube.patch(obj, namespace, strategy)
+            return TriggerResult("patched", _ref(patched, kind, namespace), records)
+        if self.operation == "delete":
+            await kube.delete(api_version, kind, meta.get("name", ""), namespace)
+            return TriggerResult("deleted", _ref(obj, kind, namespace), records)
+        raise PermanentError(f"unknown k8s operation {self.operation!r}")
+
+
+def _patch_type(strategy: str | None) -> str:
+    s = (strategy or "").lower()
+    if "json-patch" in s or s == "json":
+        return "json"
+    if "strategic" in s:
+        return "strategic"
+    if "apply" in s:
+        return "apply"
+    return "merge"
+
+
+def _ref(obj: dict[str, Any], kind: str, namespace: str) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {
+        "kind": kind,
+        "namespace": meta.get("namespace", namespace),
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+    }
