@@ -25,8 +25,12 @@ from tests.test_seed_e2e import SEED, list_workflows, params_of
 @pytest.mark.slow
 def test_sigkill_mid_burst_loses_and_duplicates_nothing(tmp_path: Path, kube_api: Any) -> None:
     port = free_port()
-    tf = Triggerfish(files=[str(SEED)], state_dir=tmp_path / "state",
-                     kubeconfig=str(kube_api.kubeconfig), port_map={12000: port}).start()  # fmt: skip
+    tf = Triggerfish(
+        files=[str(SEED)],
+        state_dir=tmp_path / "state",
+        kubeconfig=str(kube_api.kubeconfig),
+        port_map={12000: port},
+    ).start()
     n = 400
     accepted: list[str] = []
 
@@ -37,8 +41,9 @@ def test_sigkill_mid_burst_loses_and_duplicates_nothing(tmp_path: Path, kube_api
 
             async def one(i: int) -> None:
                 try:
-                    r = await c.post(f"http://127.0.0.1:{port}/trigger",
-                                     json={"model": f"m{i}", "dataset": "d"})  # fmt: skip
+                    r = await c.post(
+                        f"http://127.0.0.1:{port}/trigger", json={"model": f"m{i}", "dataset": "d"}
+                    )
                 except httpx.HTTPError:
                     return
                 if r.status_code == 200:
@@ -77,9 +82,13 @@ def test_bus_outage_answers_503_then_recovers(
     tmp_path: Path, kube_api: Any, nats_server: EmbeddedNats
 ) -> None:
     port = free_port()
-    tf = Triggerfish(files=[str(SEED)], state_dir=tmp_path / "state",
-                     kubeconfig=str(kube_api.kubeconfig), nats_url=nats_server.url,
-                     port_map={12000: port}).start()  # fmt: skip
+    tf = Triggerfish(
+        files=[str(SEED)],
+        state_dir=tmp_path / "state",
+        kubeconfig=str(kube_api.kubeconfig),
+        nats_url=nats_server.url,
+        port_map={12000: port},
+    ).start()
     url = f"http://127.0.0.1:{port}/trigger"
     try:
         assert (
@@ -101,8 +110,13 @@ def test_bus_outage_answers_503_then_recovers(
             )
 
         wait_for(accepted, timeout=30, interval=0.25)
-        wait_for(lambda: {"before", "after"} <= {params_of(w)["model"] for w in list_workflows(kube_api)},
-                 timeout=30, interval=0.25)  # fmt: skip
+        wait_for(
+            lambda: (
+                {"before", "after"} <= {params_of(w)["model"] for w in list_workflows(kube_api)}
+            ),
+            timeout=30,
+            interval=0.25,
+        )
         models = [params_of(w)["model"] for w in list_workflows(kube_api)]
         assert "during" not in models  # 503 means not accepted
         assert models.count("before") == 1
