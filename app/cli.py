@@ -86,6 +86,7 @@ def _settings_for_run(args: argparse.Namespace) -> Settings:
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.httpserver import QuietServer
     from app.loading import load_for_run
     from app.runtime import Standalone
     from app.server import build_app
@@ -103,8 +104,7 @@ async def _serve(args: argparse.Namespace) -> int:
             build_app(rt), host=settings.api_host, port=settings.api_port,
             log_level="warning", access_log=False, lifespan="off",
         )  # fmt: skip
-        server = uvicorn.Server(cfg)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = QuietServer(cfg)
         api_task = asyncio.create_task(server.serve())
         log.info("operations API on http://%s:%d", settings.api_host, settings.api_port)
     try:

@@ -129,13 +129,15 @@ class ApiKube:
         default_path = Path.home() / ".kube" / "config"
         try:
             if kubeconfig or default_path.exists():
-                config.load_kube_config(
+                config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig or None,
                     context=settings.context or None,
                     client_configuration=configuration,
                 )
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config(client_configuration=configuration)
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
             else:
                 return None
         except (ConfigException, OSError) as e:
@@ -396,7 +398,7 @@ class FileKube:
             raise NotFound(f"{kind} {ns}/{name} not found", 404, "NotFound")
         if patch_type not in ("merge", "strategic", "apply"):
             raise KubePermanentError(f"patch type {patch_type!r} is not recorded offline")
-        merged = merge_patch(live, obj)
+        merged: dict[str, Any] = dict(merge_patch(live, obj))
         await asyncio.to_thread(self._write, self._file(kind, name, ns), merged)
         return merged
 
