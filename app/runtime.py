@@ -76,8 +76,36 @@ class Standalone:
         names |= {getattr(s.spec, "event_bus_name", None) or "default" for s in self.m.sensors}
         return names or {"default"}
 
+    def _limits(self, bus_name: str) -> StreamLimits:
+        """Stream limits from the EventBus of that name (one server here: 1 replica)."""
+        d = StreamLimits(duplicates_seconds=self.settings.bus.duplicates_window_seconds)
+        eb = next((b for b in self.m.event_buses if b.metadata.name == bus_name), None)
+        if eb is None:
+            return d
+        lim = eb.stream_limits()
+        return StreamLimits(
+            max_msgs=lim.max_msgs if lim.max_msgs is not None else d.max_msgs,
+            max_bytes=lim.max_bytes if lim.max_bytes is not None else d.max_bytes,
+            max_age_seconds=(
+                lim.max_age_seconds if lim.max_age_seconds is not None else d.max_age_seconds
+            ),
+            replicas=1,
+            duplicates_seconds=(
+                lim.duplicates_seconds
+                if lim.duplicates_seconds is not None
+                else d.duplicates_seconds
+            ),
+        )
+
+    def _exotic_url(self) -> str:
+        for eb in self.m.event_buses:
+            ex = eb.spec.jetstream_exotic
+            if ex is not None and ex.url:
+                return str(ex.url)
+        return ""
+
     async def _start_bus(self) -> None:
-        url = self.settings.bus.nats_url
+        url = self.settings.bus.nats_url or self._exotic_url()
         if not url:
             self.nats = EmbeddedNats(store_dir=self.settings.state_dir / "nats")
             await asyncio.to_thread(self.nats.start)
@@ -86,8 +114,7 @@ class Standalone:
         self.bus = Bus(self.settings.bus, url)
         await self.bus.connect()
         for name in sorted(self._bus_names()):
-            limits = StreamLimits(duplicates_seconds=self.settings.bus.duplicates_window_seconds)
-            await self.bus.ensure_stream(name, limits)
+            await self.bus.ensure_stream(name, self._limits(name))
             log.info("bus stream %r ready", name)
 
     def _namespaces(self) -> set[str]:

@@ -106,7 +106,8 @@ class Condition:
             raise ValueError(f"unexpected {p.peek()!r} after the expression")
         unknown = sorted(n for n in _names(node) if n not in deps)
         if unknown:
-            raise ValueError(f"unknown dependency {', '.join(unknown)}")
+            names = ", ".join(repr(n) for n in unknown)
+            raise ValueError(f"{names} names no dependency of this sensor")
         return cls(node, text)
 
     def names(self) -> set[str]:

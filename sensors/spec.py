@@ -45,6 +45,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, cor
 
 from app.eventbus import API_VERSION, PodTemplate, duration_seconds, parse_go_duration
 from app.spec import ObjectMeta, SpecModel
+from sensors.conditions import Condition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -536,7 +537,6 @@ class SensorSpec(SpecModel):
         return out
 
 
-_CONDITION_TOKEN = re.compile(r"[^\s()&|!]+")
 
 
 def _trigger_problems(
@@ -553,14 +553,10 @@ def _trigger_problems(
             )
     conditions = trig.template.conditions
     if conditions:
-        for token in _CONDITION_TOKEN.findall(conditions):
-            if token not in deps:
-                out.append(
-                    (
-                        (*loc, "template", "conditions"),
-                        f"{token!r} names no dependency of this sensor",
-                    )
-                )
+        try:
+            Condition.compile(conditions, sorted(deps))
+        except ValueError as e:
+            out.append(((*loc, "template", "conditions"), str(e)))
     if trig.dlq_trigger is not None:
         out.extend(_trigger_problems(trig.dlq_trigger, (*loc, "dlqTrigger"), deps))
     return out

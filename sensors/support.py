@@ -37,8 +37,8 @@ PARAMETER: dict[str, Rule] = {
     "src.value": True,
     "src.useRawData": True,
     "src.contextKey": True,
-    "src.dataTemplate": False,
-    "src.contextTemplate": False,
+    "src.dataTemplate": True,
+    "src.contextTemplate": True,
     "dest": True,
     "operation": frozenset({"", "overwrite", "append", "prepend"}),
 }
@@ -69,7 +69,7 @@ EVENT_SOURCE: dict[str, Rule] = {
 
 _TRIGGER: dict[str, Rule] = {
     "template.name": True,
-    "template.conditions": False,
+    "template.conditions": True,
     "template.conditionsReset": False,
     "template.k8s": True,
     "template.k8s.operation": frozenset({"create", "update", "patch", "delete"}),

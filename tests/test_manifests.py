@@ -318,8 +318,8 @@ def test_at_least_once_on_the_trigger_loads() -> None:
 def test_unsupported_source_type_is_one_line() -> None:
     doc = source_doc()
     del doc["spec"]["webhook"]
-    doc["spec"]["sqs"] = {"example": {"queue": "q", "region": "us-east-1", "bogus": 1}}
-    assert problems(doc) == ["spec.sqs: event source type 'sqs' is not supported"]
+    doc["spec"]["kafka"] = {"example": {"url": "k:9092", "topic": "t", "bogus": 1}}
+    assert problems(doc) == ["spec.kafka: event source type 'kafka' is not supported"]
 
 
 def test_unknown_source_key_is_an_unknown_field() -> None:
@@ -458,22 +458,24 @@ def test_valid_but_unimplemented_fields_fail_with_one_line_each() -> None:
     doc["spec"]["dependencies"][0]["filters"] = {"context": {"source": "webhook"}}
     trigger = doc["spec"]["triggers"][0]
     trigger["rateLimit"] = {"unit": "Second", "requestsPerUnit": 5}
-    trigger["template"]["k8s"]["parameters"][0]["src"]["dataTemplate"] = "{{ .Input.body.x }}"
+    trigger["policy"] = {"status": {"allow": [200]}}
     assert problems(doc) == [
         "spec.dependencies[0].filters: not supported yet",
-        "spec.triggers[0].template.k8s.parameters[0].src.dataTemplate: not supported yet",
+        "spec.triggers[0].policy: not supported yet",
         "spec.triggers[0].rateLimit: not supported yet",
     ]
 
 
-def test_conditions_are_not_supported_yet_but_several_dependencies_are() -> None:
+def test_conditions_and_several_dependencies_load() -> None:
     doc = sensor_doc()
     doc["spec"]["dependencies"].append(
         {"name": "other", "eventSourceName": "webhook", "eventName": "other"}
     )
     assert isinstance(load_one(copy.deepcopy(doc)), Sensor)
     doc["spec"]["triggers"][0]["template"]["conditions"] = "training-event || other"
-    assert problems(doc) == ["spec.triggers[0].template.conditions: not supported yet"]
+    assert problems(doc) == []
+    doc["spec"]["triggers"][0]["template"]["conditions"] = "training-event ||"
+    assert problems(doc) == ["spec.triggers[0].template.conditions: expression ends too early"]
 
 
 def test_supported_trigger_features_load() -> None:

@@ -1,0 +1,270 @@
+"""The sensor runner over a real nats-server: conditions with durable state, retries,
+dead letters, idempotent creates under redelivery.
+
+Objects go to :class:`app.kube.FileKube` (the standalone no-cluster target, a real
+implementation) or, for failures, to an API server address nothing listens on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from app.bus import Bus
+from app.events import Event, new_event_id
+from app.kube import ApiKube, FileKube
+from app.manifests import load_one
+from app.metrics import Metrics
+from app.settings import KubeSettings
+from sensors.runner import RetryPolicy, SensorRunner
+from sensors.trace import TraceStore
+from sensors.triggers.base import TriggerContext
+from tests.support.net import free_port
+
+
+def sensor(deps: list[str], conditions: str | None = None, **trigger_extra: Any) -> Any:
+    template: dict[str, Any] = {
+        "name": "make-job",
+        "k8s": {
+            "operation": "create",
+            "source": {
+                "resource": {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"generateName": "job-"},
+                    "data": {"a": "none", "b": "none"},
+                }
+            },
+            "parameters": [
+                {
+                    "src": {"dependencyName": d, "dataKey": "body.v", "value": "absent"},
+                    "dest": f"data.{d}",
+                }
+                for d in deps
+            ],
+        },
+    }
+    if conditions:
+        template["conditions"] = conditions
+    return load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "s1", "namespace": "ns1"},
+            "spec": {
+                "dependencies": [
+                    {"name": d, "eventSourceName": "hook", "eventName": d} for d in deps
+                ],
+                "triggers": [{"template": template, **trigger_extra}],
+            },
+        }
+    )
+
+
+def event(name: str, v: str, eid: str | None = None) -> Event:
+    return Event(id=eid or new_event_id(), source="hook", subject=name, type="webhook",
+                 data={"body": {"v": v}})  # fmt: skip
+
+
+class Harness:
+    def __init__(self, bus: Bus, kube: Any) -> None:
+        self.bus = bus
+        self.kube = kube
+        self.traces = TraceStore()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, s: Any, retry: RetryPolicy | None = None) -> None:
+        runner = SensorRunner(
+            s, self.bus, TriggerContext(kube=self.kube), self.traces, Metrics(),
+            concurrency=8, default_retry=retry or RetryPolicy(steps=2, duration_seconds=0.01),
+            ack_wait_seconds=2.0,
+        )  # fmt: skip
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(runner.run(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+            self.task = None
+
+
+def objects(kube: FileKube) -> list[dict[str, Any]]:
+    return [o for o in kube.list_objects() if o["kind"] == "ConfigMap"]
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_and_condition_fires_once_across_restart(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = Harness(bus, kube)
+    s = sensor(["a", "b"])
+    await h.start(s)
+    await bus.publish("default", event("a", "first-a"))
+    await bus.publish("default", event("a", "latest-a"))  # latest event per dependency wins
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    assert objects(kube) == []
+    await h.stop()  # restart between dependency A and B
+
+    h2 = Harness(bus, kube)
+    await h2.start(sensor(["a", "b"]))
+    await bus.publish("default", event("b", "the-b"))
+    await eventually(lambda: len(objects(kube)) == 1)
+    await asyncio.sleep(0.3)
+    objs = objects(kube)
+    assert len(objs) == 1
+    assert objs[0]["data"] == {"a": "latest-a", "b": "the-b"}
+    # state was cleared after firing: a new b alone does not fire again
+    await bus.publish("default", event("b", "b2"))
+    await asyncio.sleep(0.5)
+    assert len(objects(kube)) == 1
+    await h2.stop()
+
+
+async def test_or_condition_fires_per_event(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = Harness(bus, kube)
+    await h.start(sensor(["a", "b"], conditions="a || b"))
+    await bus.publish("default", event("a", "x"))
+    await bus.publish("default", event("b", "y"))
+    await bus.publish("default", event("a", "z"))
+    await eventually(lambda: len(objects(kube)) == 3)
+    datas = sorted((o["data"]["a"], o["data"]["b"]) for o in objects(kube))
+    # a dependency that did not fire the trigger falls back to the parameter's default
+    assert datas == [("absent", "y"), ("x", "absent"), ("z", "absent")]
+    await h.stop()
+
+
+async def test_redelivered_event_does_not_create_twice(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = Harness(bus, kube)
+    await h.start(sensor(["a"]))
+    eid = new_event_id()
+    # the same event id published outside the dedup window is delivered twice
+    await bus.publish_raw("default.hook.a", event("a", "v", eid).to_json(), "x1")
+    await bus.publish_raw("default.hook.a", event("a", "v", eid).to_json(), "x2")
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    assert len(objects(kube)) == 1
+    actions = sorted(t.triggers[0].action for t in h.traces.recent())
+    assert actions == ["already-exists", "created"]
+    await h.stop()
+
+
+async def _dead_letters(bus: Bus) -> list[dict[str, Any]]:
+    js = bus._jetstream()
+    sub = await js.pull_subscribe(
+        "default._dlq.>", stream="default",
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )  # fmt: skip
+    try:
+        msgs = await sub.fetch(10, timeout=2)
+    except Exception:
+        return []
+    return [orjson.loads(m.data) for m in msgs]
+
+
+async def test_failing_target_is_retried_then_dead_lettered_and_acked(
+    bus: Bus, tmp_path: Path
+) -> None:
+    dead = ApiKube.from_settings(
+        KubeSettings(kubeconfig=str(_kubeconfig(tmp_path, free_port())), request_timeout_seconds=1)
+    )
+    assert dead is not None
+    h = Harness(bus, dead)
+    s = sensor(["a"], retryStrategy={"steps": 3, "duration": "10ms"})
+    await h.start(s)
+    ev = event("a", "v")
+    await bus.publish("default", ev)
+    await eventually(lambda: len(h.traces.recent()) == 1, timeout=20)
+    t = h.traces.recent()[0]
+    assert t.triggers[0].status == "dead-lettered"
+    assert t.triggers[0].attempts == 3
+    dl = await _dead_letters(bus)
+    assert len(dl) == 1
+    assert dl[0]["trigger"] == "make-job" and dl[0]["events"]["a"]["id"] == ev.id
+    await h.stop()
+    info = await bus._jetstream().consumer_info("default", "ns1-s1-a")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    dead.close()
+
+
+async def test_missing_key_without_default_names_parameter_and_path(
+    bus: Bus, tmp_path: Path
+) -> None:
+    kube = FileKube(tmp_path / "objects")
+    s = load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "s2", "namespace": "ns1"},
+            "spec": {
+                "dependencies": [{"name": "a", "eventSourceName": "hook", "eventName": "a"}],
+                "triggers": [{"template": {"name": "t", "k8s": {
+                    "operation": "create",
+                    "source": {"resource": {"apiVersion": "v1", "kind": "ConfigMap",
+                                            "metadata": {"name": "x"}}},
+                    "parameters": [{"src": {"dependencyName": "a", "dataKey": "body.nope"},
+                                    "dest": "data.x"}],
+                }}}],
+            },
+        }
+    )  # fmt: skip
+    h = Harness(bus, kube)
+    await h.start(s)
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert out.status == "dead-lettered"
+    assert out.attempts == 1  # permanent: not retried
+    assert "parameter 0" in out.error and "body.nope" in out.error
+    assert objects(kube) == []
+    await h.stop()
+
+
+def _kubeconfig(tmp_path: Path, port: int) -> Path:
+    p = tmp_path / "dead-kubeconfig"
+    p.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+    )
+    return p
+
+
+@pytest.mark.parametrize("text", ["a &&", "(a || b", "a && c", "a b"])
+def test_bad_conditions_fail_at_load(text: str) -> None:
+    from app.manifests import check_one
+
+    doc = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Sensor",
+        "metadata": {"name": "s", "namespace": "n"},
+        "spec": {
+            "dependencies": [
+                {"name": "a", "eventSourceName": "e", "eventName": "a"},
+                {"name": "b", "eventSourceName": "e", "eventName": "b"},
+            ],
+            "triggers": [{"template": {"name": "t", "conditions": text, "log": {}}}],
+        },
+    }
+    _obj, lines = check_one(doc)
+    assert lines, f"{text!r} should be rejected"
+    assert any("conditions" in line for line in lines)
