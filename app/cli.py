@@ -3,6 +3,7 @@
 * ``run -f FILES_OR_DIRS``: standalone mode (every EventSource and Sensor in one
   process, embedded JetStream unless ``--nats-url``).
 * ``validate -f FILES_OR_DIRS``: one line per manifest, non-zero exit on any error.
+* ``test SENSOR --event FILE``: run a Sensor offline against events, print the trace.
 * ``version``.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="validate manifests")
     val.add_argument("-f", "--file", dest="files", action="append", required=True)
+
+    tst = sub.add_parser("test", help="run a Sensor offline against events, print the trace")
+    tst.add_argument("sensor", help="Sensor manifest file")
+    tst.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        required=True,
+        metavar="[DEPENDENCY=]FILE",
+        help="event JSON: webhook-shaped data, a body, or a CloudEvent (repeatable)",
+    )
 
     sub.add_parser("version", help="print the version")
     return p  # fmt: skip
@@ -120,7 +133,8 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
-    setup_logging(settings.log_level, settings.log_format)
+    quiet = args.cmd in ("test", "validate") and "TRIGGERFISH_LOG_LEVEL" not in os.environ
+    setup_logging("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
         if args.cmd == "version":
             print(__version__)
@@ -129,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.validate import validate_paths
 
             return validate_paths(args.files, sys.stdout)
+        if args.cmd == "test":
+            from app.offline import run_offline_sync
+
+            return run_offline_sync(args.sensor, args.event, sys.stdout)
         if args.cmd == "run":
             return asyncio.run(_serve(args))
     except ConfigError as e:

@@ -203,9 +203,7 @@ class SensorRunner:
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Consume every dependency; ``ready`` is set once all consumers exist."""
-        if not self.fast_path:
-            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
-            await self._fire_pending()
+        await self.prepare()
         readies: list[asyncio.Event] = []
         tasks: list[asyncio.Task[None]] = []
         for dep in self.deps:
@@ -242,6 +240,13 @@ class SensorRunner:
                 t.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def prepare(self) -> None:
+        """Open the durable condition state (multi-dependency sensors) and fire what a
+        previous run left satisfied; :meth:`run` calls it, offline runs call it alone."""
+        if not self.fast_path and self._state is None:
+            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
+            await self._fire_pending()
 
     def _handler(self, dep: str) -> Callable[[Message], Awaitable[None]]:
         async def handle(msg: Message) -> None:

@@ -1,0 +1,244 @@
+"""``triggerfish test``: run one Sensor offline against given events.
+
+No bus and no cluster: events are read from JSON files (webhook-shaped data, a bare
+body, or full CloudEvents), handed to the real :class:`sensors.runner.SensorRunner`
+through an in-memory message and state store, and every object the triggers would
+create is recorded instead of sent. The trace of each event (dependency, conditions,
+parameters and where each value came from, trigger result) and the objects are
+printed. Exit code 0 when at least one trigger fired, 1 when nothing would fire, 2 on
+invalid input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from app.errors import ConfigError
+from app.events import Event, new_event_id
+from app.kube import AlreadyExists, NotFound
+from app.manifests import load_paths
+from app.metrics import Metrics
+from sensors.runner import RetryPolicy, SensorRunner
+from sensors.trace import Trace, TraceStore
+from sensors.triggers.base import TriggerContext
+
+
+class RecordingKube:
+    """A KubeApi that records what would be done instead of doing it."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[str, dict[str, Any]]] = []
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def _key(self, obj: dict[str, Any], ns: str) -> tuple[str, str, str]:
+        meta = obj.get("metadata") or {}
+        return (str(obj.get("kind")), meta.get("namespace") or ns, str(meta.get("name", "")))
+
+    async def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name"):
+            meta["name"] = meta.pop("generateName", "obj-") + uuid.uuid4().hex[:5]
+        key = self._key(obj, namespace)
+        if key in self._objects:
+            raise AlreadyExists(f"{key} exists", 409, "AlreadyExists")
+        self._objects[key] = obj
+        self.actions.append(("create", obj))
+        return obj
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str
+    ) -> dict[str, Any] | None:
+        return self._objects.get((kind, namespace, name))
+
+    async def update(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        self.actions.append(("update", copy.deepcopy(obj)))
+        return obj
+
+    async def patch(self, obj: dict[str, Any], namespace: str, patch_type: str) -> dict[str, Any]:
+        self.actions.append((f"patch ({patch_type})", copy.deepcopy(obj)))
+        return obj
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        if (kind, namespace, name) in self._objects:
+            del self._objects[(kind, namespace, name)]
+        elif not name:
+            raise NotFound("no name", 404, "NotFound")
+        self.actions.append(
+            ("delete", {"kind": kind, "metadata": {"name": name, "namespace": namespace}})
+        )
+
+
+class MemoryState:
+    """In-memory stand-in for the JetStream KV bucket of a multi-dependency sensor."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+    async def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    async def items(self) -> dict[str, bytes]:
+        return dict(self.data)
+
+
+class OfflineBus:
+    """What the runner needs from a bus, offline: state, and a dead-letter log."""
+
+    def __init__(self) -> None:
+        self.state = MemoryState()
+        self.dead_letters: list[dict[str, Any]] = []
+
+    async def consume(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigError("offline runs hand events to the runner directly")
+
+    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
+        self.dead_letters.append({"subject": subject, **json.loads(payload)})
+
+    async def state_store(self, name: str) -> MemoryState:
+        return self.state
+
+
+@dataclass
+class OfflineMessage:
+    """A delivered message with nothing behind its ack verbs."""
+
+    event: Event
+    num_delivered: int = 1
+    acked: bool = field(default=False)
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay_seconds: float | None = None) -> None:
+        self.acked = False
+
+    async def in_progress(self) -> None:
+        return None
+
+
+def read_event(path: str, dependencies: list[Any]) -> tuple[str | None, Event]:
+    """``[DEP=]FILE`` → (dependency name or None, Event)."""
+    dep: str | None = None
+    if "=" in path and not Path(path).exists():
+        dep, path = path.split("=", 1)
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read event {path}: {e}") from e
+    if isinstance(doc, dict) and "specversion" in doc:
+        ev = Event.from_json(json.dumps(doc).encode())
+        return dep, ev
+    data = (
+        doc
+        if isinstance(doc, dict) and ("body" in doc or "header" in doc)
+        else {
+            "header": {"Content-Type": ["application/json"]},
+            "body": doc,
+            "metadata": {},
+        }
+    )
+    d = next((x for x in dependencies if x.name == dep), None) if dep else None
+    return dep, Event(
+        id=new_event_id(),
+        source=d.event_source_name if d else "",
+        subject=d.event_name if d else "",
+        type="webhook",
+        data=data,
+    )
+
+
+def _match(ev: Event, dep: str | None, deps: list[Any], used: set[str]) -> str:
+    names = [d.name for d in deps]
+    if dep is not None:
+        if dep not in names:
+            raise ConfigError(f"event names dependency {dep!r}, which the sensor does not have")
+        return dep
+    for d in deps:
+        if ev.source and d.event_source_name == ev.source and d.event_name == ev.subject:
+            return str(d.name)
+    for d in deps:
+        if d.name not in used:
+            return str(d.name)
+    return str(deps[0].name)
+
+
+def _print_trace(out: TextIO, n: int, t: Trace) -> None:
+    out.write(
+        f"event {n}: {t.event_source}/{t.event_name} id={t.event_id} → dependency {t.dependency}\n"
+    )
+    if t.conditions:
+        out.write(f"  conditions: {json.dumps(t.conditions)}\n")
+    if not t.fired:
+        out.write("  no trigger fired\n")
+    for o in t.triggers:
+        d = o.detail
+        what = f"{o.action} {d.get('kind', '')} {d.get('namespace', '')}/{d.get('name', '')}"
+        out.write(
+            f"  trigger {o.trigger}: {o.status}" + (f" ({what.strip()})" if o.action else "") + "\n"
+        )
+        for p in o.parameters:
+            out.write(
+                f"    parameter {p.get('index')} {p.get('dest')} = {json.dumps(p.get('value'))}"
+                f" (from {p.get('source')})\n"
+            )
+        if o.error:
+            out.write(f"    error: {o.error}\n")
+    if t.error:
+        out.write(f"  error: {t.error}\n")
+
+
+async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> int:
+    res = load_paths([sensor_file])
+    if res.errors:
+        for e in res.errors:
+            out.write(f"error {e}\n")
+        return 2
+    if len(res.sensors) != 1:
+        out.write(f"error {sensor_file}: expected exactly one Sensor, found {len(res.sensors)}\n")
+        return 2
+    sensor = res.sensors[0].obj
+    kube = RecordingKube()
+    bus = OfflineBus()
+    traces = TraceStore()
+    runner = SensorRunner(
+        sensor, bus, TriggerContext(kube=kube), traces, Metrics(), concurrency=1,
+        default_retry=RetryPolicy(steps=1),
+    )  # fmt: skip
+    await runner.prepare()
+    deps = list(sensor.spec.dependencies)
+    used: set[str] = set()
+    fired = 0
+    for n, path in enumerate(event_files, 1):
+        dep_hint, ev = read_event(path, deps)
+        dep = _match(ev, dep_hint, deps, used)
+        used.add(dep)
+        d = next(x for x in deps if x.name == dep)
+        if not ev.source:
+            ev.source, ev.subject = d.event_source_name, d.event_name
+        await runner.handle(dep, OfflineMessage(ev))
+        trace = traces.recent(1)[0]
+        _print_trace(out, n, trace)
+        fired += sum(1 for o in trace.triggers if o.status == "succeeded")
+    for verb, obj in kube.actions:
+        out.write(f"--- would {verb}:\n")
+        out.write(yaml.safe_dump(obj, sort_keys=False))
+    for dl in bus.dead_letters:
+        out.write(f"--- would dead-letter to {dl['subject']}: {dl['error']}\n")
+    out.write(f"{fired} trigger firing(s), {len(kube.actions)} object action(s)\n")
+    return 0 if fired else 1
+
+
+def run_offline_sync(sensor_file: str, event_files: list[str], out: TextIO) -> int:
+    return asyncio.run(run_offline(sensor_file, event_files, out))
