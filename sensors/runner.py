@@ -108,6 +108,32 @@ class RetryPolicy:
         return out
 
 
+class RateLimiter:
+    """``rateLimit``: at most ``per_unit`` firings per ``unit_seconds`` (a token bucket
+    that starts full); callers wait for a token, they are never refused."""
+
+    def __init__(self, per_unit: int, unit_seconds: float) -> None:
+        self.rate = per_unit / unit_seconds
+        self.capacity = float(per_unit)
+        self.tokens = float(per_unit)
+        self.last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+                self.last = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+_UNIT_SECONDS = {"Second": 1.0, "Minute": 60.0, "Hour": 3600.0, "": 1.0}
+
+
 class PreparedTrigger:
     """One trigger of the sensor, compiled at load: type, condition, params, retries."""
 
@@ -139,6 +165,14 @@ class PreparedTrigger:
             )
         else:
             self.retry = defaults
+        rl = getattr(spec, "rate_limit", None)
+        self.limiter = (
+            RateLimiter(rl.requests_per_unit, _UNIT_SECONDS[rl.unit])
+            if rl is not None and rl.requests_per_unit > 0
+            else None
+        )
+        dlq = getattr(spec, "dlq_trigger", None)
+        self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq is not None else None
         self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
         self._template_dict: dict[str, Any] | None = None
 
@@ -363,6 +397,8 @@ class SensorRunner:
         last: Exception | None = None
         for attempt in range(len(delays) + 1):
             outcome.attempts = attempt + 1
+            if t.limiter is not None:
+                await t.limiter.acquire()
             t0 = time.perf_counter()
             try:
                 plugin, template_records = t.plugin_for(events)
@@ -404,6 +440,14 @@ class SensorRunner:
         self.metrics.action_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
+        if t.dlq is not None:
+            dlq_outcome = await self._fire_one(t.dlq, events, msg)
+            outcome.detail["dlqTrigger"] = {
+                "trigger": dlq_outcome.trigger,
+                "status": dlq_outcome.status,
+                "action": dlq_outcome.action,
+                "error": dlq_outcome.error,
+            }
         await self._dead_letter(t, key, events, outcome.error)
         self.metrics.dead_lettered.labels(*labels).inc()
         outcome.status = "dead-lettered"

@@ -87,9 +87,9 @@ _TRIGGER: dict[str, Rule] = {
     **{f"parameters[].{k}": v for k, v in PARAMETER.items()},
     "retryStrategy": True,
     "atLeastOnce": True,
-    "rateLimit": False,
+    "rateLimit": True,
     "policy": False,
-    "dlqTrigger": False,
+    "dlqTrigger": True,
 }
 
 SENSOR: dict[str, Rule] = {

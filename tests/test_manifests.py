@@ -457,12 +457,12 @@ def test_valid_but_unimplemented_fields_fail_with_one_line_each() -> None:
     doc = sensor_doc()
     doc["spec"]["dependencies"][0]["filters"] = {"context": {"source": "webhook"}}
     trigger = doc["spec"]["triggers"][0]
-    trigger["rateLimit"] = {"unit": "Second", "requestsPerUnit": 5}
+    doc["spec"]["dependencies"][0]["transform"] = {"jq": ".body"}
     trigger["policy"] = {"status": {"allow": [200]}}
     assert problems(doc) == [
         "spec.dependencies[0].filters: not supported yet",
+        "spec.dependencies[0].transform: not supported yet",
         "spec.triggers[0].policy: not supported yet",
-        "spec.triggers[0].rateLimit: not supported yet",
     ]
 
 

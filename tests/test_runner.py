@@ -268,3 +268,42 @@ def test_bad_conditions_fail_at_load(text: str) -> None:
     _obj, lines = check_one(doc)
     assert lines, f"{text!r} should be rejected"
     assert any("conditions" in line for line in lines)
+
+
+async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: Path) -> None:
+    dead = ApiKube.from_settings(
+        KubeSettings(kubeconfig=str(_kubeconfig(tmp_path, free_port())), request_timeout_seconds=1)
+    )
+    assert dead is not None
+    s = sensor(
+        ["a"],
+        retryStrategy={"steps": 2, "duration": "10ms"},
+        atLeastOnce=True,
+        dlqTrigger={"template": {"name": "to-log", "log": {}}, "atLeastOnce": True},
+    )
+    h = Harness(bus, dead)
+    await h.start(s)
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1, timeout=20)
+    out = h.traces.recent()[0].triggers[0]
+    assert out.status == "dead-lettered"
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"
+    assert out.detail["dlqTrigger"]["action"] == "logged"
+    assert len(await _dead_letters(bus)) == 1
+    await h.stop()
+    dead.close()
+
+
+async def test_rate_limit_spaces_firings(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = Harness(bus, kube)
+    await h.start(sensor(["a"], rateLimit={"unit": "Second", "requestsPerUnit": 5}))
+    for i in range(8):
+        await bus.publish("default", event("a", f"v{i}"))
+    await eventually(lambda: len(objects(kube)) == 8, timeout=20)
+    stamps = sorted(
+        int(o["metadata"]["labels"]["events.argoproj.io/action-timestamp"]) for o in objects(kube)
+    )
+    # a bucket of 5 starts full: the 6th..8th firing wait for tokens at 5/s
+    assert stamps[-1] - stamps[0] >= 400
+    await h.stop()
