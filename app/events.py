@@ -9,7 +9,7 @@ webhooks) that ``dataKey`` paths address.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +20,8 @@ SPEC_VERSION = "1.0"
 
 
 def new_event_id() -> str:
-    """A fresh event id: 32 lowercase hex characters (a UUID4 without dashes)."""
-    return uuid.uuid4().hex
+    """A fresh event id: 32 lowercase hex characters (128 random bits)."""
+    return os.urandom(16).hex()
 
 
 def event_id_from(*parts: str) -> str:

@@ -7,6 +7,7 @@ EventSource).
 
 from __future__ import annotations
 
+import functools
 import re
 
 _TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
@@ -17,6 +18,7 @@ def subject_token(value: str) -> str:
     return _TOKEN_RE.sub("_", value) or "_"
 
 
+@functools.lru_cache(maxsize=4096)
 def event_subject(bus: str, event_source: str, event_name: str) -> str:
     """The subject an event of ``event_source``/``event_name`` is published on."""
     return f"{subject_token(bus)}.{subject_token(event_source)}.{subject_token(event_name)}"

@@ -1,17 +1,30 @@
 """Webhook event source (``spec.webhook``): HTTP endpoints that publish each request.
 
-(Server implementation in progress; the config model below is the contract.)
+The runtime builds one :class:`WebhookSource` per EventSource with a ``webhook``
+section and runs it; the per-request work lives in :mod:`eventsources.webhook_http`
+(a raw ASGI app per port), this module owns the config model, cross-event validation,
+secrets, and the uvicorn servers' lifecycle.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Mapping
 from typing import ClassVar
 
+import uvicorn
 from pydantic import Field, field_validator
 
+from app.errors import ConfigError, TransientError, TriggerfishError
+from app.httpserver import QuietServer
 from app.spec import SpecModel
-from eventsources.base import EventSourcePlugin
+from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
+from eventsources.webhook_http import Dispatch, Route, WebhookApp
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -61,10 +74,255 @@ class WebhookConfig(SpecModel):
 
 
 class WebhookSource(EventSourcePlugin[WebhookConfig]):
-    """Serves every webhook event of one EventSource, one HTTP server per port."""
+    """Serves every webhook event of one EventSource, one HTTP server per port.
+
+    Fields of each event (``spec.webhook.<eventName>``, Argo's ``WebhookContext``):
+
+    * ``port`` (string, required): the port to listen on; events sharing a port share
+      one server, each on its own ``endpoint``.
+    * ``endpoint`` (required, starts with ``/``): the exact request path.
+    * ``method`` (default ``POST``): the one accepted method; others get 405 + ``Allow``.
+    * ``authSecret``: Secret key holding a bearer token; requests must send
+      ``Authorization: Bearer <token>`` (else 401). Read once at start (one trailing
+      newline dropped, as Argo does), compared in constant time.
+    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413.
+    * ``metadata``: a string map copied into every event's data.
+    * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
+      are set the port serves HTTPS (all events on that port must agree).
+    * ``url``: informational (the externally visible URL), not used for serving.
+    * ``filter``: not supported yet; a config with a filter fails validation and start.
+
+    Event data is Argo's: ``{"header": {Canonical-Name: [values]}, "body": ...,
+    "metadata": {...}}`` with ``Authorization`` masked; ``body`` is the posted JSON,
+    or a map of lists for GET query strings and form posts.
+
+    Ack/failure semantics: a request is answered 200 ``success`` only after
+    ``ctx.publish`` returned (the bus holds the event). If the publish raises a
+    :class:`~app.errors.TransientError` (bus down, no PubAck in time) the answer is
+    503 with ``Retry-After`` and nothing was accepted; any other failure is 500. An
+    ``Idempotency-Key`` (else ``X-Request-Id``) header makes the event id
+    deterministic, so a client retry after a lost answer is deduplicated by the bus.
+    Requests are processed concurrently; there is no ordering between them.
+    ``GET /health`` answers 200 on every port.
+    """
 
     type_name: ClassVar[str] = "webhook"
     config_model: ClassVar[type[SpecModel]] = WebhookConfig
 
+    shutdown_grace_seconds: ClassVar[float] = 5.0
+    """How long in-flight requests may take to finish when the source is stopped."""
+    listen_backlog: ClassVar[int] = 2048
+    """Pending-connection queue of each listening socket."""
+
+    def __init__(
+        self,
+        source_name: str,
+        namespace: str,
+        events: Mapping[str, WebhookConfig],
+        ctx: SourceContext,
+    ) -> None:
+        super().__init__(source_name, namespace, events, ctx)
+        self._apps: dict[int, WebhookApp] | None = None
+        self._tls: dict[int, ssl.SSLContext] = {}
+        self._servers: list[QuietServer] = []
+
+    # -- validation -------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, source_name: str, events: Mapping[str, WebhookConfig]) -> list[str]:
+        """Cross-event checks: one event per port+endpoint, TLS agreed per port, no filter."""
+        lines: list[str] = []
+        taken: dict[tuple[str, str], str] = {}
+        tls_by_port: dict[str, tuple[str, bool]] = {}
+        for name, cfg in events.items():
+            path = f"spec.webhook.{name}"
+            key = (cfg.port, cfg.endpoint)
+            if key in taken:
+                lines.append(
+                    f"{path}.endpoint: endpoint {cfg.endpoint} on port {cfg.port} is already "
+                    f"used by event {taken[key]!r}"
+                )
+            else:
+                taken[key] = name
+            if cfg.filter is not None:
+                lines.append(
+                    f"{path}.filter: event source filters are not supported yet "
+                    "(remove the filter, or filter in the Sensor's dependency)"
+                )
+            has_cert = cfg.server_cert_secret is not None
+            has_key = cfg.server_key_secret is not None
+            if has_cert != has_key:
+                lines.append(f"{path}: serverCertSecret and serverKeySecret must be set together")
+            first = tls_by_port.setdefault(cfg.port, (name, has_cert and has_key))
+            if first[1] != (has_cert and has_key):
+                lines.append(
+                    f"{path}: port {cfg.port} is served with TLS by one event and without "
+                    f"by another ({first[0]!r}); use one setting per port"
+                )
+        return lines
+
+    # -- start ------------------------------------------------------------------------
+    async def prepare(self) -> dict[int, WebhookApp]:
+        """Validate, read the secrets once, and build the ASGI app of every port.
+
+        Idempotent; :meth:`run` calls it. Raises :class:`ConfigError` for an invalid
+        configuration (the ``path: message`` lines of :meth:`check_config`).
+        """
+        if self._apps is not None:
+            return self._apps
+        problems = self.check_config(self.source_name, self.events)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        dispatch = Dispatch(
+            source_name=self.source_name,
+            publish=self.ctx.publish,
+            make_event=self.make_event,
+            metrics=self.ctx.metrics,
+            log=self.ctx.log,
+        )
+        by_port: dict[int, dict[str, Route]] = {}
+        for name, cfg in self.events.items():
+            token: bytes | None = None
+            if cfg.auth_secret is not None:
+                secret = await self._secret(cfg.auth_secret, f"spec.webhook.{name}.authSecret")
+                if secret.endswith("\n"):
+                    secret = secret[:-1]
+                if not secret:
+                    raise ConfigError(
+                        "the secret's value is empty", f"spec.webhook.{name}.authSecret"
+                    )
+                token = secret.encode()
+            port = int(cfg.port)
+            by_port.setdefault(port, {})[cfg.endpoint] = Route(
+                event_name=name,
+                endpoint=cfg.endpoint,
+                method=cfg.method,
+                max_payload_bytes=cfg.max_payload_size,
+                metadata=dict(cfg.metadata),
+                token=token,
+            )
+            if cfg.server_cert_secret and cfg.server_key_secret and port not in self._tls:
+                self._tls[port] = await self._tls_context(
+                    cfg.server_cert_secret, cfg.server_key_secret, f"spec.webhook.{name}"
+                )
+        self._apps = {port: WebhookApp(port, routes, dispatch) for port, routes in by_port.items()}
+        return self._apps
+
+    async def _secret(self, selector: SecretKeySelector, path: str) -> str:
+        try:
+            return await self.ctx.secrets.get(self.namespace, selector.name, selector.key)
+        except TriggerfishError:
+            raise
+        except Exception as e:
+            raise ConfigError(
+                f"cannot read key {selector.key!r} of secret {selector.name!r}: {e}", path
+            ) from e
+
+    async def _tls_context(
+        self, cert: SecretKeySelector, key: SecretKeySelector, path: str
+    ) -> ssl.SSLContext:
+        """An SSL server context from PEM secrets (the files exist only while loading)."""
+        cert_pem = await self._secret(cert, f"{path}.serverCertSecret")
+        key_pem = await self._secret(key, f"{path}.serverKeySecret")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with tempfile.TemporaryDirectory(prefix="triggerfish-tls-") as tmp:
+            cert_file = os.path.join(tmp, "tls.crt")
+            key_file = os.path.join(tmp, "tls.key")
+            for file, pem in ((cert_file, cert_pem), (key_file, key_pem)):
+                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(pem)
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            except (ssl.SSLError, OSError) as e:
+                raise ConfigError(f"invalid TLS certificate or key: {e.strerror or e}", path) from e
+        return context
+
+    # -- serve ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True once every port's server is listening (and until it stops)."""
+        return bool(self._servers) and all(s.started and not s.should_exit for s in self._servers)
+
     async def run(self) -> None:
-        raise RuntimeError("webhook server is being written")
+        """Listen on every port and serve until cancelled, then shut down cleanly.
+
+        On cancellation the listeners close at once, in-flight requests get
+        ``shutdown_grace_seconds`` to finish (their publishes complete and are answered),
+        and keep-alive connections are closed. A port that cannot be bound raises
+        :class:`TransientError`; a bad config raises :class:`ConfigError`.
+        """
+        apps = await self.prepare()
+        servers: list[QuietServer] = []
+        tasks: list[asyncio.Task[None]] = []
+        sockets: list[socket.socket] = []
+        try:
+            for port, app in apps.items():
+                sock = self._listen(port)
+                sockets.append(sock)
+                # ``loop`` only matters to ``uvicorn.run``: serve() runs on the process's
+                # loop, which the CLI should make uvloop (~10% more requests/s).
+                config = uvicorn.Config(
+                    app,
+                    loop="uvloop",
+                    http="httptools",
+                    ws="none",
+                    lifespan="off",
+                    interface="asgi3",
+                    access_log=False,
+                    log_config=None,
+                    proxy_headers=False,
+                    server_header=False,
+                    backlog=self.listen_backlog,
+                    timeout_graceful_shutdown=int(self.shutdown_grace_seconds),
+                )
+                config.load()
+                config.ssl = self._tls.get(port)
+                server = QuietServer(config)
+                servers.append(server)
+                tasks.append(
+                    asyncio.create_task(
+                        server.serve(sockets=[sock]), name=f"webhook:{self.source_name}:{port}"
+                    )
+                )
+            self._servers = servers
+            listening = [
+                f"{self.ctx.bind_host}:{port} ({', '.join(app.routes_by_event)})"
+                for port, app in apps.items()
+            ]
+            self.ctx.log.info(
+                "webhook source %s listening on %s", self.source_name, ", ".join(listening)
+            )
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+            raise TransientError(f"webhook source {self.source_name}: a server stopped")
+        finally:
+            for server in servers:
+                server.should_exit = True
+            try:
+                if tasks:
+                    await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds + 1)
+            finally:  # even when cancelled again while waiting: leave nothing running
+                for t in tasks:
+                    t.cancel()
+                for sock in sockets:
+                    sock.close()
+                self._servers = []
+
+    def _listen(self, port: int) -> socket.socket:
+        """A bound, non-blocking listening socket on ``ctx.bind_host``:``port``."""
+        host = self.ctx.bind_host
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as e:
+            raise TransientError(f"cannot listen on {host}:{port}: {e}") from e
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise TransientError(f"cannot listen on {host}:{port}: {e}") from e
+        return sock

@@ -1,0 +1,462 @@
+"""The webhook source's HTTP hot path: one raw ASGI app per port, no framework routing.
+
+Why raw ASGI: a webhook request's own work is small (read ≤1 MiB, parse JSON, build a
+CloudEvent, await the PubAck), so per-request framework overhead (routing, request
+objects, dependency injection, middleware) is what limits throughput (DESIGN §7: a
+FastAPI handler does ~4.5k req/s here, a bare ASGI app ~33k). This module keeps the
+per-request path to one dict lookup for the route, one pass over the raw header list,
+one ``orjson.loads`` and the awaited publish; every response message is built once at
+import time.
+
+:class:`WebhookApp` is what :class:`eventsources.webhook.WebhookSource` serves with
+uvicorn, and what the tests drive in-process through ``httpx.ASGITransport``. It knows
+nothing about uvicorn or the bus: it is given the routes of its port and a
+:class:`Dispatch` bundle (publish, metrics, event factory, log).
+
+Status codes (DESIGN §3): 200 ``success`` only after ``publish`` returned; 404 unknown
+path; 405 wrong method (``Allow``); 401 missing/wrong bearer token; 413 body over the
+limit (``Content-Length`` up front, streamed bytes counted for chunked bodies); 400
+body that is not JSON; 503 + ``Retry-After`` when the publish raised a
+:class:`app.errors.TransientError` (nothing was accepted, the client may retry); 500 on
+anything unexpected (short message to the client, traceback only in the log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import orjson
+
+from app.errors import TransientError
+from app.events import Event, event_id_from, new_event_id
+from eventsources.base import SourceMetrics
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MASKED_AUTHORIZATION: Final = "*** Masked Auth Secret ***"
+"""What the ``Authorization`` header's value becomes in event data (Argo's wording)."""
+
+RETRY_AFTER_SECONDS: Final = 1
+"""``Retry-After`` on a 503: the bus reconnects within a fraction of a second."""
+
+HEALTH_PATH: Final = "/health"
+
+# -- header names ---------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def canonical_header_name(name: str) -> str:
+    """Canonicalise a header name the way Go's ``textproto.CanonicalMIMEHeaderKey`` does.
+
+    The first letter and every letter after a hyphen upper-case, the rest lower-case
+    (``x-run`` → ``X-Run``, ``X-API-KEY`` → ``X-Api-Key``). A name holding a byte that
+    is not valid in a header field name is returned unchanged, as Go does.
+    """
+    if not _TOKEN_RE.fullmatch(name):
+        return name
+    return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
+
+
+# Kinds of request headers the hot path looks at while it copies the header list.
+_PLAIN, _AUTH, _DROP, _CTYPE, _CLEN, _IDEM_KEY, _REQ_ID, _TE = range(8)
+
+_SPECIAL: Final[dict[bytes, int]] = {
+    b"authorization": _AUTH,
+    # Go's server moves these out of Request.Header, so Argo's event data lacks them.
+    b"host": _DROP,
+    b"transfer-encoding": _TE,
+    b"content-type": _CTYPE,
+    b"content-length": _CLEN,
+    b"idempotency-key": _IDEM_KEY,
+    b"x-request-id": _REQ_ID,
+}
+
+_NAME_CACHE_MAX: Final = 2048
+_name_cache: dict[bytes, tuple[str, int]] = {
+    raw: (canonical_header_name(raw.decode("latin-1")), kind) for raw, kind in _SPECIAL.items()
+}
+
+
+def _header_info(raw: bytes) -> tuple[str, int]:
+    """Canonical name and kind of a lower-case raw header name, memoised (bounded)."""
+    info = _name_cache.get(raw)
+    if info is None:
+        info = (canonical_header_name(raw.decode("latin-1")), _PLAIN)
+        if len(_name_cache) < _NAME_CACHE_MAX:
+            _name_cache[raw] = info
+    return info
+
+
+# -- prebuilt responses ---------------------------------------------------------------
+
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
+
+
+def _response(
+    status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> tuple[Message, Message]:
+    """The two ASGI messages of a small text response (built once, sent many times)."""
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [_TEXT, (b"content-length", str(len(body)).encode()), *extra],
+    }
+    return start, {"type": "http.response.body", "body": body, "more_body": False}
+
+
+_CLOSE: Final = ((b"connection", b"close"),)
+_OK: Final = _response(200, b"success")
+_HEALTH_OK: Final = _response(200, b"OK")
+_NOT_FOUND: Final = _response(404, b"404 page not found")
+_TOO_LARGE: Final = _response(413, b"request body too large", _CLOSE)
+_BAD_AUTH_HEADER: Final = _response(
+    401, b"Invalid Authorization Header", ((b"www-authenticate", b"Bearer"),)
+)
+_BAD_TOKEN: Final = _response(401, b"Invalid Auth token", ((b"www-authenticate", b"Bearer"),))
+_UNAVAILABLE: Final = _response(
+    503,
+    b"event bus unavailable, event not recorded; retry later",
+    ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),),
+)
+_INTERNAL: Final = _response(500, b"internal error, event not recorded")
+
+
+def _closing(response: tuple[Message, Message]) -> tuple[Message, Message]:
+    """The same response, closing the connection afterwards."""
+    start, body = response
+    return {**start, "headers": [*start["headers"], *_CLOSE]}, body
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request announces a body (that a rejection will leave unread)."""
+    for name, value in headers:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
+
+
+_NOT_FOUND_CLOSE: Final = _closing(_NOT_FOUND)
+_BAD_AUTH_HEADER_CLOSE: Final = _closing(_BAD_AUTH_HEADER)
+_BAD_TOKEN_CLOSE: Final = _closing(_BAD_TOKEN)
+
+
+async def _send(send: Send, response: tuple[Message, Message]) -> None:
+    await send(response[0])
+    await send(response[1])
+
+
+# -- routes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One webhook event as the hot path needs it, precomputed at start."""
+
+    event_name: str
+    endpoint: str
+    method: str
+    max_payload_bytes: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    token: bytes | None = field(default=None, repr=False)
+    """The bearer token (``authSecret``), read once at start; ``None`` = no auth."""
+    method_not_allowed: tuple[Message, Message] = field(init=False, repr=False)
+    method_not_allowed_close: tuple[Message, Message] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        allow = ((b"allow", self.method.encode()),)
+        response = _response(405, b"method not allowed", allow)
+        object.__setattr__(self, "method_not_allowed", response)
+        object.__setattr__(self, "method_not_allowed_close", _closing(response))
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """What a :class:`WebhookApp` hands its events to (one per EventSource)."""
+
+    source_name: str
+    publish: Callable[[Event], Awaitable[None]]
+    """Returns once the bus holds the event (PubAck); raises when it does not."""
+    make_event: Callable[[str, Any, str], Event]
+    metrics: SourceMetrics
+    log: logging.Logger
+
+
+class _BadRequest(Exception):
+    """The request body cannot become an event (answered 400 with the message)."""
+
+
+class _TooLarge(Exception):
+    """The streamed body grew past the route's limit (answered 413)."""
+
+
+class _Disconnected(Exception):
+    """The client went away before its body was read (nothing to answer)."""
+
+
+_FORM: Final = b"application/x-www-form-urlencoded"
+_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+def _values_map(text: str) -> dict[str, list[str]]:
+    """A query string or form body as Go's ``url.Values``: a map of lists of strings."""
+    return parse_qs(text, keep_blank_values=True, errors="replace")
+
+
+def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> Any:
+    """The ``body`` of the event data, shaped as Argo shapes it.
+
+    * ``GET``/``HEAD``: the query parameters as a map of lists.
+    * ``application/x-www-form-urlencoded``: the form fields as a map of lists.
+    * anything else: the body must be JSON (Argo embeds it as raw JSON); an empty body
+      becomes ``null`` (Argo answers 400 there; accepting an empty ``curl -X POST`` as
+      a bare trigger is a deliberate difference).
+
+    Raises :class:`_BadRequest` when a body meant as JSON is not valid JSON.
+    """
+    if method in _BODYLESS_METHODS:
+        return _values_map(query.decode("utf-8", "replace")) if query else {}
+    if content_type and content_type.split(b";", 1)[0].strip().lower() == _FORM:
+        return _values_map(body.decode("utf-8", "replace")) if body else {}
+    if not body or body.isspace():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise _BadRequest(f"request body is not valid JSON: {e}") from None
+
+
+class WebhookApp:
+    """The ASGI app of one webhook port: its routes, ``/health``, and the publish.
+
+    Requests on different routes (and on the same one) are handled concurrently: no
+    lock, every request awaits its own PubAck, and the bus client pipelines them on
+    one connection.
+    """
+
+    __slots__ = ("_dispatch", "_last_warning", "_routes", "_suppressed_warnings", "port")
+
+    def __init__(self, port: int, routes: Mapping[str, Route], dispatch: Dispatch) -> None:
+        self.port = port
+        self._routes: dict[str, Route] = dict(routes)
+        self._dispatch = dispatch
+        self._last_warning = 0.0
+        self._suppressed_warnings = 0
+
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        """The routes of this port by endpoint path."""
+        return self._routes
+
+    @property
+    def routes_by_event(self) -> dict[str, Route]:
+        """The routes of this port by event name."""
+        return {r.event_name: r for r in self._routes.values()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await _lifespan(receive, send)
+            return
+        # A rejection that leaves a request body unread closes the connection (as Go's
+        # server does): a client waiting on ``Expect: 100-continue`` never sends the
+        # body, and its next request must not be read as that body.
+        route = self._routes.get(scope["path"])
+        if route is None:
+            # A user's own ``/health`` endpoint wins, as in Argo's router.
+            if scope["path"] == HEALTH_PATH:
+                await _send(send, _HEALTH_OK)
+            else:
+                closing = _declares_body(scope["headers"])
+                await _send(send, _NOT_FOUND_CLOSE if closing else _NOT_FOUND)
+            return
+        if scope["method"] != route.method:
+            closing = _declares_body(scope["headers"])
+            await _send(
+                send, route.method_not_allowed_close if closing else route.method_not_allowed
+            )
+            return
+        try:
+            await self._accept(route, scope, receive, send)
+        except _Disconnected:
+            return
+        except Exception:
+            # Publish failures are handled (and logged with their event id) in _accept;
+            # this is a failure before any event existed.
+            self._dispatch.log.exception(
+                "webhook %s/%s: unexpected error before an event was built, answered 500",
+                self._dispatch.source_name,
+                route.event_name,
+            )
+            # If the response had already started there is nothing more to say.
+            with contextlib.suppress(Exception):
+                await _send(send, _INTERNAL)
+
+    async def _accept(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check, read, publish and answer one request."""
+        header: dict[str, list[str]] = {}
+        content_type = b""
+        content_length = b""
+        authorization: bytes | None = None
+        idem_key: bytes | None = None
+        request_id: bytes | None = None
+        chunked = False
+        for raw_name, raw_value in scope["headers"]:
+            name, kind = _header_info(raw_name)
+            if kind:
+                if kind == _AUTH:
+                    if authorization is None:
+                        authorization = raw_value
+                    header[name] = [MASKED_AUTHORIZATION]
+                    continue
+                if kind == _DROP:
+                    continue
+                if kind == _TE:
+                    chunked = True
+                    continue
+                if kind == _CTYPE:
+                    content_type = content_type or raw_value
+                elif kind == _CLEN:
+                    content_length = raw_value
+                elif kind == _IDEM_KEY:
+                    idem_key = idem_key or raw_value
+                elif kind == _REQ_ID:
+                    request_id = request_id or raw_value
+            value = raw_value.decode("utf-8", "replace")
+            values = header.get(name)
+            if values is None:
+                header[name] = [value]
+            else:
+                values.append(value)
+
+        token = route.token
+        if token is not None:
+            closing = chunked or (bool(content_length) and content_length != b"0")
+            if authorization is None or authorization[:7].lower() != b"bearer ":
+                await _send(send, _BAD_AUTH_HEADER_CLOSE if closing else _BAD_AUTH_HEADER)
+                return
+            if not hmac.compare_digest(authorization[7:], token):
+                await _send(send, _BAD_TOKEN_CLOSE if closing else _BAD_TOKEN)
+                return
+
+        method: str = scope["method"]
+        if method in _BODYLESS_METHODS:
+            body = b""
+        else:
+            limit = route.max_payload_bytes
+            if content_length:
+                try:
+                    declared = int(content_length)
+                except ValueError:
+                    await _send(send, _response(400, b"invalid Content-Length"))
+                    return
+                if declared > limit:
+                    await _send(send, _TOO_LARGE)
+                    return
+            try:
+                body = await _read_body(receive, limit)
+            except _TooLarge:
+                await _send(send, _TOO_LARGE)
+                return
+        try:
+            data_body = parse_body(method, content_type, scope["query_string"], body)
+        except _BadRequest as e:
+            await _send(send, _response(400, str(e).encode()))
+            return
+
+        dispatch = self._dispatch
+        key = idem_key or request_id
+        if key:
+            event_id = event_id_from(
+                dispatch.source_name, route.event_name, key.decode("utf-8", "replace")
+            )
+        else:
+            event_id = new_event_id()
+        data = {"header": header, "body": data_body, "metadata": dict(route.metadata)}
+        event = dispatch.make_event(route.event_name, data, event_id)
+        try:
+            await dispatch.publish(event)
+        except TransientError as e:
+            dispatch.metrics.event_send_failed(dispatch.source_name, route.event_name)
+            self._warn_unavailable(route, event_id, e)
+            await _send(send, _UNAVAILABLE)
+            return
+        except Exception:
+            dispatch.metrics.event_send_failed(dispatch.source_name, route.event_name)
+            dispatch.log.exception(
+                "webhook %s/%s: publishing event %s failed unexpectedly, answered 500",
+                dispatch.source_name,
+                route.event_name,
+                event_id,
+            )
+            await _send(send, _INTERNAL)
+            return
+        dispatch.metrics.event_sent(dispatch.source_name, route.event_name)
+        await _send(send, _OK)
+        return
+
+    def _warn_unavailable(self, route: Route, event_id: str, err: Exception) -> None:
+        """Log a 503 with its event id, at most once a second (an outage is loud enough)."""
+        now = time.monotonic()
+        if now - self._last_warning < 1.0:
+            self._suppressed_warnings += 1
+            return
+        more = f" ({self._suppressed_warnings} more since the last line)"
+        self._dispatch.log.warning(
+            "webhook %s/%s: event %s not recorded, answered 503: %s%s",
+            self._dispatch.source_name,
+            route.event_name,
+            event_id,
+            err,
+            more if self._suppressed_warnings else "",
+        )
+        self._last_warning = now
+        self._suppressed_warnings = 0
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body; :class:`_TooLarge` as soon as it passes ``limit`` bytes."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise _TooLarge
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    total = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Answer the lifespan protocol (servers that send it); nothing to set up."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

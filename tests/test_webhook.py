@@ -1,0 +1,560 @@
+"""The webhook source's HTTP contract, in-process through ``httpx.ASGITransport``.
+
+Every status code of DESIGN §3, the Argo-shaped event data, idempotency keys and the
+"200 only after the publish returned" rule. The network is not the point here; the real
+sockets and the real bus are in ``test_webhook_bus.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import pytest
+
+from app.errors import BusUnavailableError, ConfigError, TransientError
+from app.events import Event
+from eventsources.base import SourceContext
+from eventsources.webhook import WebhookConfig, WebhookSource
+from eventsources.webhook_http import MASKED_AUTHORIZATION, canonical_header_name
+
+TOKEN = "s3cr3t-t0ken"
+
+
+class FakeSecrets:
+    """Secrets by (namespace, name, key); counts reads to prove the token is read once."""
+
+    def __init__(self, values: Mapping[tuple[str, str, str], str]) -> None:
+        self.values = dict(values)
+        self.reads = 0
+
+    async def get(self, namespace: str, name: str, key: str) -> str:
+        self.reads += 1
+        return self.values[(namespace, name, key)]
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str]] = []
+        self.filtered: list[tuple[str, str]] = []
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self.sent.append((source, event_name))
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        self.failed.append((source, event_name))
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self.filtered.append((source, event_name))
+
+
+class Publisher:
+    """Records published events; can fail or block on demand."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.fail_with: Exception | None = None
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, event: Event) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.entered.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_with is not None:
+                raise self.fail_with
+            self.events.append(event)
+        finally:
+            self.in_flight -= 1
+
+
+def cfg(**fields: Any) -> WebhookConfig:
+    base: dict[str, Any] = {"port": "12000", "endpoint": "/trigger", "method": "POST"}
+    base.update(fields)
+    return WebhookConfig.model_validate(base)
+
+
+Harness = tuple[httpx.AsyncClient, Publisher, RecordingMetrics]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(
+        events: Mapping[str, WebhookConfig] | None = None,
+        port: int = 12000,
+        secrets: FakeSecrets | None = None,
+    ) -> Harness:
+        publisher = Publisher()
+        metrics = RecordingMetrics()
+        source = WebhookSource(
+            "webhook",
+            "argo-events",
+            events or {"trigger": cfg()},
+            SourceContext(
+                publish=publisher,
+                secrets=secrets or FakeSecrets({}),
+                metrics=metrics,
+                log=logging.getLogger("test.webhook"),
+            ),
+        )
+        apps = await source.prepare()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=apps[port]), base_url="http://hooks.test"
+        )
+        clients.append(client)
+        return client, publisher, metrics
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for p in parts:
+        yield p
+
+
+# -- 200 and the event ------------------------------------------------------------------
+
+
+async def test_post_json_publishes_argo_shaped_event_then_answers_success(make_client):
+    client, pub, metrics = await make_client(
+        {"trigger": cfg(metadata={"team": "ml", "env": "dev"})}
+    )
+    r = await client.post(
+        "/trigger",
+        content=b'{"model":"resnet","dataset":"imagenet"}',
+        headers={"content-type": "application/json", "x-run": "42"},
+    )
+    assert r.status_code == 200
+    assert r.text == "success"
+    assert len(pub.events) == 1
+    ev = pub.events[0]
+    assert (ev.type, ev.source, ev.subject) == ("webhook", "webhook", "trigger")
+    assert len(ev.id) == 32 and int(ev.id, 16) >= 0
+    assert ev.data["body"] == {"model": "resnet", "dataset": "imagenet"}
+    assert ev.data["metadata"] == {"team": "ml", "env": "dev"}
+    assert ev.data["header"]["Content-Type"] == ["application/json"]
+    assert ev.data["header"]["X-Run"] == ["42"]
+    assert "Host" not in ev.data["header"]  # Go keeps Host out of Request.Header
+    assert metrics.sent == [("webhook", "trigger")]
+    assert metrics.failed == []
+    # the envelope survives the bus encoding
+    assert Event.from_json(ev.to_json()).data == ev.data
+
+
+async def test_success_is_not_sent_before_the_publish_returns(make_client):
+    client, pub, _ = await make_client()
+    pub.gate = asyncio.Event()
+    request = asyncio.create_task(client.post("/trigger", json={"a": 1}))
+    await asyncio.wait_for(pub.entered.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert not request.done(), "answered before the publish returned"
+    assert pub.events == []
+    pub.gate.set()
+    r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 200 and r.text == "success"
+    assert len(pub.events) == 1
+
+
+async def test_publishes_run_concurrently_on_one_endpoint(make_client):
+    client, pub, _ = await make_client()
+    pub.gate = asyncio.Event()
+    requests = [asyncio.create_task(client.post("/trigger", json={"i": i})) for i in range(5)]
+    for _ in range(200):
+        if pub.in_flight == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert pub.in_flight == 5, "publishes were serialised"
+    pub.gate.set()
+    responses = await asyncio.gather(*requests)
+    assert [r.status_code for r in responses] == [200] * 5
+    assert sorted(e.data["body"]["i"] for e in pub.events) == [0, 1, 2, 3, 4]
+
+
+async def test_empty_body_becomes_null(make_client):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger")
+    assert r.status_code == 200
+    assert pub.events[0].data["body"] is None
+
+
+async def test_non_object_json_is_kept_as_is(make_client):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=b"[1, 2, 3]")
+    assert r.status_code == 200
+    assert pub.events[0].data["body"] == [1, 2, 3]
+
+
+# -- 404 / 405 / health ---------------------------------------------------------------
+
+
+async def test_unknown_path_is_404(make_client):
+    client, pub, _ = await make_client()
+    for path in ("/nope", "/trigger/", "/Trigger"):
+        r = await client.post(path, json={})
+        assert r.status_code == 404, path
+    assert pub.events == []
+
+
+async def test_wrong_method_is_405_with_allow(make_client):
+    client, pub, _ = await make_client()
+    for method in ("GET", "PUT", "DELETE"):
+        r = await client.request(method, "/trigger")
+        assert r.status_code == 405, method
+        assert r.headers["allow"] == "POST"
+    assert pub.events == []
+
+
+async def test_rejection_leaving_a_body_unread_closes_the_connection(make_client):
+    events, secrets = _auth_source()
+    client, _, _ = await make_client(events, secrets=secrets)
+    with_body = await client.post("/trigger", json={"a": 1})
+    assert with_body.status_code == 401
+    assert with_body.headers["connection"] == "close"
+    assert (await client.post("/nope", json={})).headers["connection"] == "close"
+    assert (await client.put("/trigger", json={})).headers["connection"] == "close"
+    # nothing unread: the connection stays open
+    assert "connection" not in (await client.get("/nope")).headers
+    assert "connection" not in (await client.get("/trigger")).headers
+    assert "connection" not in (await client.get("/health")).headers
+
+
+async def test_health_on_every_port(make_client):
+    events = {
+        "a": cfg(port="12000", endpoint="/a"),
+        "b": cfg(port="13000", endpoint="/b"),
+    }
+    for port in (12000, 13000):
+        client, _, _ = await make_client(events, port=port)
+        r = await client.get("/health")
+        assert (r.status_code, r.text) == (200, "OK")
+
+
+# -- 413 ------------------------------------------------------------------------------
+
+
+async def test_body_over_limit_by_content_length_is_413(make_client):
+    client, pub, metrics = await make_client({"trigger": cfg(maxPayloadSize=64)})
+    r = await client.post("/trigger", json={"x": "y" * 100})
+    assert r.status_code == 413
+    assert r.headers["connection"] == "close"
+    assert pub.events == [] and metrics.sent == []
+    ok = await client.post("/trigger", json={"x": "y" * 10})
+    assert ok.status_code == 200
+
+
+async def test_body_over_limit_by_chunked_stream_is_413(make_client):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=64)})
+    request = client.build_request(
+        "POST", "/trigger", content=_chunks(b'{"x": "', b"y" * 40, b"z" * 40, b'"}')
+    )
+    assert "content-length" not in request.headers
+    assert request.headers["transfer-encoding"] == "chunked"
+    r = await client.send(request)
+    assert r.status_code == 413
+    assert pub.events == []
+
+
+async def test_chunked_body_under_limit_is_accepted(make_client):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=64)})
+    r = await client.post("/trigger", content=_chunks(b'{"a": ', b"1", b"}"))
+    assert r.status_code == 200
+    assert pub.events[0].data["body"] == {"a": 1}
+
+
+# -- 400 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"model": '),
+        ("application/json; charset=utf-8", b"not json"),
+        ("text/plain", b"hello"),  # Argo parses every non-form body as JSON
+        (None, b"{'single': 'quotes'}"),
+    ],
+)
+async def test_invalid_json_is_400(make_client, content_type, body):
+    client, pub, metrics = await make_client()
+    headers = {"content-type": content_type} if content_type else {}
+    r = await client.post("/trigger", content=body, headers=headers)
+    assert r.status_code == 400
+    assert "not valid JSON" in r.text
+    assert "Traceback" not in r.text
+    assert pub.events == [] and metrics.sent == []
+
+
+# -- 401 ------------------------------------------------------------------------------
+
+
+def _auth_source() -> tuple[dict[str, WebhookConfig], FakeSecrets]:
+    secrets = FakeSecrets({("argo-events", "hook-token", "token"): TOKEN + "\n"})
+    events = {"trigger": cfg(authSecret={"name": "hook-token", "key": "token"})}
+    return events, secrets
+
+
+async def test_missing_token_is_401(make_client):
+    events, secrets = _auth_source()
+    client, pub, _ = await make_client(events, secrets=secrets)
+    r = await client.post("/trigger", json={})
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await client.post("/trigger", json={}, headers={"authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+    assert pub.events == []
+
+
+async def test_wrong_token_is_401(make_client):
+    events, secrets = _auth_source()
+    client, pub, _ = await make_client(events, secrets=secrets)
+    for wrong in ("nope", TOKEN + "x", TOKEN[:-1], ""):
+        r = await client.post("/trigger", json={}, headers={"authorization": f"Bearer {wrong}"})
+        assert r.status_code == 401, wrong
+        assert TOKEN not in r.text
+    assert pub.events == []
+
+
+async def test_right_token_is_200_and_masked_in_the_event(make_client):
+    events, secrets = _auth_source()
+    client, pub, _ = await make_client(events, secrets=secrets)
+    for _ in range(3):
+        r = await client.post(
+            "/trigger", json={"a": 1}, headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        assert r.status_code == 200
+    assert secrets.reads == 1, "the token is read once, at start"
+    for ev in pub.events:
+        assert ev.data["header"]["Authorization"] == [MASKED_AUTHORIZATION]
+        assert TOKEN.encode() not in ev.to_json()
+
+
+async def test_authorization_is_masked_without_auth_secret_too(make_client):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", json={}, headers={"authorization": "Bearer private"})
+    assert r.status_code == 200
+    assert pub.events[0].data["header"]["Authorization"] == [MASKED_AUTHORIZATION]
+    assert b"private" not in pub.events[0].to_json()
+
+
+async def test_empty_auth_secret_is_a_config_error():
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        {"trigger": cfg(authSecret={"name": "t", "key": "k"})},
+        SourceContext(publish=Publisher(), secrets=FakeSecrets({("argo-events", "t", "k"): "\n"})),
+    )
+    with pytest.raises(ConfigError, match=r"spec\.webhook\.trigger\.authSecret"):
+        await source.prepare()
+
+
+# -- 503 / 500 ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error", [BusUnavailableError("no PubAck in time"), TransientError("bus reconnecting")]
+)
+async def test_bus_unavailable_is_503_with_retry_after(make_client, error):
+    client, pub, metrics = await make_client()
+    pub.fail_with = error
+    r = await client.post("/trigger", json={"a": 1})
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.text != "success"
+    assert metrics.failed == [("webhook", "trigger")] and metrics.sent == []
+    pub.fail_with = None
+    r = await client.post("/trigger", json={"a": 1})
+    assert r.status_code == 200
+
+
+async def test_unexpected_error_is_500_without_traceback(make_client, caplog):
+    client, pub, metrics = await make_client()
+    pub.fail_with = RuntimeError("boom: internal detail")
+    with caplog.at_level(logging.ERROR, logger="test.webhook"):
+        r = await client.post("/trigger", json={"a": 1}, headers={"idempotency-key": "k1"})
+    assert r.status_code == 500
+    assert "Traceback" not in r.text and "internal detail" not in r.text
+    assert metrics.failed == [("webhook", "trigger")]
+    records = [rec for rec in caplog.records if rec.name == "test.webhook"]
+    assert records, "no log line for the failure"
+    from app.events import event_id_from
+
+    assert event_id_from("webhook", "trigger", "k1") in records[-1].getMessage()
+
+
+# -- headers, GET, forms --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("x-run", "X-Run"),
+        ("content-type", "Content-Type"),
+        ("X-API-KEY", "X-Api-Key"),
+        ("x-b3-traceid", "X-B3-Traceid"),
+        ("etag", "Etag"),
+        ("x--double", "X--Double"),
+        ("x_underscore-name", "X_underscore-Name"),
+        ("bad header", "bad header"),  # not a valid field name: unchanged, as in Go
+    ],
+)
+def test_header_names_are_canonicalised_like_go(raw, canonical):
+    assert canonical_header_name(raw) == canonical
+
+
+async def test_headers_are_lists_with_every_value(make_client):
+    client, pub, _ = await make_client()
+    r = await client.post(
+        "/trigger",
+        json={},
+        headers=[("x-tag", "a"), ("X-Tag", "b"), ("x-github-event", "push")],
+    )
+    assert r.status_code == 200
+    header = pub.events[0].data["header"]
+    assert header["X-Tag"] == ["a", "b"]
+    assert header["X-Github-Event"] == ["push"]
+    assert all(isinstance(v, list) for v in header.values())
+
+
+async def test_get_gives_the_query_as_a_map_of_lists(make_client):
+    client, pub, _ = await make_client({"ping": cfg(endpoint="/ping", method="GET")})
+    r = await client.get("/ping?model=resnet&tag=a&tag=b&empty=&q=a%20b+c")
+    assert r.status_code == 200
+    assert pub.events[0].data["body"] == {
+        "model": ["resnet"],
+        "tag": ["a", "b"],
+        "empty": [""],
+        "q": ["a b c"],
+    }
+    r = await client.get("/ping")
+    assert pub.events[1].data["body"] == {}
+
+
+async def test_form_post_gives_a_map_of_lists(make_client):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", data={"model": "resnet", "tag": ["a", "b"]})
+    assert r.status_code == 200
+    assert pub.events[0].data["header"]["Content-Type"] == ["application/x-www-form-urlencoded"]
+    assert pub.events[0].data["body"] == {"model": ["resnet"], "tag": ["a", "b"]}
+
+
+# -- idempotency ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Request-Id"])
+async def test_client_key_gives_the_same_event_id_on_retry(make_client, header):
+    client, pub, _ = await make_client()
+    for _ in range(2):
+        r = await client.post("/trigger", json={"a": 1}, headers={header: "order-123"})
+        assert r.status_code == 200
+    await client.post("/trigger", json={"a": 1}, headers={header: "order-124"})
+    await client.post("/trigger", json={"a": 1})
+    await client.post("/trigger", json={"a": 1})
+    ids = [e.id for e in pub.events]
+    assert ids[0] == ids[1]
+    assert len(set(ids)) == 4
+
+
+async def test_idempotency_key_wins_over_request_id(make_client):
+    client, pub, _ = await make_client()
+    await client.post("/trigger", json={}, headers={"Idempotency-Key": "k", "X-Request-Id": "r1"})
+    await client.post("/trigger", json={}, headers={"Idempotency-Key": "k", "X-Request-Id": "r2"})
+    assert pub.events[0].id == pub.events[1].id
+
+
+async def test_same_key_on_different_events_gives_different_ids(make_client):
+    events = {"a": cfg(endpoint="/a"), "b": cfg(endpoint="/b")}
+    client, pub, _ = await make_client(events)
+    await client.post("/a", json={}, headers={"Idempotency-Key": "k"})
+    await client.post("/b", json={}, headers={"Idempotency-Key": "k"})
+    assert pub.events[0].id != pub.events[1].id
+
+
+# -- several events on one port; config checks ----------------------------------------
+
+
+async def test_several_event_names_on_one_port(make_client):
+    events = {
+        "train": cfg(endpoint="/train"),
+        "deploy": cfg(endpoint="/deploy", method="PUT", metadata={"stage": "prod"}),
+        "ping": cfg(endpoint="/ping", method="GET"),
+    }
+    client, pub, metrics = await make_client(events)
+    assert (await client.post("/train", json={"m": "a"})).status_code == 200
+    assert (await client.put("/deploy", json={"m": "b"})).status_code == 200
+    assert (await client.get("/ping?x=1")).status_code == 200
+    r = await client.post("/deploy", json={})
+    assert r.status_code == 405 and r.headers["allow"] == "PUT"
+    assert [e.subject for e in pub.events] == ["train", "deploy", "ping"]
+    assert pub.events[1].data["metadata"] == {"stage": "prod"}
+    assert metrics.sent == [("webhook", "train"), ("webhook", "deploy"), ("webhook", "ping")]
+
+
+def test_same_port_and_endpoint_is_a_config_error():
+    lines = WebhookSource.check_config(
+        "webhook",
+        {
+            "a": cfg(endpoint="/x"),
+            "b": cfg(endpoint="/x", method="GET"),
+            "c": cfg(endpoint="/x", port="13000"),
+        },
+    )
+    assert len(lines) == 1
+    assert lines[0].startswith("spec.webhook.b.endpoint: ")
+    assert "'a'" in lines[0]
+
+
+def test_filter_is_reported_as_not_supported():
+    lines = WebhookSource.check_config("webhook", {"a": cfg(filter={"expression": "body.x == 1"})})
+    assert lines == [
+        "spec.webhook.a.filter: event source filters are not supported yet "
+        "(remove the filter, or filter in the Sensor's dependency)"
+    ]
+
+
+def test_tls_settings_must_be_complete_and_agree_per_port():
+    secret = {"name": "tls", "key": "crt"}
+    lines = WebhookSource.check_config(
+        "webhook",
+        {
+            "a": cfg(endpoint="/a", serverCertSecret=secret),
+            "b": cfg(endpoint="/b", port="13000", serverCertSecret=secret, serverKeySecret=secret),
+            "c": cfg(endpoint="/c", port="13000"),
+        },
+    )
+    assert any(
+        line.startswith("spec.webhook.a: serverCertSecret and serverKeySecret") for line in lines
+    )
+    assert any(line.startswith("spec.webhook.c: port 13000 is served with TLS") for line in lines)
+
+
+async def test_run_refuses_a_filter():
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        {"a": cfg(filter={"expression": "true"})},
+        SourceContext(publish=Publisher(), secrets=FakeSecrets({})),
+    )
+    with pytest.raises(ConfigError, match="not supported yet"):
+        await asyncio.wait_for(source.run(), 5)
+    assert not source.ready()
+
+
+async def test_token_never_appears_in_reprs():
+    events, secrets = _auth_source()
+    source = WebhookSource(
+        "webhook", "argo-events", events, SourceContext(publish=Publisher(), secrets=secrets)
+    )
+    apps = await source.prepare()
+    assert TOKEN not in repr(apps[12000].routes)
