@@ -537,8 +537,6 @@ class SensorSpec(SpecModel):
         return out
 
 
-
-
 def _trigger_problems(
     trig: Trigger, loc: tuple[str | int, ...], deps: set[str]
 ) -> list[tuple[tuple[str | int, ...], str]]:
