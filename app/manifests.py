@@ -35,6 +35,8 @@ from sensors.spec import Sensor
 from sensors.support import unsupported
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+SAMPLE_EVENT_SUFFIX = ".event.json"
+"""Sample event payloads (for ``triggerfish test``) may sit beside manifests."""
 
 MODELS: dict[str, type[SpecModel]] = {
     "EventBus": EventBus,
@@ -307,7 +309,8 @@ def _add_object(result: LoadResult, origin: Origin, content: Any) -> None:
 
 def manifest_files(path: str | Path) -> list[Path]:
     """The manifest files under ``path``: itself when a file, else ``*.yaml``, ``*.yml``
-    and ``*.json`` below it, recursively, sorted, hidden entries skipped."""
+    and ``*.json`` below it, recursively, sorted, hidden entries and sample events
+    (``*.event.json``) skipped."""
     p = Path(path)
     if p.is_file():
         return [p]
@@ -315,7 +318,11 @@ def manifest_files(path: str | Path) -> list[Path]:
     for root, dirs, files in os.walk(p):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in files:
-            if not f.startswith(".") and f.endswith(MANIFEST_SUFFIXES):
+            if (
+                not f.startswith(".")
+                and f.endswith(MANIFEST_SUFFIXES)
+                and not f.endswith(SAMPLE_EVENT_SUFFIX)
+            ):
                 found.append(Path(root) / f)
     return sorted(found)
 

@@ -67,6 +67,7 @@ class Standalone:
         self.runners: list[SensorRunner] = []
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._tctx: TriggerContext | None = None
 
     # -- start --------------------------------------------------------------------------
     def _bus_names(self) -> set[str]:
@@ -162,7 +163,13 @@ class Standalone:
         await self._start_bus()
         await self._start_kube()
         assert self.bus is not None and self.kube is not None
-        tctx = TriggerContext(kube=self.kube, log=logging.getLogger("triggerfish.trigger"))
+        secrets = ManifestSecrets(
+            self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
+        )
+        tctx = TriggerContext(
+            kube=self.kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
+        )
+        self._tctx = tctx
         ss = self.settings.sensor
         retry = RetryPolicy(
             steps=ss.default_retry_steps,
@@ -187,9 +194,6 @@ class Standalone:
             r = asyncio.Event()
             self._tasks.append(asyncio.create_task(runner.run(r), name=f"sensor:{runner.name}"))
             await self._wait_or_fail(r, self._tasks[-1], f"sensor {runner.name}")
-        secrets = ManifestSecrets(
-            self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
-        )
         for es in self.m.event_sources:
             bus_name = getattr(es.spec, "event_bus_name", None) or "default"
             for key, events in source_plugins(es):
@@ -286,6 +290,9 @@ class Standalone:
             with contextlib.suppress(BaseException):
                 await t
         self._tasks.clear()
+        if self._tctx is not None:
+            with contextlib.suppress(Exception):
+                await self._tctx.shared.aclose()
         if self.bus is not None:
             await self.bus.close()
         if isinstance(self.kube, ApiKube):

@@ -7,11 +7,15 @@ we do not support yet fails with a clear line instead of "unknown field".
 
 from __future__ import annotations
 
+from eventsources.azure_service_bus import AzureServiceBusSource
 from eventsources.base import EventSourcePlugin
+from eventsources.sqs import SQSSource
 from eventsources.webhook import WebhookSource
 
 REGISTRY: dict[str, type[EventSourcePlugin]] = {  # type: ignore[type-arg]
     "webhook": WebhookSource,
+    "sqs": SQSSource,
+    "azureServiceBus": AzureServiceBusSource,
 }
 
 ARGO_SOURCE_TYPES: frozenset[str] = frozenset(

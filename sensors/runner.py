@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -37,6 +38,7 @@ from app.errors import ConfigError, PermanentError, TriggerfishError
 from app.events import Event
 from app.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
+from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.trace import Trace, TraceStore, TriggerOutcome
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
@@ -141,6 +143,7 @@ class PreparedTrigger:
         self, spec: Any, dependencies: list[str], ctx: TriggerContext, defaults: RetryPolicy
     ) -> None:
         template = spec.template
+        ctx = dataclasses.replace(ctx, policy=getattr(spec, "policy", None))
         self.name: str = template.name
         self.spec = spec
         self.type_key: str = template.trigger_type
@@ -222,6 +225,14 @@ class SensorRunner:
         self.bus_name: str = getattr(sensor.spec, "event_bus_name", None) or "default"
         self.deps = list(sensor.spec.dependencies)
         dep_names = [d.name for d in self.deps]
+        self.filters: dict[str, CompiledFilters] = {}
+        for i, d in enumerate(self.deps):
+            try:
+                self.filters[d.name] = CompiledFilters.compile(
+                    d.filters, d.filters_logical_operator or ""
+                )
+            except ValueError as e:
+                raise ConfigError(str(e), f"spec.dependencies[{i}]") from e
         self.triggers = [
             PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
             for t in sensor.spec.triggers
@@ -307,6 +318,16 @@ class SensorRunner:
             self.name, dep, ev.source, ev.subject, ev.id, msg.num_delivered,
         )  # fmt: skip
         try:
+            verdict = self.filters[dep].evaluate(ev)
+            trace.filters = verdict.reasons
+            if not verdict.passed:
+                trace.filtered = True
+                log.info(
+                    "event filtered sensor=%s dependency=%s id=%s: %s",
+                    self.name, dep, ev.id, "; ".join(verdict.reasons),
+                )  # fmt: skip
+                await msg.ack()
+                return
             if self.fast_path:
                 trace.conditions = {"satisfied": True}
                 trace.fired = True

@@ -41,6 +41,8 @@ class Trace:
     dependency: str
     received: str = field(default_factory=now_rfc3339)
     delivery: int = 1
+    filters: list[str] = field(default_factory=list)
+    filtered: bool = False
     conditions: dict[str, Any] = field(default_factory=dict)
     fired: bool = False
     triggers: list[TriggerOutcome] = field(default_factory=list)

@@ -16,7 +16,11 @@ from app.bus import Bus
 from app.natsserver import EmbeddedNats
 from app.settings import BusSettings
 
-pytest_plugins = ["tests.fakekube.fixtures"]
+pytest_plugins = [
+    "tests.fakekube.fixtures",
+    "tests.servicebus_fixtures",
+    "tests.sqs_fixtures",
+]
 
 
 @pytest.fixture

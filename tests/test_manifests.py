@@ -458,11 +458,10 @@ def test_valid_but_unimplemented_fields_fail_with_one_line_each() -> None:
     doc["spec"]["dependencies"][0]["filters"] = {"context": {"source": "webhook"}}
     trigger = doc["spec"]["triggers"][0]
     doc["spec"]["dependencies"][0]["transform"] = {"jq": ".body"}
-    trigger["policy"] = {"status": {"allow": [200]}}
+    trigger["policy"] = {"k8s": {"labels": {"a": "b"}}}
     assert problems(doc) == [
-        "spec.dependencies[0].filters: not supported yet",
         "spec.dependencies[0].transform: not supported yet",
-        "spec.triggers[0].policy: not supported yet",
+        "spec.triggers[0].policy.k8s: not supported yet",
     ]
 
 
@@ -505,8 +504,14 @@ def test_inline_source_and_other_operations_load() -> None:
     for op in ("update", "patch", "delete"):
         k8s["operation"] = op
         assert isinstance(load_one(copy.deepcopy(doc)), Sensor)
-    k8s["source"] = {"configmap": {"name": "wf", "key": "wf.yaml"}}
-    assert problems(doc) == ["spec.triggers[0].template.k8s.source.configmap: not supported yet"]
+    k8s["source"] = {
+        "git": {
+            "url": "https://example.invalid/r.git",
+            "cloneDirectory": "/w",
+            "filePath": "wf.yaml",
+        }
+    }
+    assert problems(doc) == ["spec.triggers[0].template.k8s.source.git: not supported yet"]
 
 
 def test_log_trigger_loads() -> None:

@@ -307,3 +307,33 @@ async def test_rate_limit_spaces_firings(bus: Bus, tmp_path: Path) -> None:
     # a bucket of 5 starts full: the 6th..8th firing wait for tokens at 5/s
     assert stamps[-1] - stamps[0] >= 400
     await h.stop()
+
+
+async def test_filtered_event_is_acked_and_explained(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    s = load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "f1", "namespace": "ns1"},
+            "spec": {
+                "dependencies": [{
+                    "name": "a", "eventSourceName": "hook", "eventName": "a",
+                    "filters": {"data": [{"path": "body.v", "type": "string", "value": ["resnet"]}]},
+                }],
+                "triggers": [{"template": {"name": "t", "log": {}}}],
+            },
+        }
+    )  # fmt: skip
+    h = Harness(bus, kube)
+    await h.start(s)
+    await bus.publish("default", event("a", "bert"))
+    await bus.publish("default", event("a", "resnet-50"))  # string values are unanchored regexes
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    by_value = {t.filtered: t for t in h.traces.recent()}
+    rejected, passed = by_value[True], by_value[False]
+    assert not rejected.triggers and any("bert" in r for r in rejected.filters)
+    assert passed.triggers[0].status == "succeeded"
+    await h.stop()
+    info = await bus._jetstream().consumer_info("default", "ns1-f1-a")
+    assert info.num_ack_pending == 0

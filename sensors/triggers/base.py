@@ -11,13 +11,22 @@ the events that satisfied the sensor's conditions. ``execute`` raises
 from __future__ import annotations
 
 import abc
+import asyncio
+import inspect
 import logging
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from app.events import Event
 from app.spec import SpecModel
+
+if TYPE_CHECKING:
+    from sensors.spec import TriggerPolicy
+
+T = TypeVar("T")
 
 
 class KubeApi(Protocol):
@@ -38,12 +47,109 @@ class KubeApi(Protocol):
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None: ...
 
 
+class SecretResolver(Protocol):
+    """Reads one key of a Kubernetes Secret (``app.secrets.ManifestSecrets``; the same
+    shape as the event sources' resolver)."""
+
+    async def get(self, namespace: str, name: str, key: str) -> str: ...
+
+
+@dataclass
+class _Entry:
+    value: Any
+    expires_at: float | None  # time.monotonic(); None = kept until evicted or closed
+
+
+class SharedCache:
+    """Values shared by every trigger instance built from one :class:`TriggerContext`.
+
+    The runner builds a new trigger instance per firing when template-level parameters
+    are used, so what must outlive one instance lives here: the HTTP client session,
+    TLS contexts, objects fetched from ``url``/``configmap`` sources, secret values.
+    :meth:`get` creates a value once per key (concurrent first uses wait for the same
+    creation; a failed creation is not cached), optionally for ``ttl_seconds`` only.
+    Beyond ``max_entries`` the least recently used values that have no ``close``
+    method are dropped. :meth:`aclose` closes every value that has one (HTTP sessions);
+    call it once at shutdown.
+    """
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._max_entries = max_entries
+
+    def _fresh(self, key: Hashable) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    async def get(
+        self,
+        key: Hashable,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        ttl_seconds: float | None = None,
+    ) -> T:
+        """The value under ``key``, created with ``factory()`` if absent or expired."""
+        entry = self._fresh(key)
+        if entry is not None:
+            return entry.value  # type: ignore[no-any-return]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            entry = self._fresh(key)
+            if entry is not None:
+                return entry.value  # type: ignore[no-any-return]
+            value = await factory()
+            expires = None if ttl_seconds is None else time.monotonic() + ttl_seconds
+            self._entries[key] = _Entry(value, expires)
+            self._evict()
+            return value
+
+    def _evict(self) -> None:
+        excess = len(self._entries) - self._max_entries
+        if excess <= 0:
+            return
+        for key in [k for k, e in self._entries.items() if not hasattr(e.value, "close")]:
+            if excess <= 0:
+                break
+            del self._entries[key]
+            self._locks.pop(key, None)
+            excess -= 1
+
+    async def aclose(self) -> None:
+        """Close every cached value that has a ``close`` method, and forget them all."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        self._locks.clear()
+        for entry in entries:
+            close = getattr(entry.value, "close", None)
+            if close is None:
+                continue
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+
 @dataclass
 class TriggerContext:
-    """Collaborators a trigger may use, bundled."""
+    """Collaborators a trigger may use, bundled.
+
+    ``secrets`` reads Secret keys (``http`` secure headers, basic auth, TLS); without
+    one, triggers read Secrets through ``kube``. ``policy`` is the trigger's
+    ``policy`` (the runner gives each trigger a copy of the context carrying its own).
+    ``shared`` holds what outlives one trigger instance (see :class:`SharedCache`).
+    """
 
     kube: KubeApi
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("triggerfish.trigger"))
+    secrets: SecretResolver | None = None
+    policy: TriggerPolicy | None = None
+    shared: SharedCache = field(default_factory=SharedCache)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The ``k8s`` trigger: create, update, patch or delete any Kubernetes object.
 
-Fields (Argo's ``StandardK8STrigger``): ``source`` (``resource`` inline object or
-``inline`` YAML text), ``operation`` (create | update | patch | delete, default
+Fields (Argo's ``StandardK8STrigger``): ``source`` (``resource`` inline object,
+``inline`` YAML text, ``file``, ``url`` or ``configmap``: see
+:mod:`sensors.triggers.sources`), ``operation`` (create | update | patch | delete, default
 create), ``parameters`` (applied to the object after the template-level ones),
 ``patchStrategy`` (merge | json | strategic | apply media types), ``liveObject``.
 
@@ -24,14 +25,13 @@ import copy
 import time
 from typing import Any, ClassVar
 
-import yaml
-
 from app.errors import PermanentError
 from app.kube import AlreadyExists
 from app.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s_config import K8sTriggerConfig
+from sensors.triggers.sources import ResourceSource
 
 LABEL_SENSOR = "events.argoproj.io/sensor"
 LABEL_TRIGGER = "events.argoproj.io/trigger"
@@ -40,21 +40,10 @@ ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
 NAME_HASH_CHARS = 10
 
 
-def load_resource(config: K8sTriggerConfig) -> dict[str, Any]:
-    """The object template from ``source.resource`` or ``source.inline``."""
-    src = config.source
-    if src is None:
-        raise PermanentError("k8s trigger has no source")
-    resource = getattr(src, "resource", None)
-    if resource:
-        return dict(resource)
-    inline = getattr(src, "inline", None)
-    if inline:
-        data = yaml.safe_load(inline)
-        if not isinstance(data, dict):
-            raise PermanentError("k8s trigger source.inline is not a YAML object")
-        return data
-    raise PermanentError("k8s trigger source has no resource or inline object")
+def load_resource(config: K8sTriggerConfig) -> ResourceSource:
+    """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
+    ``configmap`` (see :mod:`sensors.triggers.sources`)."""
+    return ResourceSource(config.source, where="k8s.source")
 
 
 class K8sTrigger(Trigger):
@@ -65,13 +54,14 @@ class K8sTrigger(Trigger):
 
     def __init__(self, config: K8sTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.resource = load_resource(config)
+        self.source = load_resource(config)
         self.operation = (config.operation or "create").lower()
         self.params = compile_parameters(config.parameters, where="k8s.parameters")
 
     async def execute(self, inv: Invocation) -> TriggerResult:
-        obj, records = apply_parameters(self.resource, self.params, inv.events)
-        obj = copy.deepcopy(obj) if obj is self.resource else obj
+        resource = await self.source.load(self.ctx, inv.namespace)
+        obj, records = apply_parameters(resource, self.params, inv.events)
+        obj = copy.deepcopy(obj) if obj is resource else obj
         meta = obj.setdefault("metadata", {})
         namespace = meta.get("namespace") or inv.namespace
         meta["namespace"] = namespace

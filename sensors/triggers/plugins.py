@@ -7,11 +7,15 @@ trigger implementations.)
 
 from __future__ import annotations
 
+from sensors.triggers.argo_workflow import ArgoWorkflowTrigger
 from sensors.triggers.base import Trigger
+from sensors.triggers.http import HttpTrigger
 from sensors.triggers.k8s import K8sTrigger
 from sensors.triggers.log import LogTrigger
 
 TRIGGERS: dict[str, type[Trigger]] = {
     "k8s": K8sTrigger,
     "log": LogTrigger,
+    "http": HttpTrigger,
+    "argoWorkflow": ArgoWorkflowTrigger,
 }

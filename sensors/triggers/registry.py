@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from app.spec import SpecModel
 from sensors.spec import ARGO_TRIGGER_TYPES
+from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig
+from sensors.triggers.http_config import HttpTriggerConfig
 from sensors.triggers.k8s_config import K8sTriggerConfig
 from sensors.triggers.log_config import LogTriggerConfig
 
 TRIGGER_CONFIGS: dict[str, type[SpecModel]] = {
     "k8s": K8sTriggerConfig,
     "log": LogTriggerConfig,
+    "http": HttpTriggerConfig,
+    "argoWorkflow": ArgoWorkflowTriggerConfig,
 }
 
 __all__ = ["ARGO_TRIGGER_TYPES", "TRIGGER_CONFIGS"]
