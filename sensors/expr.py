@@ -364,7 +364,7 @@ class _Re2Translator:
         if d in "01234567":
             # RE2: \0 and \1.. followed by an octal digit are octal; \1 alone would be a
             # backreference, which RE2 does not have.
-            if d != "0" and not p[self.i : self.i + 1].isdigit():
+            if d != "0" and not (self.i < len(p) and p[self.i] in "01234567"):
                 raise self.fail(f"backreferences (\\{d}) are not supported by RE2")
             j = self.i
             while j < len(p) and j < self.i + 2 and p[j] in "01234567":

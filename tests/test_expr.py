@@ -319,6 +319,8 @@ def test_expr_lang_compile_errors_have_positions(source: str, pos: int, message:
         ("(?=x)", "x", None),  # look-around: not RE2
         ("(?<!x)y", "y", None),
         ("(a)\\1", "aa", None),  # backreference
+        ("\\18", "", None),  # \1 then 8: a backreference in RE2's eyes
+        ("a\\12b", "a\nb", True),  # octal
         ("a*+", "a", None),  # possessive
         ("\\pL", "a", None),  # Unicode classes: not reproduced
         ("(?U)a+", "a", None),
