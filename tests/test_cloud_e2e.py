@@ -104,3 +104,87 @@ def test_service_bus_message_starts_one_workflow(
                 assert receiver.peek_messages(max_message_count=10) == []  # completed
     finally:
         tf.stop()
+
+
+N_OUTAGE = 200
+
+
+def _models(kube_api: Any) -> list[str]:
+    return [params_of(w)["model"] for w in list_workflows(kube_api)]
+
+
+def _exactly_one_each(kube_api: Any, tf: Triggerfish, n: int) -> None:
+    want = {f"m{i}" for i in range(n)}
+    wait_for(lambda: want <= set(_models(kube_api)), timeout=90, interval=0.5)
+    time.sleep(1.0)  # let any redelivery land, so a duplicate would show
+    models = _models(kube_api)
+    assert sorted(models) == sorted(want), tf.log()
+
+
+@pytest.mark.slow
+def test_sqs_bus_outage_loses_nothing(
+    tmp_path: Path, kube_api: Any, sqs_endpoint: str, nats_server: Any
+) -> None:
+    import boto3
+
+    client = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint)
+    url = client.create_queue(QueueName="training-requests")["QueueUrl"]
+    manifests = _copy_example(
+        "sqs-training", tmp_path,
+        {"endpoint": sqs_endpoint, "waitTimeSeconds": 1, "visibilityTimeout": 5},
+    )  # fmt: skip
+    tf = Triggerfish(files=[str(manifests)], state_dir=tmp_path / "state",
+                     kubeconfig=str(kube_api.kubeconfig),
+                     nats_url=nats_server.url).start()  # fmt: skip
+    try:
+        nats_server.kill()
+        for start in range(0, N_OUTAGE, 10):
+            client.send_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "MessageBody": json.dumps({"model": f"m{i}", "dataset": "d"})}
+                for i in range(start, start + 10)
+            ])  # fmt: skip
+        time.sleep(3)
+        attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        in_queue = int(attrs["ApproximateNumberOfMessages"]) + int(
+            attrs["ApproximateNumberOfMessagesNotVisible"]
+        )
+        assert in_queue == N_OUTAGE  # nothing deleted while the bus is down
+        assert _models(kube_api) == []
+        nats_server.start()
+        _exactly_one_each(kube_api, tf, N_OUTAGE)
+    finally:
+        tf.stop()
+
+
+@pytest.mark.slow
+def test_service_bus_bus_outage_loses_nothing(
+    tmp_path: Path, kube_api: Any, fake_servicebus_factory: Any, nats_server: Any
+) -> None:
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+    broker = fake_servicebus_factory(queues=["training-requests"], lock_duration_seconds=5)
+    manifests = _copy_example("servicebus-training", tmp_path, {})
+    secret_path = manifests / "secret.yaml"
+    secret = yaml.safe_load(secret_path.read_text())
+    secret["stringData"]["connectionString"] = broker.connection_string
+    secret_path.write_text(yaml.safe_dump(secret))
+    tf = Triggerfish(files=[str(manifests)], state_dir=tmp_path / "state",
+                     kubeconfig=str(kube_api.kubeconfig),
+                     nats_url=nats_server.url).start()  # fmt: skip
+    try:
+        nats_server.kill()
+        with ServiceBusClient.from_connection_string(broker.connection_string) as sb:
+            with sb.get_queue_sender("training-requests") as sender:
+                for start in range(0, N_OUTAGE, 50):
+                    sender.send_messages([
+                        ServiceBusMessage(json.dumps({"model": f"m{i}", "dataset": "d"}))
+                        for i in range(start, start + 50)
+                    ])  # fmt: skip
+            time.sleep(3)
+            assert _models(kube_api) == []
+            nats_server.start()
+            _exactly_one_each(kube_api, tf, N_OUTAGE)
+            with sb.get_queue_receiver("training-requests", max_wait_time=1) as receiver:
+                assert receiver.peek_messages(max_message_count=10) == []  # all completed
+    finally:
+        tf.stop()
