@@ -319,7 +319,9 @@ async def test_filtered_event_is_acked_and_explained(bus: Bus, tmp_path: Path) -
             "spec": {
                 "dependencies": [{
                     "name": "a", "eventSourceName": "hook", "eventName": "a",
-                    "filters": {"data": [{"path": "body.v", "type": "string", "value": ["resnet"]}]},
+                    "filters": {"data": [
+                        {"path": "body.v", "type": "string", "value": ["resnet"]},
+                    ]},
                 }],
                 "triggers": [{"template": {"name": "t", "log": {}}}],
             },
