@@ -44,6 +44,7 @@ from app.events import event_id_from
 from app.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
+from sensors.filters import SourceFilter, event_source_filter
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 TYPE_NAME = "azureServiceBus"
 DEAD_LETTER_REASON_INVALID_JSON = "InvalidJSONBody"
 _MAX_DESCRIPTION_CHARS = 1024
-_FILTER_UNSUPPORTED = "filter is not supported yet for azureServiceBus sources"
 
 # The SDK logs every AMQP link and session state change at INFO; this plugin logs what
 # matters itself. Only a level nobody configured is changed.
@@ -374,6 +374,11 @@ async def _secret(ctx: SourceContext, namespace: str, sel: SecretKeySelector, pa
         raise TransientError(f"{path}: cannot read secret {sel.name}/{sel.key}: {e}") from e
 
 
+def _compile_filter(config: AzureServiceBusConfig) -> SourceFilter | None:
+    """The event's compiled ``filter.expression``; ``ValueError`` when it is invalid."""
+    return None if config.filter is None else event_source_filter(config.filter.expression)
+
+
 # -- the plugin ---------------------------------------------------------------------------
 class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
     """Receives from Azure Service Bus queues or topic subscriptions, one event per message.
@@ -383,8 +388,9 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
     ``topicName`` + ``subscriptionName``; ``jsonBody`` (parse the body as JSON);
     ``metadata`` (copied into every event); ``tls`` (Argo's TLSConfig: CA, client
     certificate, ``insecureSkipVerify``); ``deferDelete`` (accepted, changes nothing:
-    messages are always peek-locked); ``filter`` (not supported yet: the source refuses
-    to start rather than silently ignore it).
+    messages are always peek-locked); ``filter.expression`` (an expr-lang expression
+    over the event data, compiled at validation: a message for which it is not true is
+    not published).
 
     Event data: ``{applicationProperties, body, contentType, correlationID,
     enqueuedTime, messageID, replyTo, sequenceNumber, subject, metadata}``; ``body`` is
@@ -402,9 +408,12 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
       + 1) and the source pauses before receiving again;
     * a message that can never become an event (``jsonBody`` with a body that is not
       JSON) is dead-lettered with reason ``InvalidJSONBody`` and a description;
+    * a message dropped by ``filter`` is completed (consumed on purpose: abandoned, it
+      would come back until dead-lettered), counted as filtered, never as sent, and
+      logged at debug level;
     * locks are renewed while a publish is slow; broker and connection errors close the
       client and reconnect with exponential backoff; nothing here crashes the process
-      except a configuration error (bad connection string, ``filter`` set).
+      except a configuration error (bad connection string, bad ``filter``).
     """
 
     type_name: ClassVar[str] = TYPE_NAME
@@ -422,6 +431,7 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
         super().__init__(source_name, namespace, events, ctx)
         self.tuning = tuning or ServiceBusTuning()
         self._listening: set[str] = set()
+        self._filters: dict[str, SourceFilter] = {}
 
     def ready(self) -> bool:
         """True while every event's receiver link is attached."""
@@ -431,17 +441,25 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
     def check_config(
         cls, source_name: str, events: Mapping[str, AzureServiceBusConfig]
     ) -> list[str]:
-        """Refuse ``filter`` at validation time instead of silently ignoring it."""
-        return [
-            f"{name}.filter: {_FILTER_UNSUPPORTED}"
-            for name, config in events.items()
-            if config.filter is not None
-        ]
+        """Compile every ``filter.expression``, so a bad one fails validation with its path."""
+        lines: list[str] = []
+        for name, config in events.items():
+            try:
+                _compile_filter(config)
+            except ValueError as e:
+                lines.append(f"spec.{TYPE_NAME}.{name}.filter.expression: {e}")
+        return lines
 
     async def run(self) -> None:
+        filters: dict[str, SourceFilter] = {}
         for name, config in self.events.items():
-            if config.filter is not None:
-                raise ConfigError(_FILTER_UNSUPPORTED, f"spec.{TYPE_NAME}.{name}.filter")
+            try:
+                source_filter = _compile_filter(config)
+            except ValueError as e:
+                raise ConfigError(str(e), f"spec.{TYPE_NAME}.{name}.filter.expression") from e
+            if source_filter is not None:
+                filters[name] = source_filter
+        self._filters = filters
         # Plain tasks rather than a TaskGroup: a ConfigError must reach the caller as
         # itself, not wrapped in an ExceptionGroup.
         tasks = [
@@ -613,6 +631,19 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
                 DEAD_LETTER_REASON_INVALID_JSON,
                 str(e)[:_MAX_DESCRIPTION_CHARS],
             )
+        source_filter = self._filters.get(event_name)
+        if source_filter is not None:
+            passed, reason = source_filter.check(data)
+            if not passed:
+                self.ctx.metrics.event_filtered(self.source_name, event_name)
+                self.ctx.log.debug(
+                    "%s: message %s filtered out, completed without publishing (%r: %s)",
+                    where,
+                    key,
+                    source_filter.expression.source,
+                    reason,
+                )
+                return _Result(_Outcome.COMPLETE)
         event = self.make_event(event_name, data, event_id_from(TYPE_NAME, entity, key))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.publish_retry_seconds

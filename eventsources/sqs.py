@@ -37,6 +37,7 @@ from app.events import event_id_from
 from app.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
+from sensors.filters import SourceFilter, event_source_filter
 
 #: Argo polls with a 3 s long poll when ``waitTimeSeconds`` is 0 (or absent).
 ARGO_DEFAULT_WAIT_SECONDS = 3
@@ -138,7 +139,7 @@ class SQSConfig(SpecModel):
 class _Outcome(Enum):
     """What happens to one received message once it has been handled."""
 
-    DELETE = "delete"  # published (or undecodable without dlq): remove from the queue
+    DELETE = "delete"  # published, filtered out, or undecodable without dlq: remove it
     KEEP = "keep"  # not published: it reappears after the visibility timeout
     RELEASE = "release"  # undecodable with dlq: visible again now, so redrive happens soon
 
@@ -195,12 +196,19 @@ def _jsonable_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
 class _QueueConsumer:
     """Everything about one event name: its client, queue URL and receive loops."""
 
-    def __init__(self, plugin: SQSSource, event_name: str, cfg: SQSConfig) -> None:
+    def __init__(
+        self,
+        plugin: SQSSource,
+        event_name: str,
+        cfg: SQSConfig,
+        source_filter: SourceFilter | None = None,
+    ) -> None:
         self.plugin = plugin
         self.ctx = plugin.ctx
         self.log = plugin.ctx.log
         self.event_name = event_name
         self.cfg = cfg
+        self.filter = source_filter
         self.where = f"sqs {plugin.source_name}/{event_name}"
         self.queue_url = ""
         self.fifo = cfg.queue.endswith(".fifo")
@@ -237,7 +245,7 @@ class _QueueConsumer:
     async def _start(self) -> None:
         """Build the client and resolve the queue URL, retrying what may heal by itself.
 
-        A ConfigError (filter, unreadable secret) stops the source; a transient failure
+        A ConfigError (an unreadable secret) stops the source; a transient failure
         (secret store unavailable, queue not created yet, network) is retried with
         back-off, so a source may start before its queue exists.
         """
@@ -605,6 +613,19 @@ class _QueueConsumer:
             "body": body,
             "metadata": dict(cfg.metadata),
         }
+        if self.filter is not None:
+            passed, reason = self.filter.check(data)
+            if not passed:
+                # Consumed on purpose: left in the queue it would come back forever.
+                self.ctx.metrics.event_filtered(source, event_name)
+                self.log.debug(
+                    "%s: message %s filtered out, deleted without publishing (%r: %s)",
+                    self.where,
+                    r.message_id,
+                    self.filter.expression.source,
+                    reason,
+                )
+                return _Outcome.DELETE
         event = self.plugin.make_event(
             event_name, data, event_id_from("sqs", self.queue_url, r.message_id)
         )
@@ -730,6 +751,11 @@ class _QueueConsumer:
         )
 
 
+def _compile_filter(cfg: SQSConfig) -> SourceFilter | None:
+    """The event's compiled ``filter.expression``; ``ValueError`` when it is invalid."""
+    return None if cfg.filter is None else event_source_filter(cfg.filter.expression)
+
+
 def _role_session_name(plugin: SQSSource, event_name: str) -> str:
     """An STS session name (≤ 64 chars of ``[\\w+=,.@-]``) that says who assumed the role."""
     raw = f"triggerfish-{plugin.source_name}-{event_name}"
@@ -762,8 +788,9 @@ class SQSSource(EventSourcePlugin[SQSConfig]):
       automatic refresh.
     * ``waitTimeSeconds`` (0-20): long-poll duration; 0 means 3 s, as in Argo.
     * ``jsonBody``: parse each body as JSON. ``dlq``: see failures below.
-      ``metadata``: copied into every event. ``filter``: rejected at start with
-      "not supported yet" until the expression engine lands.
+      ``metadata``: copied into every event. ``filter.expression``: an expr-lang
+      expression over the event data (``body.priority > 2``), compiled at validation;
+      a message for which it is not true is deleted without being published.
     * Beyond Argo: ``visibilityTimeout`` (1-43200 s, default 120 — Argo hard-codes 120),
       ``maxMessages`` (1-10 per receive, default 10), ``concurrency`` (parallel receive
       loops per event name, 1-64, default 1).
@@ -790,6 +817,9 @@ class SQSSource(EventSourcePlugin[SQSConfig]):
     * A publish slower than half the visibility timeout extends the message's visibility
       (ChangeMessageVisibilityBatch, every half timeout), so a slow bus does not make SQS
       hand the same messages to another receiver.
+    * Filtered out (``filter.expression`` not true): the message is deleted (it was
+      consumed on purpose; left in the queue it would come back after every visibility
+      timeout), counted as filtered, never as sent, and logged at debug level.
     * Invalid JSON with ``jsonBody: true``: with ``dlq: true`` the message is not deleted
       and its visibility is set to 0 so the queue's redrive policy moves it to the DLQ
       promptly; with ``dlq: false`` it is deleted. Either way it is counted as failed
@@ -821,13 +851,26 @@ class SQSSource(EventSourcePlugin[SQSConfig]):
         super().__init__(source_name, namespace, events, ctx)
         self._consumers: list[_QueueConsumer] = []
 
+    @classmethod
+    def check_config(cls, source_name: str, events: Mapping[str, SQSConfig]) -> list[str]:
+        """Compile every ``filter.expression``, so a bad one fails validation with its path."""
+        lines: list[str] = []
+        for name, cfg in events.items():
+            try:
+                _compile_filter(cfg)
+            except ValueError as e:
+                lines.append(f"spec.sqs.{name}.filter.expression: {e}")
+        return lines
+
     async def run(self) -> None:
+        consumers: list[_QueueConsumer] = []
         for name, cfg in self.events.items():
-            if cfg.filter is not None:
-                raise ConfigError(
-                    "event filters are not supported yet for sqs", path=f"spec.sqs.{name}.filter"
-                )
-        self._consumers = [_QueueConsumer(self, name, cfg) for name, cfg in self.events.items()]
+            try:
+                source_filter = _compile_filter(cfg)
+            except ValueError as e:
+                raise ConfigError(str(e), path=f"spec.sqs.{name}.filter.expression") from e
+            consumers.append(_QueueConsumer(self, name, cfg, source_filter))
+        self._consumers = consumers
         tasks = [asyncio.create_task(c.run(), name=c.where) for c in self._consumers]
         try:
             await _first_failure(tasks)

@@ -25,6 +25,7 @@ from app.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
 from eventsources.webhook_http import Dispatch, Route, WebhookApp
+from sensors.filters import SourceFilter, event_source_filter
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -73,6 +74,11 @@ class WebhookConfig(SpecModel):
         return v
 
 
+def _compile_filter(cfg: WebhookConfig) -> SourceFilter | None:
+    """The event's compiled ``filter.expression``; ``ValueError`` when it is invalid."""
+    return None if cfg.filter is None else event_source_filter(cfg.filter.expression)
+
+
 class WebhookSource(EventSourcePlugin[WebhookConfig]):
     """Serves every webhook event of one EventSource, one HTTP server per port.
 
@@ -90,7 +96,10 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
       are set the port serves HTTPS (all events on that port must agree).
     * ``url``: informational (the externally visible URL), not used for serving.
-    * ``filter``: not supported yet; a config with a filter fails validation and start.
+    * ``filter.expression``: an expr-lang expression over the event data
+      (``body.model == "resnet"``; see :func:`sensors.filters.event_source_filter`),
+      compiled at validation; a request for which it is not true is answered but not
+      published.
 
     Event data is Argo's: ``{"header": {Canonical-Name: [values]}, "body": ...,
     "metadata": {...}}`` with ``Authorization`` masked; ``body`` is the posted JSON,
@@ -102,7 +111,11 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     503 with ``Retry-After`` and nothing was accepted; any other failure is 500. An
     ``Idempotency-Key`` (else ``X-Request-Id``) header makes the event id
     deterministic, so a client retry after a lost answer is deduplicated by the bus.
-    Requests are processed concurrently; there is no ordering between them.
+    A request dropped by ``filter`` is answered 200 ``filtered`` with
+    ``X-Triggerfish-Filtered: true`` (the client did nothing wrong, and retrying would
+    not change the outcome), counted as filtered, never as sent, and logged at debug
+    level with the reason. Requests are processed concurrently; there is no ordering
+    between them.
     ``GET /health`` answers 200 on every port.
     """
 
@@ -129,7 +142,8 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     # -- validation -------------------------------------------------------------------
     @classmethod
     def check_config(cls, source_name: str, events: Mapping[str, WebhookConfig]) -> list[str]:
-        """Cross-event checks: one event per port+endpoint, TLS agreed per port, no filter."""
+        """Cross-event checks (one event per port+endpoint, TLS agreed per port) and every
+        ``filter.expression`` compiled, so a bad one fails validation with its path."""
         lines: list[str] = []
         taken: dict[tuple[str, str], str] = {}
         tls_by_port: dict[str, tuple[str, bool]] = {}
@@ -143,11 +157,10 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 )
             else:
                 taken[key] = name
-            if cfg.filter is not None:
-                lines.append(
-                    f"{path}.filter: event source filters are not supported yet "
-                    "(remove the filter, or filter in the Sensor's dependency)"
-                )
+            try:
+                _compile_filter(cfg)
+            except ValueError as e:
+                lines.append(f"{path}.filter.expression: {e}")
             has_cert = cfg.server_cert_secret is not None
             has_key = cfg.server_key_secret is not None
             if has_cert != has_key:
@@ -199,6 +212,7 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 max_payload_bytes=cfg.max_payload_size,
                 metadata=dict(cfg.metadata),
                 token=token,
+                filter=_compile_filter(cfg),
             )
             if cfg.server_cert_secret and cfg.server_key_secret and port not in self._tls:
                 self._tls[port] = await self._tls_context(

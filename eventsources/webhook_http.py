@@ -13,7 +13,9 @@ uvicorn, and what the tests drive in-process through ``httpx.ASGITransport``. It
 nothing about uvicorn or the bus: it is given the routes of its port and a
 :class:`Dispatch` bundle (publish, metrics, event factory, log).
 
-Status codes (DESIGN §3): 200 ``success`` only after ``publish`` returned; 404 unknown
+Status codes (DESIGN §3): 200 ``success`` only after ``publish`` returned; 200
+``filtered`` with ``X-Triggerfish-Filtered: true`` when the route's ``filter`` dropped
+the event (nothing published; routes without a filter pay one attribute check); 404 unknown
 path; 405 wrong method (``Allow``); 401 missing/wrong bearer token; 413 body over the
 limit (``Content-Length`` up front, streamed bytes counted for chunked bodies); 400
 body that is not JSON; 503 + ``Retry-After`` when the publish raised a
@@ -30,7 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 import orjson
@@ -38,6 +40,9 @@ import orjson
 from app.errors import TransientError
 from app.events import Event, event_id_from, new_event_id
 from eventsources.base import SourceMetrics
+
+if TYPE_CHECKING:
+    from sensors.filters import SourceFilter
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -118,6 +123,8 @@ def _response(
 
 _CLOSE: Final = ((b"connection", b"close"),)
 _OK: Final = _response(200, b"success")
+_FILTERED: Final = _response(200, b"filtered", ((b"x-triggerfish-filtered", b"true"),))
+"""A 200, because retrying cannot change the outcome; marked, because nothing was sent."""
 _HEALTH_OK: Final = _response(200, b"OK")
 _NOT_FOUND: Final = _response(404, b"404 page not found")
 _TOO_LARGE: Final = _response(413, b"request body too large", _CLOSE)
@@ -171,6 +178,8 @@ class Route:
     metadata: Mapping[str, str] = field(default_factory=dict)
     token: bytes | None = field(default=None, repr=False)
     """The bearer token (``authSecret``), read once at start; ``None`` = no auth."""
+    filter: SourceFilter | None = None
+    """The compiled ``filter.expression``; ``None`` = publish every request."""
     method_not_allowed: tuple[Message, Message] = field(init=False, repr=False)
     method_not_allowed_close: tuple[Message, Message] = field(init=False, repr=False)
 
@@ -377,6 +386,20 @@ class WebhookApp:
             return
 
         dispatch = self._dispatch
+        data = {"header": header, "body": data_body, "metadata": dict(route.metadata)}
+        if route.filter is not None:
+            passed, reason = route.filter.check(data)
+            if not passed:
+                dispatch.metrics.event_filtered(dispatch.source_name, route.event_name)
+                dispatch.log.debug(
+                    "webhook %s/%s: request filtered out, not published (%r: %s)",
+                    dispatch.source_name,
+                    route.event_name,
+                    route.filter.expression.source,
+                    reason,
+                )
+                await _send(send, _FILTERED)
+                return
         key = idem_key or request_id
         if key:
             event_id = event_id_from(
@@ -384,7 +407,6 @@ class WebhookApp:
             )
         else:
             event_id = new_event_id()
-        data = {"header": header, "body": data_body, "metadata": dict(route.metadata)}
         event = dispatch.make_event(route.event_name, data, event_id)
         try:
             await dispatch.publish(event)

@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -40,6 +41,7 @@ from app.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
 from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
+from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
 from sensors.trace import Trace, TraceStore, TriggerOutcome
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.plugins import TRIGGERS
@@ -195,6 +197,15 @@ class PreparedTrigger:
         return self.plugin_cls(cfg, self.ctx), records
 
 
+def _event_time(ev: Event) -> datetime:
+    """An event's CloudEvents time; one without a readable time counts as new (kept)."""
+    try:
+        when = datetime.fromisoformat(ev.time)
+    except ValueError:
+        return datetime.max.replace(tzinfo=UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, Event]) -> str:
     """Stable hex key of (sensor, trigger, event ids): same events → same key."""
     h = hashlib.sha256(f"{namespace}/{sensor}\x00{trigger}".encode())
@@ -217,6 +228,7 @@ class SensorRunner:
         concurrency: int = 64,
         default_retry: RetryPolicy | None = None,
         ack_wait_seconds: float = 30.0,
+        reset_clock: Clock | None = None,
     ) -> None:
         self.sensor = sensor
         self.name: str = sensor.metadata.name
@@ -237,6 +249,16 @@ class SensorRunner:
             PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
             for t in sensor.spec.triggers
         ]
+        # Compiled for every sensor (a bad cron fails at load), run only where there is
+        # condition state to clear (several dependencies).
+        self.resets: dict[str, ConditionsReset] = {}
+        for i, t in enumerate(sensor.spec.triggers):
+            reset = ConditionsReset.compile(
+                t.template.name, t.template.conditions_reset, f"spec.triggers[{i}].template"
+            )
+            if reset is not None:
+                self.resets[t.template.name] = reset
+        self.reset_clock: Clock = reset_clock or SystemClock()
         self.traces = traces
         self.metrics = metrics
         self.concurrency = concurrency
@@ -251,6 +273,16 @@ class SensorRunner:
         await self.prepare()
         readies: list[asyncio.Event] = []
         tasks: list[asyncio.Task[None]] = []
+        if not self.fast_path and self.resets:
+            # Before consuming: an event must not combine with state a reset cleared.
+            await self._reset_missed()
+            tasks += [
+                asyncio.create_task(
+                    run_resets(reset, self._clearer(name), self.reset_clock),
+                    name=f"sensor:{self.name}:reset:{name}",
+                )
+                for name, reset in self.resets.items()
+            ]
         for dep in self.deps:
             r = asyncio.Event()
             readies.append(r)
@@ -292,6 +324,45 @@ class SensorRunner:
         if not self.fast_path and self._state is None:
             self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
             await self._fire_pending()
+
+    # -- conditionsReset ----------------------------------------------------------------
+    def _clearer(self, trigger: str) -> Callable[[datetime | None], Awaitable[None]]:
+        async def clear(older_than: datetime | None) -> None:
+            await self.reset_conditions(trigger, older_than)
+
+        return clear
+
+    async def _reset_missed(self) -> None:
+        """Clear what a reset tick while the sensor was not running would have cleared."""
+        now = self.reset_clock.now()
+        for name, reset in self.resets.items():
+            await self.reset_conditions(name, reset.last_tick(now))
+
+    async def reset_conditions(self, trigger: str, older_than: datetime | None = None) -> None:
+        """Delete trigger ``trigger``'s stored dependency events (``conditionsReset``):
+        all of them, or those whose event time is before ``older_than``. Runs under the
+        runner's lock, so it never interleaves with an event being accumulated."""
+        if self._state is None:
+            return
+        async with self._lock:
+            stored = (await self._load_state()).get(trigger, {})
+            cleared = sorted(
+                dep
+                for dep, ev in stored.items()
+                if older_than is None or _event_time(ev) < older_than
+            )
+            for dep in cleared:
+                await self._state.delete(f"{trigger}__{dep}")
+        reset = self.resets.get(trigger)
+        log.log(
+            logging.INFO if cleared or older_than is None else logging.DEBUG,
+            "conditions reset sensor=%s trigger=%s schedule=%s%s: cleared %s",
+            self.name,
+            trigger,
+            reset if reset is not None else "-",
+            f" (missed tick at {older_than.isoformat()})" if older_than is not None else "",
+            ", ".join(cleared) if cleared else "nothing stored",
+        )
 
     def _handler(self, dep: str) -> Callable[[Message], Awaitable[None]]:
         async def handle(msg: Message) -> None:

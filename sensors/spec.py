@@ -339,9 +339,9 @@ class ConditionsResetByTime(SpecModel):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, v: str) -> str:
-        fields = v.split()
-        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*,/\-?]+", f) for f in fields):
-            raise ValueError(f"invalid cron expression {v!r} (five fields expected)")
+        from sensors.reset import CronSchedule  # compiled here so validate catches it
+
+        CronSchedule.parse(v)
         return v
 
 

@@ -64,13 +64,13 @@ EVENT_SOURCE: dict[str, Rule] = {
     "spec.service": True,
     **{f"spec.template.{k}": v for k, v in POD_TEMPLATE.items()},
     "spec.webhook": True,
-    "spec.webhook.*.filter": False,
+    "spec.webhook.*.filter": True,
 }
 
 _TRIGGER: dict[str, Rule] = {
     "template.name": True,
     "template.conditions": True,
-    "template.conditionsReset": False,
+    "template.conditionsReset": True,
     "template.k8s": True,
     "template.k8s.operation": frozenset({"create", "update", "patch", "delete"}),
     "template.k8s.source.resource": True,

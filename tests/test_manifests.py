@@ -523,12 +523,13 @@ def test_log_trigger_loads() -> None:
     assert isinstance(config, LogTriggerConfig) and config.interval_seconds == 10
 
 
-def test_webhook_filter_is_not_supported_yet() -> None:
+def test_webhook_filter_is_compiled_at_load() -> None:
     doc = source_doc()
     doc["spec"]["webhook"]["trigger"]["filter"] = {"expression": "body.x == 1"}
+    assert problems(doc) == []
+    doc["spec"]["webhook"]["trigger"]["filter"] = {"expression": "body.x =="}
     [line] = problems(doc)
-    assert line.startswith("spec.webhook.trigger.filter: ")
-    assert "not supported yet" in line
+    assert line.startswith("spec.webhook.trigger.filter.expression: ")
 
 
 def test_source_plugin_cross_event_checks_run() -> None:

@@ -594,14 +594,14 @@ def test_argo_example_manifest_loads() -> None:
         assert cfg.region == "us-east-1"
 
 
-async def test_filter_is_rejected_at_start() -> None:
+async def test_invalid_filter_is_rejected_at_start() -> None:
     async def never(event: Event) -> None:
         raise AssertionError("no event expected")
 
     source = _source(
         never,
-        {"example": {"region": "us-east-1", "queue": "q", "filter": {"expression": "true"}}},
+        {"example": {"region": "us-east-1", "queue": "q", "filter": {"expression": "body.x =="}}},
     )
-    with pytest.raises(ConfigError, match="not supported yet") as info:
+    with pytest.raises(ConfigError) as info:
         await source.run()
-    assert info.value.path == "spec.sqs.example.filter"
+    assert info.value.path == "spec.sqs.example.filter.expression"

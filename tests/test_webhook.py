@@ -515,12 +515,12 @@ def test_same_port_and_endpoint_is_a_config_error():
     assert "'a'" in lines[0]
 
 
-def test_filter_is_reported_as_not_supported():
-    lines = WebhookSource.check_config("webhook", {"a": cfg(filter={"expression": "body.x == 1"})})
-    assert lines == [
-        "spec.webhook.a.filter: event source filters are not supported yet "
-        "(remove the filter, or filter in the Sensor's dependency)"
-    ]
+def test_filter_expression_is_compiled_by_check_config():
+    good = cfg(endpoint="/good", filter={"expression": "body.x == 1"})
+    bad = cfg(endpoint="/bad", filter={"expression": "body.x =="})
+    lines = WebhookSource.check_config("webhook", {"good": good, "bad": bad})
+    assert len(lines) == 1
+    assert lines[0].startswith("spec.webhook.bad.filter.expression: ")
 
 
 def test_tls_settings_must_be_complete_and_agree_per_port():
@@ -539,14 +539,14 @@ def test_tls_settings_must_be_complete_and_agree_per_port():
     assert any(line.startswith("spec.webhook.c: port 13000 is served with TLS") for line in lines)
 
 
-async def test_run_refuses_a_filter():
+async def test_run_refuses_an_invalid_filter():
     source = WebhookSource(
         "webhook",
         "argo-events",
-        {"a": cfg(filter={"expression": "true"})},
+        {"a": cfg(filter={"expression": "body.x =="})},
         SourceContext(publish=Publisher(), secrets=FakeSecrets({})),
     )
-    with pytest.raises(ConfigError, match="not supported yet"):
+    with pytest.raises(ConfigError, match=r"spec\.webhook\.a\.filter\.expression: "):
         await asyncio.wait_for(source.run(), 5)
     assert not source.ready()
 
