@@ -105,7 +105,7 @@ _TRIGGER: dict[str, Rule] = {
     "atLeastOnce": True,
     "rateLimit": True,
     "policy.status": True,
-    "policy.k8s": False,
+    "policy.k8s": True,
     "dlqTrigger": True,
 }
 

@@ -458,10 +458,10 @@ def test_valid_but_unimplemented_fields_fail_with_one_line_each() -> None:
     doc["spec"]["dependencies"][0]["filters"] = {"context": {"source": "webhook"}}
     trigger = doc["spec"]["triggers"][0]
     doc["spec"]["dependencies"][0]["transform"] = {"jq": ".body"}
-    trigger["policy"] = {"k8s": {"labels": {"a": "b"}}}
+    trigger["template"]["k8s"]["liveObject"] = True
     assert problems(doc) == [
         "spec.dependencies[0].transform: not supported yet",
-        "spec.triggers[0].policy.k8s: not supported yet",
+        "spec.triggers[0].template.k8s.liveObject: not supported yet",
     ]
 
 

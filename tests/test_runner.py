@@ -339,3 +339,38 @@ async def test_filtered_event_is_acked_and_explained(bus: Bus, tmp_path: Path) -
     await h.stop()
     info = await bus._jetstream().consumer_info("default", "ns1-f1-a")
     assert info.num_ack_pending == 0
+
+
+@pytest.mark.parametrize(
+    ("error_on_timeout", "status"), [(True, "dead-lettered"), (False, "succeeded")]
+)
+async def test_k8s_policy_waits_for_labels(
+    bus: Bus, tmp_path: Path, error_on_timeout: bool, status: str
+) -> None:
+    kube = FileKube(tmp_path / "objects")
+    policy = {"k8s": {"labels": {"ready": "yes"}, "backoff": {"steps": 2, "duration": "10ms"},
+                      "errorOnBackoffTimeout": error_on_timeout}}  # fmt: skip
+    h = Harness(bus, kube)
+    await h.start(sensor(["a"], policy=policy), retry=RetryPolicy(steps=1))
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert out.status == status
+    if status == "succeeded":
+        assert out.detail["policy"] == "timed out"
+    else:
+        assert "did not get labels" in out.error
+    await h.stop()
+
+
+async def test_k8s_policy_succeeds_when_labels_match(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    policy = {"k8s": {"labels": {"events.argoproj.io/trigger": "make-job"},
+                      "errorOnBackoffTimeout": True}}  # fmt: skip
+    h = Harness(bus, kube)
+    await h.start(sensor(["a"], policy=policy))
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert out.status == "succeeded" and out.detail["policy"] == "labels matched"
+    await h.stop()

@@ -68,6 +68,7 @@ from sensors.triggers.k8s import (
     LABEL_TRIGGER,
     NAME_HASH_CHARS,
 )
+from sensors.triggers.policy import wait_for_labels
 from sensors.triggers.sources import ResourceSource
 
 API_VERSION = "argoproj.io/v1alpha1"
@@ -232,7 +233,11 @@ class ArgoWorkflowTrigger(Trigger):
                 f"Workflow {namespace}/{meta['name']} exists but was not created for these "
                 "events (name clash)"
             ) from None
-        return TriggerResult("created", _ref(created, namespace), records)
+        ref = _ref(created, namespace)
+        policy = self.ctx.policy.k8s if self.ctx.policy is not None else None
+        if policy is not None:
+            ref.update(await wait_for_labels(kube, ref, API_VERSION, policy))
+        return TriggerResult("created", ref, records)
 
     # -- controlling Workflows ----------------------------------------------------------
     async def _workflow(self, name: str, namespace: str) -> dict[str, Any]:

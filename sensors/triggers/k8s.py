@@ -31,6 +31,7 @@ from app.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s_config import K8sTriggerConfig
+from sensors.triggers.policy import wait_for_labels
 from sensors.triggers.sources import ResourceSource
 
 LABEL_SENSOR = "events.argoproj.io/sensor"
@@ -97,18 +98,41 @@ class K8sTrigger(Trigger):
                         "for other events (name clash)"
                     ) from None
                 raise
-            return TriggerResult("created", _ref(created, kind, namespace), records)
+            return await self._with_policy(
+                "created", created, kind, namespace, records, api_version
+            )
         if self.operation == "update":
             updated = await kube.update(obj, namespace)
-            return TriggerResult("updated", _ref(updated, kind, namespace), records)
+            return await self._with_policy(
+                "updated", updated, kind, namespace, records, api_version
+            )
         if self.operation == "patch":
             strategy = _patch_type(self.config.patch_strategy)
             patched = await kube.patch(obj, namespace, strategy)
-            return TriggerResult("patched", _ref(patched, kind, namespace), records)
+            return await self._with_policy(
+                "patched", patched, kind, namespace, records, api_version
+            )
         if self.operation == "delete":
             await kube.delete(api_version, kind, meta.get("name", ""), namespace)
             return TriggerResult("deleted", _ref(obj, kind, namespace), records)
         raise PermanentError(f"unknown k8s operation {self.operation!r}")
+
+    async def _with_policy(
+        self,
+        action: str,
+        obj: dict[str, Any],
+        kind: str,
+        namespace: str,
+        records: list[dict[str, Any]],
+        fallback_api_version: str = "",
+    ) -> TriggerResult:
+        """The result, after ``policy.k8s`` (when set) saw the object's labels."""
+        ref = _ref(obj, kind, namespace)
+        policy = self.ctx.policy.k8s if self.ctx.policy is not None else None
+        if policy is not None:
+            api_version = str(obj.get("apiVersion", "")) or fallback_api_version
+            ref.update(await wait_for_labels(self.ctx.kube, ref, api_version, policy))
+        return TriggerResult(action, ref, records)
 
 
 def _patch_type(strategy: str | None) -> str:
