@@ -227,7 +227,10 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
     """The ``body`` of the event data, shaped as Argo shapes it.
 
     * ``GET``/``HEAD``: the query parameters as a map of lists.
-    * ``application/x-www-form-urlencoded``: the form fields as a map of lists.
+    * ``application/x-www-form-urlencoded``: the form fields as a map of lists —
+      except a body that is a JSON object or array (``curl -d '{...}'`` sends JSON
+      with curl's default form content type): that is taken as JSON, so the
+      walkthrough's curl works with or without ``-H Content-Type``.
     * anything else: the body must be JSON (Argo embeds it as raw JSON); an empty body
       becomes ``null`` (Argo answers 400 there; accepting an empty ``curl -X POST`` as
       a bare trigger is a deliberate difference).
@@ -237,6 +240,11 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
     if method in _BODYLESS_METHODS:
         return _values_map(query.decode("utf-8", "replace")) if query else {}
     if content_type and content_type.split(b";", 1)[0].strip().lower() == _FORM:
+        if body[:1] in (b"{", b"["):
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError:
+                pass
         return _values_map(body.decode("utf-8", "replace")) if body else {}
     if not body or body.isspace():
         return None

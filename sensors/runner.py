@@ -47,6 +47,8 @@ from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerRe
 from sensors.triggers.plugins import TRIGGERS
 
 log = logging.getLogger("triggerfish.sensor")
+trace_log = logging.getLogger("triggerfish.trace")
+"""One line per processed event; with JSON logs the line carries the whole trace."""
 
 
 class Message(Protocol):
@@ -419,6 +421,13 @@ class SensorRunner:
                 await msg.nak(delay_seconds=1.0)
         finally:
             self.traces.add(trace)
+            if trace_log.isEnabledFor(logging.INFO):
+                results = ", ".join(f"{o.trigger}:{o.status}" for o in trace.triggers) or "-"
+                trace_log.info(
+                    "trace sensor=%s event=%s dependency=%s filtered=%s fired=%s triggers=%s",
+                    self.name, ev.id, dep, trace.filtered, trace.fired, results,
+                    extra={"trace": trace.to_dict()},
+                )  # fmt: skip
             self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
             )

@@ -449,6 +449,20 @@ async def test_form_post_gives_a_map_of_lists(make_client):
     assert pub.events[0].data["body"] == {"model": ["resnet"], "tag": ["a", "b"]}
 
 
+async def test_curl_d_json_with_default_form_content_type_is_json(make_client):
+    # `curl -d '{"model":"resnet"}' -X POST url` sends JSON labelled as a form post
+    client, pub, _ = await make_client()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = await client.post(
+        "/trigger", content=b'{"model":"resnet","dataset":"imagenet"}', headers=form
+    )
+    assert r.status_code == 200
+    assert pub.events[0].data["body"] == {"model": "resnet", "dataset": "imagenet"}
+    r = await client.post("/trigger", content=b"{not json", headers=form)
+    assert r.status_code == 200
+    assert pub.events[1].data["body"] == {"{not json": [""]}
+
+
 # -- idempotency ----------------------------------------------------------------------
 
 
