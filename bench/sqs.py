@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -265,6 +266,70 @@ async def _bench(
     return results
 
 
+async def _triggered(api_port: int) -> int:
+    """Triggers done so far, from the Triggerfish process's /metrics."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=5) as c:
+        text = (await c.get(f"http://127.0.0.1:{api_port}/metrics")).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("argo_events_action_triggered_total{")
+        )
+    )
+
+
+async def _workflow_bench(endpoint: str, api_port: int, count: int, backlog: int) -> Result:
+    """(c) SQS → sensor → Workflow created, through a real ``triggerfish run``."""
+    body = one_kb_json().decode()
+    total = 0.0
+    done = 0
+    async with AioSession().create_client("sqs", region_name=REGION, endpoint_url=endpoint) as c:
+        url = (await c.get_queue_url(QueueName="training-requests"))["QueueUrl"]
+        for start in range(0, count, backlog):
+            n = min(backlog, count - start)
+            await _fill(c, url, n, body)
+            t0 = time.perf_counter()
+            deadline = t0 + STAGE_LIMIT_SECONDS
+            while await _triggered(api_port) < done + n and time.perf_counter() < deadline:
+                await asyncio.sleep(0.02)
+            total += time.perf_counter() - t0
+            done += n
+    return Result("(c) SQS -> Workflow (triggerfish run, fake k8s API)", 1, count, total)
+
+
+def _run_workflow_stage(tmp: Path, endpoint: str, count: int, backlog: int) -> Result:
+    import boto3
+    import yaml
+
+    from tests.fakekube.harness import KubeApi
+    from tests.fakekube.process import FakeKubeServer
+    from tests.support.proc import Triggerfish
+
+    boto3.client("sqs", region_name=REGION, endpoint_url=endpoint).create_queue(
+        QueueName="training-requests"
+    )
+    manifests = tmp / "sqs-training"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "sqs-training", manifests)
+    es_path = manifests / "event-source.yaml"
+    es = yaml.safe_load(es_path.read_text())
+    es["spec"]["sqs"]["training"].update({"endpoint": endpoint, "waitTimeSeconds": 1})
+    es_path.write_text(yaml.safe_dump(es))
+    server = FakeKubeServer(log_dir=tmp / "kube")
+    server.start()
+    kube = KubeApi(server, tmp)
+    tf = Triggerfish(files=[str(manifests)], state_dir=tmp / "tf", kubeconfig=str(kube.kubeconfig))
+    try:
+        tf.start()
+        return asyncio.run(_workflow_bench(endpoint, tf.api_port, count, backlog))
+    finally:
+        tf.stop()
+        kube.close()
+        server.stop()
+
+
 def _sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # run the finally blocks that stop the servers
 
@@ -288,6 +353,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             results = asyncio.run(
                 _bench(moto.endpoint, nats_server.url, count, backlog, concurrencies)
             )
+            results.append(_run_workflow_stage(tmp, moto.endpoint, count, backlog))
         finally:
             nats_server.stop()
             moto.stop()
@@ -304,7 +370,10 @@ def orchestrate(args: argparse.Namespace) -> int:
         b = next((r for r in results if r.concurrency == conc and r.label.startswith("(b)")), None)
         if a and b and b.rate:
             print(f"c={conc}: SQS -> JetStream / raw moto ceiling = {a.rate / b.rate:.2f}")
-    print("SQS -> Workflow: not measured yet (needs the sensor runtime)")
+    c = next((r for r in results if r.label.startswith("(c)")), None)
+    b1 = next((r for r in results if r.concurrency == 1 and r.label.startswith("(b)")), None)
+    if c and b1 and b1.rate:
+        print(f"SQS -> Workflow / raw moto ceiling (c=1) = {c.rate / b1.rate:.2f}")
     if args.json:
         print("JSON " + json.dumps([r.as_dict() for r in results]))
     return 0
