@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ from app.errors import ConfigError
 from app.events import Event, new_event_id
 from app.kube import FileKube
 from app.manifests import load_one
-from app.metrics import Metrics
 from sensors.reset import ConditionsReset, CronSchedule, run_resets
-from sensors.runner import RetryPolicy, SensorRunner
+from sensors.runner import RetryPolicy
 from sensors.spec import ConditionsResetByTime, ConditionsResetCriteria
-from sensors.trace import TraceStore
 from sensors.triggers.base import TriggerContext
+from tests.support.sensors import SensorHarness, eventually
 
 
 def utc(
@@ -78,16 +76,6 @@ class ManualClock:
         async with self._moved:
             self._now = when
             self._moved.notify_all()
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll ``check`` until true; a bound against hanging, not a timing assertion."""
-    for _ in range(int(timeout / 0.02)):
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # -- the next tick (pure) -----------------------------------------------------------------
@@ -236,31 +224,14 @@ def event(name: str, v: str, time: datetime | None = None) -> Event:
     return ev
 
 
-class Harness:
-    """One SensorRunner on the bus with a manual clock, writing objects to files."""
+class Harness(SensorHarness):
+    """A SensorHarness with a manual reset clock, writing objects to files."""
 
     def __init__(self, bus: Bus, kube: FileKube, clock: ManualClock) -> None:
-        self.bus = bus
+        super().__init__(bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=1),
+                         reset_clock=clock)  # fmt: skip
         self.kube = kube
         self.clock = clock
-        self.traces = TraceStore()
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self, s: Any) -> None:
-        runner = SensorRunner(
-            s, self.bus, TriggerContext(kube=self.kube), self.traces, Metrics(),
-            default_retry=RetryPolicy(steps=1), ack_wait_seconds=2.0, reset_clock=self.clock,
-        )  # fmt: skip
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(runner.run(ready))
-        await asyncio.wait_for(ready.wait(), 10)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
-            self.task = None
 
     async def publish_and_wait(self, ev: Event) -> None:
         """Publish one event and wait until the runner has handled (traced) it."""

@@ -8,24 +8,20 @@ implementation) or, for failures, to an API server address nothing listens on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from app.bus import Bus
 from app.events import Event, new_event_id
 from app.kube import ApiKube, FileKube
 from app.manifests import load_one
-from app.metrics import Metrics
 from app.settings import KubeSettings
-from sensors.runner import RetryPolicy, SensorRunner
-from sensors.trace import TraceStore
+from sensors.runner import RetryPolicy
 from sensors.triggers.base import TriggerContext
 from tests.support.net import free_port
+from tests.support.sensors import SensorHarness, dead_letters, eventually
 
 
 def sensor(deps: list[str], conditions: str | None = None, **trigger_extra: Any) -> Any:
@@ -72,46 +68,17 @@ def event(name: str, v: str, eid: str | None = None) -> Event:
                  data={"body": {"v": v}})  # fmt: skip
 
 
-class Harness:
-    def __init__(self, bus: Bus, kube: Any) -> None:
-        self.bus = bus
-        self.kube = kube
-        self.traces = TraceStore()
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self, s: Any, retry: RetryPolicy | None = None) -> None:
-        runner = SensorRunner(
-            s, self.bus, TriggerContext(kube=self.kube), self.traces, Metrics(),
-            concurrency=8, default_retry=retry or RetryPolicy(steps=2, duration_seconds=0.01),
-            ack_wait_seconds=2.0,
-        )  # fmt: skip
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(runner.run(ready))
-        await asyncio.wait_for(ready.wait(), 10)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
-            self.task = None
+def harness(bus: Bus, kube: Any) -> SensorHarness:
+    return SensorHarness(bus, TriggerContext(kube=kube))
 
 
 def objects(kube: FileKube) -> list[dict[str, Any]]:
     return [o for o in kube.list_objects() if o["kind"] == "ConfigMap"]
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_and_condition_fires_once_across_restart(bus: Bus, tmp_path: Path) -> None:
     kube = FileKube(tmp_path / "objects")
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     s = sensor(["a", "b"])
     await h.start(s)
     await bus.publish("default", event("a", "first-a"))
@@ -120,7 +87,7 @@ async def test_and_condition_fires_once_across_restart(bus: Bus, tmp_path: Path)
     assert objects(kube) == []
     await h.stop()  # restart between dependency A and B
 
-    h2 = Harness(bus, kube)
+    h2 = harness(bus, kube)
     await h2.start(sensor(["a", "b"]))
     await bus.publish("default", event("b", "the-b"))
     await eventually(lambda: len(objects(kube)) == 1)
@@ -137,7 +104,7 @@ async def test_and_condition_fires_once_across_restart(bus: Bus, tmp_path: Path)
 
 async def test_or_condition_fires_per_event(bus: Bus, tmp_path: Path) -> None:
     kube = FileKube(tmp_path / "objects")
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(sensor(["a", "b"], conditions="a || b"))
     await bus.publish("default", event("a", "x"))
     await bus.publish("default", event("b", "y"))
@@ -151,7 +118,7 @@ async def test_or_condition_fires_per_event(bus: Bus, tmp_path: Path) -> None:
 
 async def test_redelivered_event_does_not_create_twice(bus: Bus, tmp_path: Path) -> None:
     kube = FileKube(tmp_path / "objects")
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(sensor(["a"]))
     eid = new_event_id()
     # the same event id published outside the dedup window is delivered twice
@@ -164,19 +131,6 @@ async def test_redelivered_event_does_not_create_twice(bus: Bus, tmp_path: Path)
     await h.stop()
 
 
-async def _dead_letters(bus: Bus) -> list[dict[str, Any]]:
-    js = bus._jetstream()
-    sub = await js.pull_subscribe(
-        "default._dlq.>", stream="default",
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )  # fmt: skip
-    try:
-        msgs = await sub.fetch(10, timeout=2)
-    except Exception:
-        return []
-    return [orjson.loads(m.data) for m in msgs]
-
-
 async def test_failing_target_is_retried_then_dead_lettered_and_acked(
     bus: Bus, tmp_path: Path
 ) -> None:
@@ -184,7 +138,7 @@ async def test_failing_target_is_retried_then_dead_lettered_and_acked(
         KubeSettings(kubeconfig=str(_kubeconfig(tmp_path, free_port())), request_timeout_seconds=1)
     )
     assert dead is not None
-    h = Harness(bus, dead)
+    h = harness(bus, dead)
     s = sensor(["a"], retryStrategy={"steps": 3, "duration": "10ms"})
     await h.start(s)
     ev = event("a", "v")
@@ -193,7 +147,7 @@ async def test_failing_target_is_retried_then_dead_lettered_and_acked(
     t = h.traces.recent()[0]
     assert t.triggers[0].status == "dead-lettered"
     assert t.triggers[0].attempts == 3
-    dl = await _dead_letters(bus)
+    dl = await dead_letters(bus)
     assert len(dl) == 1
     assert dl[0]["trigger"] == "make-job" and dl[0]["events"]["a"]["id"] == ev.id
     await h.stop()
@@ -223,7 +177,7 @@ async def test_missing_key_without_default_names_parameter_and_path(
             },
         }
     )  # fmt: skip
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(s)
     await bus.publish("default", event("a", "v"))
     await eventually(lambda: len(h.traces.recent()) == 1)
@@ -281,7 +235,7 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
         atLeastOnce=True,
         dlqTrigger={"template": {"name": "to-log", "log": {}}, "atLeastOnce": True},
     )
-    h = Harness(bus, dead)
+    h = harness(bus, dead)
     await h.start(s)
     await bus.publish("default", event("a", "v"))
     await eventually(lambda: len(h.traces.recent()) == 1, timeout=20)
@@ -289,14 +243,14 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
     assert out.status == "dead-lettered"
     assert out.detail["dlqTrigger"]["status"] == "succeeded"
     assert out.detail["dlqTrigger"]["action"] == "logged"
-    assert len(await _dead_letters(bus)) == 1
+    assert len(await dead_letters(bus)) == 1
     await h.stop()
     dead.close()
 
 
 async def test_rate_limit_spaces_firings(bus: Bus, tmp_path: Path) -> None:
     kube = FileKube(tmp_path / "objects")
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(sensor(["a"], rateLimit={"unit": "Second", "requestsPerUnit": 5}))
     for i in range(8):
         await bus.publish("default", event("a", f"v{i}"))
@@ -327,7 +281,7 @@ async def test_filtered_event_is_acked_and_explained(bus: Bus, tmp_path: Path) -
             },
         }
     )  # fmt: skip
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(s)
     await bus.publish("default", event("a", "bert"))
     await bus.publish("default", event("a", "resnet-50"))  # string values are unanchored regexes
@@ -350,8 +304,8 @@ async def test_k8s_policy_waits_for_labels(
     kube = FileKube(tmp_path / "objects")
     policy = {"k8s": {"labels": {"ready": "yes"}, "backoff": {"steps": 2, "duration": "10ms"},
                       "errorOnBackoffTimeout": error_on_timeout}}  # fmt: skip
-    h = Harness(bus, kube)
-    await h.start(sensor(["a"], policy=policy), retry=RetryPolicy(steps=1))
+    h = harness(bus, kube)
+    await h.start(sensor(["a"], policy=policy), default_retry=RetryPolicy(steps=1))
     await bus.publish("default", event("a", "v"))
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
@@ -367,7 +321,7 @@ async def test_k8s_policy_succeeds_when_labels_match(bus: Bus, tmp_path: Path) -
     kube = FileKube(tmp_path / "objects")
     policy = {"k8s": {"labels": {"events.argoproj.io/trigger": "make-job"},
                       "errorOnBackoffTimeout": True}}  # fmt: skip
-    h = Harness(bus, kube)
+    h = harness(bus, kube)
     await h.start(sensor(["a"], policy=policy))
     await bus.publish("default", event("a", "v"))
     await eventually(lambda: len(h.traces.recent()) == 1)

@@ -22,22 +22,20 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from app.bus import Bus
 from app.errors import PermanentError, TransientError
 from app.events import Event, new_event_id
 from app.kube import FileKube
 from app.manifests import check_one, load_one
-from app.metrics import Metrics
 from app.secrets import ManifestSecrets
-from sensors.runner import RetryPolicy, SensorRunner
+from sensors.runner import RetryPolicy
 from sensors.spec import TriggerPolicy
-from sensors.trace import TraceStore
 from sensors.triggers.base import Invocation, TriggerContext
 from sensors.triggers.http import HttpTrigger, safe_url
 from sensors.triggers.http_config import HttpTriggerConfig
 from tests.support.net import free_port
+from tests.support.sensors import SensorHarness, dead_letters, eventually
 
 NS = "ns1"
 TOKEN = "t0p-s3cr3t-token"
@@ -504,51 +502,17 @@ def sensor_doc(
     }
 
 
-class Harness:
-    """A SensorRunner over the real bus with the given trigger context."""
+class Harness(SensorHarness):
+    """A SensorHarness whose trigger context carries the trigger's ``policy``."""
 
     def __init__(self, bus: Bus, ctx: TriggerContext) -> None:
-        self.bus = bus
-        self.ctx = ctx
-        self.traces = TraceStore()
-        self.task: asyncio.Task[None] | None = None
+        super().__init__(bus, ctx, concurrency=4, default_retry=RetryPolicy(steps=1),
+                         ack_wait_seconds=5.0)  # fmt: skip
 
-    async def start(self, doc: dict[str, Any]) -> None:
+    async def start(self, doc: dict[str, Any]) -> None:  # type: ignore[override]
         s = load_one(doc)
-        trig = s.spec.triggers[0]  # type: ignore[union-attr]
-        self.ctx.policy = trig.policy
-        runner = SensorRunner(
-            s, self.bus, self.ctx, self.traces, Metrics(), concurrency=4,
-            default_retry=RetryPolicy(steps=1), ack_wait_seconds=5.0,
-        )  # fmt: skip
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(runner.run(ready))
-        await asyncio.wait_for(ready.wait(), 10)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
-async def dead_letters(bus: Bus) -> list[dict[str, Any]]:
-    sub = await bus._jetstream().pull_subscribe(
-        "default._dlq.>", stream="default", config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    )
-    try:
-        msgs = await sub.fetch(10, timeout=2)
-    except Exception:
-        return []
-    return [orjson.loads(m.data) for m in msgs]
+        self.ctx.policy = s.spec.triggers[0].policy  # type: ignore[union-attr]
+        await super().start(s)
 
 
 async def test_runner_sends_the_request_once_per_event(
