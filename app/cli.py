@@ -4,6 +4,9 @@
   process, embedded JetStream unless ``--nats-url``).
 * ``validate -f FILES_OR_DIRS``: one line per manifest, non-zero exit on any error.
 * ``test SENSOR --event FILE``: run a Sensor offline against events, print the trace.
+* ``crds``: the EventBus/EventSource/Sensor CRDs with schemas, for ``kubectl apply -f -``.
+* ``controller [--namespace NS]``: reconcile EventBus/EventSource/Sensor objects.
+* ``eventsource NAME`` / ``sensor NAME``: the pod roles (one object, read from the API).
 * ``version``.
 """
 
@@ -73,6 +76,44 @@ def _parser() -> argparse.ArgumentParser:
         help="event JSON: webhook-shaped data, a body, or a CloudEvent (repeatable)",
     )
 
+    crds = sub.add_parser(
+        "crds", help="print the EventBus/EventSource/Sensor CRDs (YAML for kubectl apply -f -)"
+    )
+    crds.add_argument(
+        "--output-dir", default=None, help="write one file per CRD into this directory instead"
+    )
+
+    ctl = sub.add_parser(
+        "controller", help="reconcile EventBus, EventSource and Sensor objects in a cluster"
+    )
+    ctl.add_argument("--namespace", default=None, help="watch only this namespace (default: all)")
+
+    for role, what in (("eventsource", "EventSource"), ("sensor", "Sensor")):
+        rp = sub.add_parser(role, help=f"serve one {what} read from the cluster (pod role)")
+        rp.add_argument("name", help=f"the {what}'s name")
+        rp.add_argument(
+            "--namespace",
+            default=None,
+            help="default: POD_NAMESPACE, in-cluster namespace, kubeconfig context",
+        )
+        rp.add_argument(
+            "--nats-url",
+            default=None,
+            help="use this NATS server instead of the EventBus's (local runs)",
+        )
+        rp.add_argument(
+            "--api-port", type=int, default=None, help="health/metrics port (default 8080, 0 = off)"
+        )
+        if role == "eventsource":
+            rp.add_argument("--bind-host", default=None, help="address webhook servers listen on")
+            rp.add_argument(
+                "--port-map",
+                action="append",
+                default=[],
+                metavar="FROM=TO",
+                help="serve a webhook port FROM on port TO (repeatable)",
+            )
+
     sub.add_parser("version", help="print the version")
     return p  # fmt: skip
 
@@ -131,6 +172,51 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _controller(args: argparse.Namespace) -> int:
+    from app.controller import ControllerSettings
+    from app.controller.loop import run_controller
+    from app.kube import ApiKube
+
+    cfg = ControllerSettings()
+    if args.namespace is not None:
+        cfg.namespace = args.namespace
+    settings = load_settings()
+    kube = ApiKube.from_settings(settings.kube)
+    if kube is None:
+        raise ConfigError("the controller needs a Kubernetes API (kubeconfig or in-cluster)")
+    try:
+        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port)
+    finally:
+        kube.close()
+    return 0
+
+
+async def _pod_role(args: argparse.Namespace) -> int:
+    from app.podrole import run_role
+
+    s = load_settings()
+    if args.api_port is not None:
+        s.api_port = args.api_port
+    if getattr(args, "bind_host", None) is not None:
+        s.bind_host = args.bind_host
+    for item in getattr(args, "port_map", []):
+        src, sep, dst = item.partition("=")
+        if not sep or not src.isdigit() or not dst.isdigit():
+            raise ConfigError(f"--port-map wants FROM=TO port numbers, got {item!r}")
+        s.port_map[int(src)] = int(dst)
+    await run_role(args.cmd, args.name, s, args.namespace or "", args.nats_url or "",
+                   _stop_on_signals())  # fmt: skip
+    return 0
+
+
 def _loop_factory() -> Any:
     """uvloop when installed (about 10% more webhook throughput), else asyncio's."""
     try:
@@ -153,10 +239,25 @@ def main(argv: list[str] | None = None) -> int:
             from app.validate import validate_paths
 
             return validate_paths(args.files, sys.stdout)
+        if args.cmd == "crds":
+            from app.crds import render_all, write_crd_files
+
+            if args.output_dir is not None:
+                for path in write_crd_files(Path(args.output_dir)):
+                    print(path)
+            else:
+                sys.stdout.write(render_all())
+            return 0
         if args.cmd == "test":
             from app.offline import run_offline_sync
 
             return run_offline_sync(args.sensor, args.event, sys.stdout)
+        if args.cmd == "controller":
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(_controller(args))
+        if args.cmd in ("eventsource", "sensor"):
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(_pod_role(args))
         if args.cmd == "run":
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 return runner.run(_serve(args))

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -304,6 +305,100 @@ class ApiKube:
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         await self._call(self._delete, api_version, kind, name, namespace)
 
+    # -- list / watch / status (the controller and the pod roles) ----------------------
+    def _collection(self, api_version: str, kind: str, namespace: str) -> str:
+        """The collection URL; an empty ``namespace`` means all namespaces."""
+        info = self._resource(api_version, kind)
+        if namespace or not info.namespaced:
+            return info.path(namespace)
+        return ResourceInfo(info.group_version, kind, info.plural, False).path("")
+
+    def _list(
+        self, api_version: str, kind: str, namespace: str, field_selector: str
+    ) -> dict[str, Any]:
+        query = {"fieldSelector": field_selector} if field_selector else None
+        return dict(
+            self._request("GET", self._collection(api_version, kind, namespace), None, query)
+        )
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str = "", field_selector: str = ""
+    ) -> dict[str, Any]:
+        """The list object (``items`` and ``metadata.resourceVersion``) of a kind."""
+        return dict(await self._call(self._list, api_version, kind, namespace, field_selector))
+
+    def _watch_stream(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        resource_version: str,
+        timeout_seconds: int,
+        field_selector: str,
+    ) -> Any:
+        query = {"watch": "true", "resourceVersion": resource_version,
+                 "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = f"{self._collection(api_version, kind, namespace)}?{urlencode(query)}"
+        try:
+            m, url, hdrs, _b, _p = self._api.param_serialize(
+                method="GET", resource_path=path,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+            )  # fmt: skip
+            resp = self._api.call_api(m, url, header_params=hdrs,
+                                      _request_timeout=(10, timeout_seconds + 10))  # fmt: skip
+        except Exception as e:
+            raise KubeTransientError(f"watch {path}: {e}") from e
+        if resp.status != 200:
+            raise self._error(resp.status, resp.read() or b"", "GET", path)
+        return resp.response
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        resource_version: str,
+        *,
+        timeout_seconds: int = 300,
+        field_selector: str = "",
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events (``{"type", "object"}``) after ``resource_version`` until the server
+        ends the watch. An ``ERROR`` event (410 Expired) is yielded as is: the caller
+        re-lists. A dropped connection raises :class:`KubeTransientError`."""
+        raw = await self._call(self._watch_stream, api_version, kind, namespace,
+                               resource_version, timeout_seconds, field_selector)  # fmt: skip
+        lines = iter(raw)
+        try:
+            while True:
+                try:
+                    line = await self._call(next, lines, None)
+                except Exception as e:
+                    raise KubeTransientError(f"watch {kind}: {e}") from e
+                if line is None:
+                    return
+                if line.strip():
+                    yield dict(orjson.loads(line))
+        finally:
+            # Unblocks a read still waiting in a pool thread (cancellation, shutdown),
+            # so the thread ends and the process can exit.
+            with contextlib.suppress(Exception):
+                raw.shutdown()
+            with contextlib.suppress(Exception):
+                raw.release_conn()
+
+    def _patch_status(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        api_version, kind, name = _object_ref(obj)
+        info = self._resource(api_version, kind)
+        path = info.path(namespace, name) + "/status"
+        body = {"status": obj.get("status") or {}}
+        return dict(self._request("PATCH", path, body, None, self._PATCH_TYPES["merge"]))
+
+    async def patch_status(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        """Merge-patch ``obj["status"]`` through the status subresource."""
+        return dict(await self._call(self._patch_status, obj, namespace))
+
     async def ensure_namespace(self, name: str) -> bool:
         """Create namespace ``name`` unless it exists; True when it was created."""
         if await self.get("v1", "Namespace", name, "") is not None:
@@ -324,6 +419,26 @@ class ApiKube:
         except AlreadyExists:
             await self.update(obj, namespace)
             return "updated"
+
+
+def current_namespace(settings: KubeSettings) -> str:
+    """The namespace a pod role serves when none is given: ``POD_NAMESPACE``, the
+    in-cluster service account's namespace file, the kubeconfig context's, ``default``."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    sa_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    with contextlib.suppress(OSError):
+        return sa_file.read_text().strip() or "default"
+    from kubernetes import config
+
+    with contextlib.suppress(Exception):
+        _all, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=settings.kubeconfig or os.environ.get("KUBECONFIG") or None
+        )
+        if settings.context:
+            active = next(c for c in _all if c["name"] == settings.context)
+        return str((active.get("context") or {}).get("namespace") or "default")
+    return "default"
 
 
 class FileKube:

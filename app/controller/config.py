@@ -1,0 +1,31 @@
+"""The controller's settings, read once from ``TRIGGERFISH_CONTROLLER_*`` variables.
+
+Kept apart from :class:`app.settings.Settings` because only the controller uses them
+(the images it puts into the workloads it creates, how long one watch lasts).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    """What the controller needs beyond the objects it watches."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIGGERFISH_CONTROLLER_", extra="ignore")
+
+    namespace: str = Field("", description="watch only this namespace; empty = all")
+    image: str = Field(
+        "ghcr.io/triggerfish/triggerfish:latest",
+        description="image of the EventSource and Sensor pods (runs `triggerfish ...`)",
+    )
+    image_pull_policy: str = Field("IfNotPresent", description="pull policy of that image")
+    nats_image: str = Field("nats:2.10-alpine", description="image of the EventBus servers")
+    pod_api_port: int = Field(8080, description="health/metrics port inside the pods")
+    watch_timeout_seconds: int = Field(
+        300, description="server-side length of one watch before it is resumed"
+    )
+    retry_delay_seconds: float = Field(
+        2.0, description="wait before reconciling an object again after a transient error"
+    )

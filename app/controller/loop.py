@@ -1,0 +1,185 @@
+"""The controller's transport: list + watch per kind, a de-duplicating work queue.
+
+Each of EventBus, EventSource and Sensor has an informer task: list (remembering the
+list's resourceVersion), then watch from there; when the server ends a watch it is
+resumed from the last resourceVersion seen; a ``410 Expired`` (history compacted) or a
+dropped connection starts over with a fresh list, and objects that vanished meanwhile
+are forgotten. A crashed controller therefore needs no state: it lists and converges.
+
+Keys ``(kind, namespace, name)`` go into one queue, each key at most once while it
+waits; one worker reconciles the newest cached copy. An EventBus change also queues
+the EventSources and Sensors of its namespace, since their ``Deployed`` waits on it.
+Deleted CRs need no work: their children carry owner references and are collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from app.controller.config import ControllerSettings
+from app.controller.reconcilers import API_VERSION, Reconciler
+from app.errors import TransientError
+from app.kube import ApiKube, KubeError
+
+log = logging.getLogger("triggerfish.controller")
+
+KINDS = ("EventBus", "EventSource", "Sensor")
+Key = tuple[str, str, str]
+
+
+class Controller:
+    """Watches the three kinds and reconciles them until cancelled."""
+
+    def __init__(self, kube: ApiKube, cfg: ControllerSettings) -> None:
+        self.kube = kube
+        self.cfg = cfg
+        self.reconciler = Reconciler(kube, cfg)
+        self.cache: dict[Key, dict[str, Any]] = {}
+        self.relists = 0
+        """How many times an informer started over with a fresh list (410, errors)."""
+        self.synced = asyncio.Event()
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._synced_kinds: set[str] = set()
+
+    def enqueue(self, key: Key) -> None:
+        """Ask for ``key`` to be reconciled (once, however often it is asked)."""
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def run(self) -> None:
+        """Run the informers and the worker; returns only when cancelled or one fails."""
+        tasks = [asyncio.create_task(self._informer(k), name=f"informer:{k}") for k in KINDS]
+        tasks.append(asyncio.create_task(self._worker(), name="reconcile-worker"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- informers --------------------------------------------------------------------
+    async def _list(self, kind: str) -> str:
+        listed = await self.kube.list(API_VERSION, kind, self.cfg.namespace)
+        seen: set[Key] = set()
+        for obj in listed.get("items") or []:
+            obj.setdefault("apiVersion", API_VERSION)
+            obj.setdefault("kind", kind)
+            key = self._store(kind, obj)
+            seen.add(key)
+            self.enqueue(key)
+        for key in [k for k in self.cache if k[0] == kind and k not in seen]:
+            del self.cache[key]
+        self._synced_kinds.add(kind)
+        if self._synced_kinds.issuperset(KINDS):
+            self.synced.set()
+        return str(listed.get("metadata", {}).get("resourceVersion") or "")
+
+    def _store(self, kind: str, obj: dict[str, Any]) -> Key:
+        meta = obj["metadata"]
+        key = (kind, str(meta.get("namespace") or ""), str(meta["name"]))
+        self.cache[key] = obj
+        return key
+
+    async def _informer(self, kind: str) -> None:
+        rv = ""
+        backoff = 0.2
+        while True:
+            try:
+                if not rv:
+                    rv = await self._list(kind)
+                async for event in self.kube.watch(
+                    API_VERSION, kind, self.cfg.namespace, rv,
+                    timeout_seconds=self.cfg.watch_timeout_seconds,
+                ):  # fmt: skip
+                    etype, obj = event.get("type"), event.get("object") or {}
+                    if etype == "ERROR":
+                        log.info("watch %s: %s; listing again", kind, obj.get("message", obj))
+                        rv = ""
+                        self.relists += 1
+                        break
+                    rv = str(obj.get("metadata", {}).get("resourceVersion") or rv)
+                    if etype == "BOOKMARK":
+                        continue
+                    if etype == "DELETED":
+                        meta = obj["metadata"]
+                        self.cache.pop((kind, meta.get("namespace", ""), meta["name"]), None)
+                        continue
+                    self.enqueue(self._store(kind, obj))
+                backoff = 0.2
+            except (KubeError, TransientError) as e:
+                log.warning("watch %s failed: %s; listing again in %.1fs", kind, e, backoff)
+                rv = ""
+                self.relists += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    # -- worker -----------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            obj = self.cache.get(key)
+            if obj is None:
+                continue
+            try:
+                await self._reconcile(key[0], obj)
+            except (KubeError, TransientError) as e:
+                log.warning("reconcile %s %s/%s failed: %s; retrying", *key, e)
+                asyncio.get_running_loop().call_later(
+                    self.cfg.retry_delay_seconds, self.enqueue, key
+                )
+            except Exception:  # a bug must not stop the other objects
+                log.exception("reconcile %s %s/%s crashed", *key)
+
+    async def _reconcile(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "EventBus":
+            await self.reconciler.eventbus(obj)
+            ns = obj["metadata"].get("namespace", "")
+            for key in [k for k in self.cache if k[0] != "EventBus" and k[1] == ns]:
+                self.enqueue(key)
+        elif kind == "EventSource":
+            await self.reconciler.eventsource(obj)
+        else:
+            await self.reconciler.sensor(obj)
+
+
+async def run_controller(
+    kube: ApiKube,
+    cfg: ControllerSettings,
+    stop: asyncio.Event,
+    api_host: str = "127.0.0.1",
+    api_port: int = 0,
+) -> None:
+    """Run a :class:`Controller` until ``stop`` is set (the CLI's entry point), with
+    ``/healthz`` and ``/readyz`` on ``api_host:api_port`` when a port is given."""
+    ctl = Controller(kube, cfg)
+    task = asyncio.create_task(ctl.run())
+    stopper = asyncio.create_task(stop.wait())
+    tasks = [task, stopper]
+    if api_port:
+        import uvicorn
+
+        from app.controller.health import build_health_app
+        from app.httpserver import QuietServer
+
+        app = build_health_app(lambda: ctl.synced.is_set() and not task.done())
+        server = QuietServer(
+            uvicorn.Config(app, host=api_host, port=api_port, log_level="warning",
+                           access_log=False, lifespan="off")
+        )  # fmt: skip
+        tasks.append(asyncio.create_task(server.serve()))
+    try:
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
