@@ -154,6 +154,21 @@ async def test_seed_manifests_become_argo_like_children(h: Harness) -> None:
     spod = sdep["spec"]["template"]["spec"]
     assert spod["serviceAccountName"] == "operate-workflow-sa"
     assert spod["containers"][0]["args"][:2] == ["sensor", "ml-pipeline-sensor"]
+    # the sensor's pods may read their own Sensor, their EventBus and its auth Secret
+    role = await h.get("rbac.authorization.k8s.io/v1", "Role", "ml-pipeline-sensor-sensor")
+    assert role is not None and _owned_by(role, "Sensor", "ml-pipeline-sensor")
+    by_resource = {r["resources"][0]: r for r in role["rules"]}
+    assert by_resource["sensors"]["resourceNames"] == ["ml-pipeline-sensor"]
+    assert by_resource["eventbus"]["resourceNames"] == ["default"]
+    assert by_resource["secrets"]["verbs"] == ["get"]
+    assert by_resource["secrets"]["resourceNames"] == ["eventbus-default-js-client-auth"]
+    binding = await h.get(
+        "rbac.authorization.k8s.io/v1", "RoleBinding", "ml-pipeline-sensor-sensor"
+    )
+    assert binding is not None
+    assert binding["subjects"][0]["name"] == "operate-workflow-sa"
+    es_binding = await h.get("rbac.authorization.k8s.io/v1", "RoleBinding", "webhook-eventsource")
+    assert es_binding is not None and es_binding["subjects"][0]["name"] == "default"
     sn = await h.get("argoproj.io/v1alpha1", "Sensor", "ml-pipeline-sensor")
     assert sn is not None
     types = {c["type"]: c["status"] for c in sn["status"]["conditions"]}

@@ -380,6 +380,8 @@ EXPECTED_RULES = {
     ("", "secrets"): OWN,
     ("", "configmaps"): OWN,
     ("coordination.k8s.io", "leases"): OWN,
+    ("rbac.authorization.k8s.io", "roles"): OWN,
+    ("rbac.authorization.k8s.io", "rolebindings"): OWN,
 }
 
 

@@ -326,3 +326,58 @@ def eventsource_service(cr: Obj) -> Obj | None:
 def sensor_deployment(cr: Obj, cfg: ControllerSettings) -> Obj:
     """The Deployment of a Sensor."""
     return _role_deployment(cr, "sensor", sensor_labels(cr["metadata"]["name"]), cfg, [])
+
+
+# -- what a pod role may read ------------------------------------------------------------
+
+
+def _selectors(node: Any, out: set[str]) -> None:
+    """Names of every ``{name, key}`` selector in a spec (Secret or ConfigMap keys)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str) and isinstance(node.get("key"), str):
+            out.add(node["name"])
+        for v in node.values():
+            _selectors(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _selectors(v, out)
+
+
+def pod_role_rbac(cr: Obj, role: str, plural: str) -> list[Obj]:
+    """A Role + RoleBinding letting the pods of ``cr`` read what ``triggerfish <role>``
+    reads through the API, and nothing more: their own object, their EventBus (and its
+    auth Secret), and the Secrets/ConfigMaps the spec names."""
+    name = cr["metadata"]["name"]
+    spec = cr.get("spec") or {}
+    bus = str(spec.get("eventBusName") or "default")
+    referenced: set[str] = set()
+    _selectors(spec, referenced)
+    secrets = sorted(referenced | {js_auth_secret_name(bus)})
+    read = ["get", "list", "watch"]
+    labels = eventsource_labels(name) if role == "eventsource" else sensor_labels(name)
+    rules: list[Obj] = [
+        {"apiGroups": ["argoproj.io"], "resources": [plural], "resourceNames": [name],
+         "verbs": read},
+        {"apiGroups": ["argoproj.io"], "resources": ["eventbus"], "resourceNames": [bus],
+         "verbs": read},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets,
+         "verbs": ["get"]},
+    ]  # fmt: skip
+    if referenced:
+        rules.append(
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(referenced),
+             "verbs": ["get"]}
+        )  # fmt: skip
+    role_obj = _child(cr, "rbac.authorization.k8s.io/v1", "Role", f"{name}-{role}", labels)
+    role_obj["rules"] = rules
+    sa = str((spec.get("template") or {}).get("serviceAccountName") or "default")
+    binding = _child(cr, "rbac.authorization.k8s.io/v1", "RoleBinding", f"{name}-{role}", labels)
+    binding["roleRef"] = {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{name}-{role}",
+    }
+    binding["subjects"] = [
+        {"kind": "ServiceAccount", "name": sa, "namespace": cr["metadata"]["namespace"]}
+    ]
+    return [with_hash(role_obj), with_hash(binding)]

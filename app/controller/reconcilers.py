@@ -169,6 +169,8 @@ class Reconciler:
         if problem is not None:
             await self.write_status(cr, [true("SourcesProvided"), problem])
             return
+        for obj in b.pod_role_rbac(cr, "eventsource", "eventsources"):
+            await self.apply_child(obj)
         await self.apply_child(b.eventsource_deployment(cr, self.cfg))
         svc = b.eventsource_service(cr)
         if svc is not None:
@@ -202,5 +204,7 @@ class Reconciler:
         if problem is not None:
             await self.write_status(cr, [*provided, problem])
             return
+        for obj in b.pod_role_rbac(cr, "sensor", "sensors"):
+            await self.apply_child(obj)
         await self.apply_child(b.sensor_deployment(cr, self.cfg))
         await self.write_status(cr, [*provided, true("Deployed")])
