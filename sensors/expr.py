@@ -62,6 +62,7 @@ patterns come from manifests, not from events.
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import math
@@ -1232,7 +1233,7 @@ def _dynamic_regex(pattern: str) -> re.Pattern[str]:
         raise EvalError(str(e)) from e
 
 
-class _Compiler:
+class _Compiler(abc.ABC):
     """AST → closures; the dialects override the operators whose meaning differs."""
 
     def __init__(self, src: str) -> None:
@@ -1269,14 +1270,17 @@ class _Compiler:
             return chain
         return self.call(node)
 
+    @abc.abstractmethod
     def name(self, name: str) -> _Fn:
-        raise NotImplementedError
+        """The dialect's meaning of this node."""
 
+    @abc.abstractmethod
     def unary(self, op: str, f: _Fn) -> _Fn:
-        raise NotImplementedError
+        """The dialect's meaning of this node."""
 
+    @abc.abstractmethod
     def binary(self, node: _Binary) -> _Fn:
-        raise NotImplementedError
+        """The dialect's meaning of this node."""
 
     def cond(self, node: _Cond) -> _Fn:
         test, then, other = (self.compile(n) for n in (node.test, node.then, node.other))

@@ -17,8 +17,6 @@ import pytest
 from app.manifests import LoadResult, load_file
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "argo-examples"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/argo-examples")
 
 FILES = sorted(
     p.relative_to(CORPUS).as_posix()

@@ -47,8 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / CRD_DIR_IN_CHART
 EXAMPLES = REPO / "examples"
 SHARED = REPO.parent / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
 SEED_DIR = SHARED / "seed-manifests"
 CORPUS = SHARED / "argo-examples"
 NAMESPACE = "argo-events"

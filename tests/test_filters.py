@@ -892,8 +892,6 @@ def test_compiled_filters_are_reusable_and_pure() -> None:
 
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "argo-examples"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/argo-examples")
 
 
 def corpus_filters() -> list[tuple[str, dict[str, Any], str]]:

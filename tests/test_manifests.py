@@ -21,8 +21,6 @@ from sensors.triggers.log_config import LogTriggerConfig
 from sensors.triggers.registry import TRIGGER_CONFIGS
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
-if not SEED_DIR.is_dir():
-    SEED_DIR = Path("/work/shared/seed-manifests")
 
 # Copies of the seed walkthrough's manifests, so these tests run without the shared tree.
 EVENTBUS_YAML = """\
