@@ -40,6 +40,8 @@ from eventsources.azure_service_bus import (
 )
 from eventsources.base import SourceContext
 from tests.servicebus_fixtures import FakeServiceBusServer
+from tests.support.sources import CountingMetrics as Metrics
+from tests.support.sources import DictSecrets as Secrets
 
 SOURCE = "azure-service-bus"
 SECRET = ("azure-secret", "connectionstring")
@@ -63,30 +65,6 @@ pytestmark = pytest.mark.timeout(90)
 
 
 # -- helpers ---------------------------------------------------------------------------
-class Secrets:
-    """A SecretResolver over a dict."""
-
-    def __init__(self, values: dict[tuple[str, str], str]) -> None:
-        self.values = values
-
-    async def get(self, namespace: str, name: str, key: str) -> str:
-        return self.values[(name, key)]
-
-
-class Metrics:
-    """SourceMetrics that count per (kind, event name)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.counts["sent", event_name] += 1
-
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.counts["failed", event_name] += 1
-
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.counts["filtered", event_name] += 1
 
 
 class Publisher:

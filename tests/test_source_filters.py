@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
 from eventsources.webhook import WebhookConfig, WebhookSource
 from tests.servicebus_fixtures import FakeServiceBusServer
+from tests.support.sources import CountingMetrics as Metrics
+from tests.support.sources import DictSecrets as Secrets
 
 SECRET = ("sb", "connection")
 FAST_SERVICE_BUS = ServiceBusTuning(
@@ -56,30 +57,6 @@ FAST_SERVICE_BUS = ServiceBusTuning(
 
 
 # -- helpers ---------------------------------------------------------------------------
-class Metrics:
-    """SourceMetrics counting per (kind, event name)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.counts["sent", event_name] += 1
-
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.counts["failed", event_name] += 1
-
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.counts["filtered", event_name] += 1
-
-
-class Secrets:
-    """A SecretResolver over a dict."""
-
-    def __init__(self, values: dict[tuple[str, str], str] | None = None) -> None:
-        self.values = values or {}
-
-    async def get(self, namespace: str, name: str, key: str) -> str:
-        return self.values[(name, key)]
 
 
 class Recorder:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import urllib.request
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from app.natsserver import EmbeddedNats
 from app.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
+from tests.support.sources import CountingMetrics as Metrics
+from tests.support.sources import DictSecrets as Secrets
 
 SOURCE = "aws-sqs"
 ARGO_EXAMPLE = (
@@ -37,32 +38,6 @@ ARGO_EXAMPLE = (
 
 
 # -- helpers ---------------------------------------------------------------------------
-class Secrets:
-    """A SecretResolver over a dict, recording what was read."""
-
-    def __init__(self, values: dict[tuple[str, str], str]) -> None:
-        self.values = values
-        self.reads: list[tuple[str, str, str]] = []
-
-    async def get(self, namespace: str, name: str, key: str) -> str:
-        self.reads.append((namespace, name, key))
-        return self.values[(name, key)]
-
-
-class Metrics:
-    """SourceMetrics that count per (kind, event name)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.counts["sent", event_name] += 1
-
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.counts["failed", event_name] += 1
-
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.counts["filtered", event_name] += 1
 
 
 Publish = Callable[[Event], Awaitable[None]]
