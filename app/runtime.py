@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.bus import Bus, StreamLimits
-from app.errors import ConfigError, TriggerfishError
+from app.errors import BusUnavailableError, ConfigError, TriggerfishError
 from app.kube import ApiKube, FileKube
 from app.metrics import Metrics
 from app.natsserver import EmbeddedNats
@@ -78,7 +79,9 @@ class Standalone:
         return names or {"default"}
 
     def _limits(self, bus_name: str) -> StreamLimits:
-        """Stream limits from the EventBus of that name (one server here: 1 replica)."""
+        """Stream limits from the EventBus of that name. Replicas: 1 on the embedded
+        server; otherwise the streamConfig's, else as many as the bus has servers (at
+        most 3, JetStream's useful maximum)."""
         d = StreamLimits(duplicates_seconds=self.settings.bus.duplicates_window_seconds)
         eb = next((b for b in self.m.event_buses if b.metadata.name == bus_name), None)
         if eb is None:
@@ -90,7 +93,7 @@ class Standalone:
             max_age_seconds=(
                 lim.max_age_seconds if lim.max_age_seconds is not None else d.max_age_seconds
             ),
-            replicas=1,
+            replicas=1 if self.nats is not None else (lim.replicas or min(eb.replicas(), 3)),
             duplicates_seconds=(
                 lim.duplicates_seconds
                 if lim.duplicates_seconds is not None
@@ -115,7 +118,17 @@ class Standalone:
         self.bus = Bus(self.settings.bus, url)
         await self.bus.connect()
         for name in sorted(self._bus_names()):
-            await self.bus.ensure_stream(name, self._limits(name))
+            limits = self._limits(name)
+            try:
+                await self.bus.ensure_stream(name, limits)
+            except BusUnavailableError as e:
+                if limits.replicas <= 1:
+                    raise
+                # A bus with fewer servers than the EventBus asks for (one local server
+                # for a 3-replica manifest) cannot place the replicas: serve with one.
+                log.warning("stream %r with %d replicas failed (%s); using 1 replica",
+                            name, limits.replicas, e)  # fmt: skip
+                await self.bus.ensure_stream(name, dataclasses.replace(limits, replicas=1))
             log.info("bus stream %r ready", name)
 
     def _namespaces(self) -> set[str]:
