@@ -25,8 +25,8 @@ def _sensor_files() -> list[Path]:
 
 @pytest.mark.parametrize("sensor", _sensor_files(), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_every_example_sensor_fires_on_its_sample_events(sensor: Path) -> None:
-    events = sorted(sensor.parent.glob("*.event.json"))
-    assert events, f"{sensor.parent}: no sample event (*.event.json)"
+    events = sorted((sensor.parent / "events").glob("*.event.json"))
+    assert events, f"{sensor.parent}/events: no sample event (*.event.json)"
     out = io.StringIO()
     code = run_offline_sync(str(sensor), [str(e) for e in events], out)
     assert code == 0, out.getvalue()
@@ -39,7 +39,7 @@ def test_every_example_sensor_fires_on_its_sample_events(sensor: Path) -> None:
 
 def test_seed_sensor_prints_trace_and_object(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["test", str(EXAMPLES / "ml-pipeline" / "sensor.yaml"),
-                 "--event", str(EXAMPLES / "ml-pipeline" / "resnet.event.json")])  # fmt: skip
+                 "--event", str(EXAMPLES / "ml-pipeline" / "events" / "resnet.event.json")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "dependency training-event" in out
