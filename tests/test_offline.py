@@ -38,8 +38,9 @@ def test_every_example_sensor_fires_on_its_sample_events(sensor: Path) -> None:
 
 
 def test_seed_sensor_prints_trace_and_object(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["test", str(EXAMPLES / "ml-pipeline" / "sensor.yaml"),
-                 "--event", str(EXAMPLES / "ml-pipeline" / "events" / "resnet.event.json")])  # fmt: skip
+    example = EXAMPLES / "ml-pipeline"
+    code = main(["test", str(example / "sensor.yaml"),
+                 "--event", str(example / "events" / "resnet.event.json")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "dependency training-event" in out
