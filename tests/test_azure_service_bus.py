@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ from eventsources.azure_service_bus import (
 )
 from eventsources.base import SourceContext
 from tests.servicebus_fixtures import FakeServiceBusServer
+from tests.support.sensors import eventually
 from tests.support.sources import CountingMetrics as Metrics
 from tests.support.sources import DictSecrets as Secrets
 
@@ -118,17 +120,7 @@ def _queue(name: str, **extra: Any) -> dict[str, Any]:
     return {"connectionString": {"name": SECRET[0], "key": SECRET[1]}, "queueName": name, **extra}
 
 
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
-) -> None:
-    """Poll ``check`` until true; a bound against hanging, not a timing assertion."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if await check():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+_eventually = functools.partial(eventually, timeout=30.0, interval=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -382,7 +374,7 @@ async def test_bus_outage_abandons_then_every_message_becomes_exactly_one_event(
         async def drained() -> bool:
             return not await peer.peek("bulk")
 
-        await _eventually(drained, "every message completed after the bus came back", 60)
+        await _eventually(drained, "every message completed after the bus came back", timeout=60)
 
     events = await _stream_messages(nats_server.url)
     ids = Counter(e["data"]["messageID"] for _, e in events)

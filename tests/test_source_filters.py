@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,7 @@ from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
 from eventsources.webhook import WebhookConfig, WebhookSource
 from tests.servicebus_fixtures import FakeServiceBusServer
+from tests.support.sensors import eventually
 from tests.support.sources import CountingMetrics as Metrics
 from tests.support.sources import DictSecrets as Secrets
 
@@ -80,15 +82,7 @@ def _ctx(
     )
 
 
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
-) -> None:
-    """Poll ``check`` until true; a bound against hanging, not a timing assertion."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+_eventually = functools.partial(eventually, timeout=30.0, interval=0.05)
 
 
 @contextlib.asynccontextmanager

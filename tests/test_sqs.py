@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,7 @@ from app.natsserver import EmbeddedNats
 from app.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
+from tests.support.sensors import eventually
 from tests.support.sources import CountingMetrics as Metrics
 from tests.support.sources import DictSecrets as Secrets
 
@@ -77,17 +79,7 @@ def _cfg(endpoint: str, queue: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
-) -> None:
-    """Poll ``check`` until true; a bound against hanging, not a timing assertion."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if await check():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+_eventually = functools.partial(eventually, timeout=20.0, interval=0.05)
 
 
 @contextlib.asynccontextmanager

@@ -54,17 +54,24 @@ class SensorHarness:
 
 
 async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+    check: Callable[[], bool | Awaitable[bool]],
+    what: str = "condition",
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
 ) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail the test after ``timeout``."""
-    for _ in range(int(timeout / interval)):
+    """Poll ``check`` (sync or async) until it is true; fail the test after ``timeout``
+    (a bound against hanging, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
         result = check()
         if inspect.isawaitable(result):
             result = await result
         if result:
             return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {what}")
         await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 async def dead_letters(bus: Bus) -> list[dict[str, Any]]:
