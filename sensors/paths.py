@@ -56,6 +56,20 @@ __all__ = [
 ]
 
 
+def _closing_quote(text: str, i: int) -> int:
+    """From the opening quote at ``i``: the index of its closing quote (``len(text)``
+    when unterminated), stepping over backslash escapes."""
+    n = len(text)
+    i += 1
+    while i < n:
+        if text[i] == "\\":
+            i += 1
+        elif text[i] == '"':
+            break
+        i += 1
+    return i
+
+
 class _NotFound:
     """Sentinel for "the path matched nothing" (``None`` is JSON ``null``)."""
 
@@ -429,13 +443,7 @@ def _split_possible_pipe(path: str) -> tuple[str, str] | None:
                             if depth == 0:
                                 break
                         elif ch == '"':
-                            i += 1
-                            while i < n:
-                                if path[i] == "\\":
-                                    i += 1
-                                elif path[i] == '"':
-                                    break
-                                i += 1
+                            i = _closing_quote(path, i)
                         i += 1
                     # i is at the closing bracket (or the end); step past it
         elif c == "|":
@@ -464,13 +472,7 @@ def _squash_end(s: str, i: int) -> int | None:
     while i < n:
         c = s[i]
         if c == '"':
-            i += 1
-            while i < n:
-                if s[i] == "\\":
-                    i += 1
-                elif s[i] == '"':
-                    break
-                i += 1
+            i = _closing_quote(s, i)
         elif c in "{[(":
             depth += 1
         elif c in "}])":
@@ -1024,13 +1026,7 @@ def _parse_subselectors(path: str) -> tuple[list[tuple[str, str]], str] | None:
             if depth == 1:
                 push(i)
         elif c == '"':
-            i += 1
-            while i < n:
-                if path[i] == "\\":
-                    i += 1
-                elif path[i] == '"':
-                    break
-                i += 1
+            i = _closing_quote(path, i)
         elif c in "[({":
             depth += 1
         elif c in "])}":
