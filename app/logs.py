@@ -26,7 +26,10 @@ class JsonFormatter(logging.Formatter):
         }
         for k, v in record.__dict__.items():
             if k not in _STD:
-                out[k] = v
+                # objects that know their JSON shape (traces) are turned into it only
+                # here, so text logging never pays for it
+                to_dict = getattr(v, "to_dict", None)
+                out[k] = to_dict() if callable(to_dict) else v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -426,7 +426,7 @@ class SensorRunner:
                 trace_log.info(
                     "trace sensor=%s event=%s dependency=%s filtered=%s fired=%s triggers=%s",
                     self.name, ev.id, dep, trace.filtered, trace.fired, results,
-                    extra={"trace": trace.to_dict()},
+                    extra={"trace": trace},  # serialised only by the JSON formatter
                 )  # fmt: skip
             self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
