@@ -5,7 +5,7 @@ temp dir, 127.0.0.1 only):
 
 (a) webhook POST → 200, where 200 is sent only after the JetStream PubAck: the
     :class:`eventsources.webhook.WebhookSource` on a real port, publishing through
-    :class:`app.bus.Bus` (server and bus client in one process, as in production);
+    :class:`app.adapters.bus.Bus` (server and bus client in one process, as in production);
 (b) a bare uvicorn ASGI app answering 200 to the same POST, same server settings: the
     ceiling any Python webhook can reach here;
 (c) raw JetStream publish + awaited PubAck from Python with nats-py, one at a time per
@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.events import Event
-from app.natsserver import EmbeddedNats
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.events import Event
 from bench._common import (
     Child,
     LoadResult,
@@ -95,8 +95,8 @@ async def _until_sigterm() -> None:
 
 async def _serve_webhook(port: int, nats_url: str) -> None:
     """Role ``webhook`` / ``webhook-null``: the real source (``nats_url`` empty = no bus)."""
-    from app.bus import Bus
-    from app.settings import BusSettings
+    from app.adapters.bus import Bus
+    from app.kernel.settings import BusSettings
     from eventsources.base import SourceContext
     from eventsources.webhook import WebhookConfig, WebhookSource
 
@@ -414,7 +414,7 @@ def _fmt(r: LoadResult) -> str:
 
 def orchestrate(args: argparse.Namespace) -> int:
     """Start the bus, run (a), (b), (c) and the breakdown, print the figures."""
-    logging.getLogger("app.bus").setLevel(logging.ERROR)  # connect/close chatter
+    logging.getLogger("app.adapters.bus").setLevel(logging.ERROR)  # connect/close chatter
     if args.client == "auto":
         args.client = "wrk" if have_wrk() else "python"
     breakdown: list[LoadResult] = []
@@ -468,8 +468,8 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 
 async def _ensure_stream(nats_url: str) -> None:
-    from app.bus import Bus
-    from app.settings import BusSettings
+    from app.adapters.bus import Bus
+    from app.kernel.settings import BusSettings
 
     bus = Bus(BusSettings(), nats_url)
     await bus.connect()

@@ -5,7 +5,7 @@ One run starts a moto server (SQS over HTTP, ``python -m moto.server``) and an e
 each ``--concurrency`` value measures, over ``--count`` 1 KB JSON messages:
 
 (a) SQS -> JetStream: :class:`eventsources.sqs.SQSSource` (long-poll receive, publish
-    through :class:`app.bus.Bus` with the PubAck awaited, DeleteMessageBatch after),
+    through :class:`app.adapters.bus.Bus` with the PubAck awaited, DeleteMessageBatch after),
     timed from the source being ready until every message is a stored event; the time
     until the queue is empty (all deletes done) is printed beside it;
 (b) the raw moto ceiling: the same number of receive loops doing ReceiveMessage(10) +
@@ -42,10 +42,10 @@ from typing import Any
 import nats
 from aiobotocore.session import AioSession
 
-from app.bus import Bus
-from app.events import Event
-from app.natsserver import EmbeddedNats
-from app.settings import BusSettings
+from app.adapters.bus import Bus
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.events import Event
+from app.kernel.settings import BusSettings
 from bench._common import one_kb_json
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource

@@ -39,9 +39,9 @@ from azure.servicebus.exceptions import (
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from app.errors import ConfigError, TransientError
-from app.events import event_id_from
-from app.spec import SpecModel
+from app.kernel.errors import ConfigError, TransientError
+from app.kernel.events import event_id_from
+from app.kernel.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
 from sensors.filters import SourceFilter, event_source_filter

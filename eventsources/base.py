@@ -6,7 +6,7 @@ pydantic model) and a :class:`SourceContext`. ``run()`` serves until cancelled.
 
 Delivery contract (STYLE §5): a plugin acknowledges upstream (HTTP 200, SQS delete,
 Service Bus complete) only after ``ctx.publish`` returned; ``publish`` raises
-:class:`app.errors.BusUnavailableError` when the event is not durable.
+:class:`app.kernel.errors.BusUnavailableError` when the event is not durable.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from app.events import Event
-from app.spec import SpecModel
+from app.kernel.events import Event
+from app.kernel.spec import SpecModel
 
 
 class SecretResolver(Protocol):
@@ -28,7 +28,7 @@ class SecretResolver(Protocol):
 
 
 class SourceMetrics(Protocol):
-    """Counters a source reports (Argo's metric names; see app.metrics)."""
+    """Counters a source reports (Argo's metric names; see app.adapters.metrics)."""
 
     def event_sent(self, source: str, event_name: str) -> None: ...
 

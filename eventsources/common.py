@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 
 
 class SecretKeySelector(SpecModel):

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, PlainValidator, WithJsonSchema, create_model, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from app.eventbus import API_VERSION, PodMetadata, PodTemplate
-from app.spec import ObjectMeta, SpecModel
+from app.kernel.eventbus import API_VERSION, PodMetadata, PodTemplate
+from app.kernel.spec import ObjectMeta, SpecModel
 from eventsources.registry import ARGO_SOURCE_TYPES, REGISTRY
 
 

@@ -32,9 +32,9 @@ from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, field_validator, model_validator
 
-from app.errors import ConfigError, TransientError
-from app.events import event_id_from
-from app.spec import SpecModel
+from app.kernel.errors import ConfigError, TransientError
+from app.kernel.events import event_id_from
+from app.kernel.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
 from sensors.filters import SourceFilter, event_source_filter

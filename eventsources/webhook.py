@@ -19,9 +19,9 @@ from typing import ClassVar
 import uvicorn
 from pydantic import Field, field_validator
 
-from app.errors import ConfigError, TransientError, TriggerfishError
-from app.httpserver import QuietServer
-from app.spec import SpecModel
+from app.adapters.httpserver import QuietServer
+from app.kernel.errors import ConfigError, TransientError, TriggerfishError
+from app.kernel.spec import SpecModel
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter, SecretKeySelector
 from eventsources.webhook_http import Dispatch, Route, WebhookApp
@@ -107,7 +107,7 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
 
     Ack/failure semantics: a request is answered 200 ``success`` only after
     ``ctx.publish`` returned (the bus holds the event). If the publish raises a
-    :class:`~app.errors.TransientError` (bus down, no PubAck in time) the answer is
+    :class:`~app.kernel.errors.TransientError` (bus down, no PubAck in time) the answer is
     503 with ``Retry-After`` and nothing was accepted; any other failure is 500. An
     ``Idempotency-Key`` (else ``X-Request-Id``) header makes the event id
     deterministic, so a client retry after a lost answer is deduplicated by the bus.

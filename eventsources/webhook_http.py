@@ -19,7 +19,7 @@ the event (nothing published; routes without a filter pay one attribute check); 
 path; 405 wrong method (``Allow``); 401 missing/wrong bearer token; 413 body over the
 limit (``Content-Length`` up front, streamed bytes counted for chunked bodies); 400
 body that is not JSON; 503 + ``Retry-After`` when the publish raised a
-:class:`app.errors.TransientError` (nothing was accepted, the client may retry); 500 on
+:class:`app.kernel.errors.TransientError` (nothing was accepted, the client may retry); 500 on
 anything unexpected (short message to the client, traceback only in the log).
 """
 
@@ -37,8 +37,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from app.errors import TransientError
-from app.events import Event, event_id_from, new_event_id
+from app.kernel.errors import TransientError
+from app.kernel.events import Event, event_id_from, new_event_id
 from eventsources.base import SourceMetrics
 
 if TYPE_CHECKING:

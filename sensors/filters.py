@@ -31,7 +31,7 @@ Semantics (Argo's ``pkg/sensors/dependencies/filter.go``):
   ``dataLogicalOperator``: ``and`` (default) needs every data filter, ``or`` one.
 * **exprs** (``filters.exprs[]``): each ``fields`` entry binds ``name`` to the value at
   its gjson ``path`` (numbers as floats; a missing path fails the filter); ``expr`` is a
-  govaluate expression (:mod:`sensors.expr`) that passes only when it yields ``true``;
+  govaluate expression (:mod:`app.languages.expr`) that passes only when it yields ``true``;
   errors fail it. ``exprLogicalOperator`` as for data.
 * Data and expr filters pass when the event has no data at all (``data`` is null).
 * **context**: equality on ``type``, ``subject``, ``source``, ``datacontenttype`` where
@@ -49,7 +49,7 @@ expression syntax errors fail at load time, where Argo fails each event; the Lua
 ``script`` filter is refused at load time (not supported).
 
 :func:`event_source_filter` compiles an EventSource ``filter.expression`` (expr-lang,
-:mod:`sensors.expr`) into a callable for sources: called with the event data, it is
+:mod:`app.languages.expr`) into a callable for sources: called with the event data, it is
 true when the event should be published. As in Argo the data must be a JSON object, top
 level keys have ``-`` replaced by ``_`` and dotted keys expanded (``{"a.b": 1}`` reads
 as ``a.b``), numbers are floats, and any error or a non-bool result drops the event.
@@ -67,7 +67,7 @@ from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sensors.expr import (
+from app.languages.expr import (
     EvalError,
     Expression,
     compile_expr,
@@ -76,11 +76,11 @@ from sensors.expr import (
     go_parse_float,
     show_value,
 )
-from sensors.gotemplate import Template, TemplateExecError, compile_template
-from sensors.paths import GetPath, compile_get, to_string
+from app.languages.gotemplate import Template, TemplateExecError, compile_template
+from app.languages.paths import GetPath, compile_get, to_string
 
 if TYPE_CHECKING:
-    from app.events import Event
+    from app.kernel.events import Event
     from sensors.spec import DataFilter, EventDependencyFilter, ExprFilter, TimeFilter
 
 __all__ = [

@@ -18,7 +18,7 @@ Resolution follows Argo's ``ResolveParamValue``:
    ``specversion``, ``type``, ``datacontenttype``, ``subject``, ``time``);
 4. template first (``.Input`` bound to the data or context); a template that fails or
    renders ``""`` or ``<no value>`` falls back to the key, then to the default;
-5. nothing resolved and no default: :class:`app.errors.ParameterError` naming the
+5. nothing resolved and no default: :class:`app.kernel.errors.ParameterError` naming the
    parameter, the dependency and the path. Argo fails here too, but has let a
    mistyped key pass the whole payload in the past (#2076); here a missing key is
    always an error unless a default is given.
@@ -46,10 +46,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from app.errors import ConfigError, ParameterError
-from app.events import Event
-from sensors.gotemplate import Template, TemplateExecError, compile_template
-from sensors.paths import GetPath, SetPath, compile_get, compile_set, raw, to_string
+from app.kernel.errors import ConfigError, ParameterError
+from app.kernel.events import Event
+from app.languages.gotemplate import Template, TemplateExecError, compile_template
+from app.languages.paths import GetPath, SetPath, compile_get, compile_set, raw, to_string
 
 __all__ = [
     "CompiledParameter",

@@ -45,7 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-from app.errors import ConfigError
+from app.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
     from sensors.spec import ConditionsResetCriteria

@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.errors import ConfigError, PermanentError, TriggerfishError
-from app.events import Event
-from app.subjects import dead_letter_subject, event_subject
+from app.kernel.errors import ConfigError, PermanentError, TriggerfishError
+from app.kernel.events import Event
+from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
 from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
@@ -52,7 +52,7 @@ trace_log = logging.getLogger("triggerfish.trace")
 
 
 class Message(Protocol):
-    """A delivered bus message (implemented by ``app.bus.BusMessage``)."""
+    """A delivered bus message (implemented by ``app.adapters.bus.BusMessage``)."""
 
     event: Event
     num_delivered: int
@@ -65,7 +65,7 @@ class Message(Protocol):
 
 
 class State(Protocol):
-    """Durable key → bytes state (implemented by ``app.bus.StateStore``)."""
+    """Durable key → bytes state (implemented by ``app.adapters.bus.StateStore``)."""
 
     async def put(self, key: str, value: bytes) -> None: ...
 

@@ -16,7 +16,7 @@ imported, because the registered config models themselves import
 :class:`TriggerParameter` from here.
 
 Whether the engine implements a valid field yet is a separate question, answered by the
-table in :mod:`sensors.support` after the model has loaded.
+table in :mod:`app.compose.support` after the model has loaded.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
-from app.eventbus import API_VERSION, PodTemplate, duration_seconds, parse_go_duration
-from app.spec import ObjectMeta, SpecModel
+from app.kernel.eventbus import API_VERSION, PodTemplate, duration_seconds, parse_go_duration
+from app.kernel.spec import ObjectMeta, SpecModel
 from sensors.conditions import Condition
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.events import now_rfc3339
+from app.kernel.events import now_rfc3339
 
 
 @dataclass

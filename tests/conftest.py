@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from app.bus import Bus
-from app.natsserver import EmbeddedNats
-from app.settings import BusSettings
+from app.adapters.bus import Bus
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.settings import BusSettings
 
 pytest_plugins = [
     "tests.fakekube.fixtures",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.natsserver import kill_pid
+from app.adapters.natsserver import kill_pid
 from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

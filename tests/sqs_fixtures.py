@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from app.natsserver import kill_pid
+from app.adapters.natsserver import kill_pid
 from tests.support.net import free_port, wait_for
 
 MOTO_REGION = "us-east-1"

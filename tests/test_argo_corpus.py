@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.manifests import LoadResult, load_file
+from app.compose.manifests import LoadResult, load_file
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "argo-examples"
 

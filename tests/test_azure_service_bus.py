@@ -27,11 +27,11 @@ from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from pydantic import BaseModel, ValidationError
 
-from app.bus import Bus
-from app.errors import BusUnavailableError, ConfigError
-from app.events import Event, event_id_from
-from app.natsserver import EmbeddedNats
-from app.spec import format_validation_error
+from app.adapters.bus import Bus
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.errors import BusUnavailableError, ConfigError
+from app.kernel.events import Event, event_id_from
+from app.kernel.spec import format_validation_error
 from eventsources.azure_service_bus import (
     AzureServiceBusConfig,
     AzureServiceBusSource,

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from app.bus import Bus, BusMessage, event_subject
-from app.errors import BusUnavailableError
-from app.events import Event, new_event_id
-from app.natsserver import EmbeddedNats
+from app.adapters.bus import Bus, BusMessage, event_subject
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.errors import BusUnavailableError
+from app.kernel.events import Event, new_event_id
 
 
 def _event(i: int, eid: str | None = None) -> Event:

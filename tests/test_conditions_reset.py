@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from app.bus import Bus
-from app.errors import ConfigError
-from app.events import Event, new_event_id
-from app.kube import FileKube
-from app.manifests import load_one
+from app.adapters.bus import Bus
+from app.adapters.kube import FileKube
+from app.compose.manifests import load_one
+from app.kernel.errors import ConfigError
+from app.kernel.events import Event, new_event_id
 from sensors.reset import ConditionsReset, CronSchedule, run_resets
 from sensors.runner import RetryPolicy
 from sensors.spec import ConditionsResetByTime, ConditionsResetCriteria
@@ -326,7 +326,7 @@ async def test_single_dependency_sensor_runs_no_reset(bus: Bus, tmp_path: Path) 
 
 
 def test_bad_cron_fails_when_the_sensor_is_loaded() -> None:
-    from app.manifests import check_one
+    from app.compose.manifests import check_one
 
     doc = {
         "apiVersion": "argoproj.io/v1alpha1",

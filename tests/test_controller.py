@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from app.controller import Controller, ControllerSettings
-from app.controller.builders import CR_SPEC_HASH
-from app.kube import ApiKube
-from app.settings import KubeSettings
+from app.adapters.kube import ApiKube
+from app.compose.controller import Controller, ControllerSettings
+from app.compose.controller.builders import CR_SPEC_HASH
+from app.kernel.settings import KubeSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SEED = REPO.parent / "shared" / "seed-manifests"
@@ -295,7 +295,7 @@ def test_controller_process_serves_probes(kube_api: Any, tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERFISH_")}
     env.update(KUBECONFIG=str(kube_api.kubeconfig), TRIGGERFISH_API_PORT=str(port))
     log = (tmp_path / "controller.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "controller"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "app.compose.cli", "controller"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
 

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from app.cli import main
-from app.crds import (
+from app.compose.cli import main
+from app.compose.crds import (
     CRD_DIR_IN_CHART,
     INT_OR_STRING,
     KINDS,
@@ -40,7 +40,7 @@ from app.crds import (
     rendered_files,
     structural_schema,
 )
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 from tests.fakekube.harness import KubeApi
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The expression evaluator (sensors.expr): govaluate as Argo's ``exprs`` filters use it,
+"""The expression evaluator (app.languages.expr): govaluate as Argo's ``exprs`` filters use it,
 the expr-lang subset EventSource filters use, Go regexes, compile errors with positions.
 
 Expected values follow govaluate's and expr-lang's documented semantics (and Argo's own
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensors.expr import (
+from app.languages.expr import (
     EvalError,
     ExprSyntaxError,
     compile_expr,

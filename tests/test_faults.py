@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.natsserver import EmbeddedNats
+from app.adapters.natsserver import EmbeddedNats
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
 from tests.test_seed_e2e import SEED, list_workflows, params_of

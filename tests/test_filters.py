@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.events import Event
+from app.kernel.events import Event
 from sensors.filters import CompiledFilters, FilterVerdict, event_source_filter
 from sensors.spec import DataFilter, EventDependencyFilter, ExprFilter, PayloadField, TimeFilter
 

@@ -1,4 +1,4 @@
-"""The Go text/template subset (sensors.gotemplate): output as Go and sprig produce it."""
+"""The Go text/template subset (app.languages.gotemplate): output as Go and sprig produce it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensors.gotemplate import (
+from app.languages.gotemplate import (
     TemplateExecError,
     TemplateSyntaxError,
     compile_template,

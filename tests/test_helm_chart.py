@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from app.crds import KINDS, rendered_files
+from app.compose.crds import KINDS, rendered_files
 from tests.fakekube.harness import KubeApi
 from tests.test_crds import custom_docs, seed_dir
 

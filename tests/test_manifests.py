@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from app.eventbus import EventBus, parse_go_duration
-from app.manifests import LoadResult, ManifestInvalid, load_file, load_one, load_paths
-from app.spec import SpecModel, dump
+from app.compose.manifests import LoadResult, ManifestInvalid, load_file, load_one, load_paths
+from app.kernel.eventbus import EventBus, parse_go_duration
+from app.kernel.spec import SpecModel, dump
 from eventsources.spec import EventSource
 from eventsources.webhook import WebhookConfig
 from sensors.spec import ARGO_TRIGGER_TYPES, Backoff, Sensor

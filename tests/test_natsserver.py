@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.natsserver import EmbeddedNats
+from app.adapters.natsserver import EmbeddedNats
 
 
 def _alive(pid: int) -> bool:

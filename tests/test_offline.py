@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.offline import run_offline_sync
+from app.compose.cli import main
+from app.compose.offline import run_offline_sync
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

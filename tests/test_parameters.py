@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.errors import ConfigError, ParameterError
-from app.events import Event
+from app.kernel.errors import ConfigError, ParameterError
+from app.kernel.events import Event
 from sensors.parameters import (
     CompiledParameter,
     ParameterSpecError,

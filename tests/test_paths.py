@@ -1,4 +1,4 @@
-"""gjson reads and sjson writes (sensors.paths): the syntax Argo manifests rely on.
+"""gjson reads and sjson writes (app.languages.paths): the syntax Argo manifests rely on.
 
 The expected values of the gjson tables are the ones the gjson path syntax document
 gives for its example document; the sjson tables follow sjson's documented behaviour.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensors.paths import compile_get, compile_set, raw, to_string
+from app.languages.paths import compile_get, compile_set, raw, to_string
 
 DOC: dict[str, Any] = {
     "name": {"first": "Tom", "last": "Anderson"},

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from app.natsserver import EmbeddedNats
+from app.adapters.natsserver import EmbeddedNats
 from tests.support.net import free_port, wait_for
 from tests.test_seed_e2e import list_workflows, params_of
 
@@ -55,7 +55,8 @@ class RoleProc:
         self.log_path = self.workdir / f"role-{time.time_ns()}.log"
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *self.args, "--api-port", str(self.api_port)],
+                [sys.executable, "-m", "app.compose.cli", *self.args,
+                 "--api-port", str(self.api_port)],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=str(REPO),
             )  # fmt: skip

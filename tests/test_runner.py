@@ -1,7 +1,7 @@
 """The sensor runner over a real nats-server: conditions with durable state, retries,
 dead letters, idempotent creates under redelivery.
 
-Objects go to :class:`app.kube.FileKube` (the standalone no-cluster target, a real
+Objects go to :class:`app.adapters.kube.FileKube` (the standalone no-cluster target, a real
 implementation) or, for failures, to an API server address nothing listens on.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from app.bus import Bus
-from app.events import Event, new_event_id
-from app.kube import ApiKube, FileKube
-from app.manifests import load_one
-from app.settings import KubeSettings
+from app.adapters.bus import Bus
+from app.adapters.kube import ApiKube, FileKube
+from app.compose.manifests import load_one
+from app.kernel.events import Event, new_event_id
+from app.kernel.settings import KubeSettings
 from sensors.runner import RetryPolicy
 from sensors.triggers.base import TriggerContext
 from tests.support.net import free_port
@@ -205,7 +205,7 @@ current-context: x
 
 @pytest.mark.parametrize("text", ["a &&", "(a || b", "a && c", "a b"])
 def test_bad_conditions_fail_at_load(text: str) -> None:
-    from app.manifests import check_one
+    from app.compose.manifests import check_one
 
     doc = {
         "apiVersion": "argoproj.io/v1alpha1",

@@ -26,11 +26,11 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from app.bus import Bus
-from app.events import Event
-from app.manifests import ManifestInvalid, load_one
-from app.natsserver import EmbeddedNats
-from app.validate import EXIT_INVALID, validate_paths
+from app.adapters.bus import Bus
+from app.adapters.natsserver import EmbeddedNats
+from app.compose.manifests import ManifestInvalid, load_one
+from app.compose.validate import EXIT_INVALID, validate_paths
+from app.kernel.events import Event
 from eventsources.azure_service_bus import (
     AzureServiceBusConfig,
     AzureServiceBusSource,

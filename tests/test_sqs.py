@@ -22,11 +22,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.bus import Bus
-from app.errors import BusUnavailableError, ConfigError
-from app.events import Event, event_id_from
-from app.natsserver import EmbeddedNats
-from app.spec import format_validation_error
+from app.adapters.bus import Bus
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.errors import BusUnavailableError, ConfigError
+from app.kernel.events import Event, event_id_from
+from app.kernel.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
 from tests.support.sensors import eventually

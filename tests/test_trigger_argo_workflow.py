@@ -1,5 +1,5 @@
 """The ``argoWorkflow`` trigger against the fake Kubernetes API server, through the real
-``kubernetes`` client transport (:class:`app.kube.ApiKube`): submit (idempotent under
+``kubernetes`` client transport (:class:`app.adapters.kube.ApiKube`): submit (idempotent under
 redelivery), submit-from WorkflowTemplate / ClusterWorkflowTemplate / CronWorkflow,
 resubmit, suspend, resume, terminate and stop; ``args``; and one run end to end through
 the sensor runner over a real nats-server.
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from app.bus import Bus
-from app.errors import PermanentError
-from app.events import Event, new_event_id
-from app.kube import ApiKube
-from app.manifests import check_one, load_one
-from app.metrics import Metrics
-from app.settings import KubeSettings
+from app.adapters.bus import Bus
+from app.adapters.kube import ApiKube
+from app.adapters.metrics import Metrics
+from app.compose.manifests import check_one, load_one
+from app.kernel.errors import PermanentError
+from app.kernel.events import Event, new_event_id
+from app.kernel.settings import KubeSettings
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import TraceStore
 from sensors.triggers.argo_workflow import ArgoWorkflowTrigger

@@ -23,12 +23,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from app.bus import Bus
-from app.errors import PermanentError, TransientError
-from app.events import Event, new_event_id
-from app.kube import FileKube
-from app.manifests import check_one, load_one
-from app.secrets import ManifestSecrets
+from app.adapters.bus import Bus
+from app.adapters.kube import FileKube
+from app.adapters.secrets import ManifestSecrets
+from app.compose.manifests import check_one, load_one
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.events import Event, new_event_id
 from sensors.runner import RetryPolicy
 from sensors.spec import TriggerPolicy
 from sensors.triggers.base import Invocation, TriggerContext

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from app.errors import PermanentError, TransientError
-from app.events import Event, new_event_id
-from app.kube import ApiKube, FileKube
-from app.manifests import check_one
-from app.settings import KubeSettings
+from app.adapters.kube import ApiKube, FileKube
+from app.compose.manifests import check_one
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.events import Event, new_event_id
+from app.kernel.settings import KubeSettings
 from sensors.triggers.base import Invocation, SharedCache, TriggerContext
 from sensors.triggers.k8s import K8sTrigger
 from sensors.triggers.k8s_config import ArtifactLocation, K8sTriggerConfig

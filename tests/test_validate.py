@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.validate import validate_paths
+from app.compose.validate import validate_paths
 from tests.test_manifests import (
     EVENTBUS_YAML,
     EVENTSOURCE_YAML,

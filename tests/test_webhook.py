@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.errors import BusUnavailableError, ConfigError, TransientError
-from app.events import Event
+from app.kernel.errors import BusUnavailableError, ConfigError, TransientError
+from app.kernel.events import Event
 from eventsources.base import SourceContext
 from eventsources.webhook import WebhookConfig, WebhookSource
 from eventsources.webhook_http import MASKED_AUTHORIZATION, canonical_header_name
@@ -388,7 +388,7 @@ async def test_unexpected_error_is_500_without_traceback(make_client, caplog):
     assert metrics.failed == [("webhook", "trigger")]
     records = [rec for rec in caplog.records if rec.name == "test.webhook"]
     assert records, "no log line for the failure"
-    from app.events import event_id_from
+    from app.kernel.events import event_id_from
 
     assert event_id_from("webhook", "trigger", "k1") in records[-1].getMessage()
 

@@ -1,4 +1,4 @@
-"""The webhook source on a real port, publishing through :class:`app.bus.Bus` to a real
+"""The webhook source on a real port, publishing through :class:`app.adapters.bus.Bus` to a real
 ``nats-server``: the event lands in the stream; a bus outage gives 503 (not a hang, not
 200) and the source recovers by itself when the server comes back.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.bus import Bus, BusMessage, event_subject
-from app.errors import TransientError
-from app.events import Event
-from app.natsserver import EmbeddedNats
+from app.adapters.bus import Bus, BusMessage, event_subject
+from app.adapters.natsserver import EmbeddedNats
+from app.kernel.errors import TransientError
+from app.kernel.events import Event
 from eventsources.base import SourceContext
 from eventsources.webhook import WebhookConfig, WebhookSource
 from tests.support.net import free_port

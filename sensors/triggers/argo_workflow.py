@@ -44,8 +44,8 @@ already shut down the same way is a success without a patch.
 
 Failures: the source object has the wrong kind or no name, the Workflow or template
 does not exist, the Workflow is completed, a node status offloaded to a database →
-:class:`~app.errors.PermanentError` (dead-lettered). API 409 Conflict / 429 / 5xx /
-network → :class:`~app.errors.TransientError` (retried); other 4xx → PermanentError.
+:class:`~app.kernel.errors.PermanentError` (dead-lettered). API 409 Conflict / 429 / 5xx /
+network → :class:`~app.kernel.errors.TransientError` (retried); other 4xx → PermanentError.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from app.errors import PermanentError
-from app.kube import AlreadyExists
-from app.spec import SpecModel
+from app.adapters.kube import AlreadyExists
+from app.kernel.errors import PermanentError
+from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig, SubmitOptions
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult

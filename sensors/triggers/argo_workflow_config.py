@@ -17,14 +17,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
 from sensors.triggers.k8s_config import ArtifactLocation
 
 ArgoWorkflowOperation = Literal[
     "submit", "submit-from", "suspend", "resubmit", "retry", "resume", "terminate", "stop"
 ]
-"""Every operation Argo accepts (which ones run is declared in :mod:`sensors.support`)."""
+"""Every operation Argo accepts (which ones run is declared in :mod:`app.compose.support`)."""
 
 
 @dataclass(frozen=True)

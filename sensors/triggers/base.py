@@ -3,8 +3,8 @@
 The runner resolves the trigger-level parameters (``template.parameters``) into the
 template, validates the plugin's config from it, and calls :meth:`Trigger.execute` with
 the events that satisfied the sensor's conditions. ``execute`` raises
-:class:`app.errors.TransientError` for what a retry may fix and
-:class:`app.errors.PermanentError` for what it cannot; it returns a
+:class:`app.kernel.errors.TransientError` for what a retry may fix and
+:class:`app.kernel.errors.PermanentError` for what it cannot; it returns a
 :class:`TriggerResult` describing what it did, which goes into the trace.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from app.events import Event
-from app.spec import SpecModel
+from app.kernel.events import Event
+from app.kernel.spec import SpecModel
 
 if TYPE_CHECKING:
     from sensors.spec import TriggerPolicy
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 class KubeApi(Protocol):
-    """What triggers need from Kubernetes; implemented by :mod:`app.kube`."""
+    """What triggers need from Kubernetes; implemented by :mod:`app.adapters.kube`."""
 
     async def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]: ...
 
@@ -48,7 +48,7 @@ class KubeApi(Protocol):
 
 
 class SecretResolver(Protocol):
-    """Reads one key of a Kubernetes Secret (``app.secrets.ManifestSecrets``; the same
+    """Reads one key of a Kubernetes Secret (``app.adapters.secrets.ManifestSecrets``; the same
     shape as the event sources' resolver)."""
 
     async def get(self, namespace: str, name: str, key: str) -> str: ...

@@ -23,8 +23,8 @@ Semantics:
   that honours the header does the work once.
 * Success: a status in ``policy.status.allow`` when that is given, else any 2xx
   (a deliberate difference: Argo counts every answer as success without a policy).
-* Failure: a status not allowed → :class:`~app.errors.TransientError` (retried by the
-  runner) for 5xx, 408, 425 and 429, :class:`~app.errors.PermanentError`
+* Failure: a status not allowed → :class:`~app.kernel.errors.TransientError` (retried by the
+  runner) for 5xx, 408, 425 and 429, :class:`~app.kernel.errors.PermanentError`
   (dead-lettered) for any other; connection errors and timeouts → TransientError; an
   invalid URL, a certificate that fails verification, a missing Secret/ConfigMap key,
   a missing parameter key → PermanentError.
@@ -50,8 +50,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from app.errors import ConfigError, PermanentError, TransientError
-from app.spec import SpecModel, dump
+from app.kernel.errors import ConfigError, PermanentError, TransientError
+from app.kernel.spec import SpecModel, dump
 from sensors.parameters import (
     CompiledParameter,
     apply_parameters,
@@ -66,8 +66,8 @@ from sensors.triggers.sources import http_session
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from app.eventbus import TLSConfig
-    from app.events import Event
+    from app.kernel.eventbus import TLSConfig
+    from app.kernel.events import Event
 
 CREDENTIAL_TTL_SECONDS = 60.0
 """How long a Secret or ConfigMap value read for a header is reused before re-reading."""

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.eventbus import TLSConfig
-from app.spec import SpecModel
+from app.kernel.eventbus import TLSConfig
+from app.kernel.spec import SpecModel
 from eventsources.common import SecretKeySelector
 from sensors.spec import TriggerParameter
 from sensors.triggers.k8s_config import ConfigMapKeySelector

@@ -25,9 +25,9 @@ import copy
 import time
 from typing import Any, ClassVar
 
-from app.errors import PermanentError
-from app.kube import AlreadyExists
-from app.spec import SpecModel
+from app.adapters.kube import AlreadyExists
+from app.kernel.errors import PermanentError
+from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s_config import K8sTriggerConfig

@@ -4,7 +4,7 @@ locations a trigger's object can come from (Argo ``ArtifactLocation``).
 The trigger class (:mod:`sensors.triggers.k8s`) is registered with this model in
 :mod:`sensors.triggers.registry`; the Sensor model validates ``template.k8s`` with it, so
 a typo (``operation: craete``) fails at load time with its path. Which of these fields
-the engine implements today is declared in :mod:`sensors.support`.
+the engine implements today is declared in :mod:`app.compose.support`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 from eventsources.common import SecretKeySelector
 from sensors.spec import TriggerParameter
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.log_config import LogTriggerConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 
 
 class LogTriggerConfig(SpecModel):

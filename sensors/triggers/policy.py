@@ -14,7 +14,7 @@ import asyncio
 import random
 from typing import Any
 
-from app.errors import PermanentError
+from app.kernel.errors import PermanentError
 from sensors.triggers.base import KubeApi
 
 

@@ -8,7 +8,7 @@ but not listed here fails with ``trigger type '<key>' is not supported``
 
 from __future__ import annotations
 
-from app.spec import SpecModel
+from app.kernel.spec import SpecModel
 from sensors.spec import ARGO_TRIGGER_TYPES
 from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig
 from sensors.triggers.http_config import HttpTriggerConfig

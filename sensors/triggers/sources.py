@@ -21,9 +21,9 @@ per firing do not fetch again; a changed URL or ConfigMap is seen after a restar
 
 Failures: a source that cannot be parsed or is not a YAML/JSON object, a missing file,
 a missing ConfigMap or key, a URL answering other than 200, an invalid URL →
-:class:`~app.errors.PermanentError` (raised when the trigger is built for the static
+:class:`~app.kernel.errors.PermanentError` (raised when the trigger is built for the static
 sources, else on the firing, which is dead-lettered). A URL that cannot be reached or
-times out, or an API error a retry may fix → :class:`~app.errors.TransientError`.
+times out, or an API error a retry may fix → :class:`~app.kernel.errors.TransientError`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from app.errors import PermanentError, TransientError
+from app.kernel.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
     import aiohttp

@@ -39,7 +39,7 @@ class Triggerfish:
     def start(self, timeout: float = 30.0) -> Triggerfish:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api_port = self.api_port or free_port()
-        args = [sys.executable, "-m", "app.cli", "run", "--state-dir", str(self.state_dir),
+        args = [sys.executable, "-m", "app.compose.cli", "run", "--state-dir", str(self.state_dir),
                 "--api-port", str(self.api_port), "--bind-host", "127.0.0.1"]  # fmt: skip
         for f in self.files:
             args += ["-f", f]

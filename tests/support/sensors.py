@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from app.bus import Bus
-from app.metrics import Metrics
+from app.adapters.bus import Bus
+from app.adapters.metrics import Metrics
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import TraceStore
 from sensors.triggers.base import TriggerContext

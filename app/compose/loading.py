@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.errors import ConfigError
-from app.manifests import load_paths
-from app.runtime import Manifests
+from app.compose.manifests import load_paths
+from app.compose.runtime import Manifests
+from app.kernel.errors import ConfigError
 
 
 def load_for_run(paths: list[str]) -> Manifests:

@@ -1,6 +1,6 @@
 """``triggerfish controller``: reconciles EventBus, EventSource and Sensor objects.
 
-Who calls it: :mod:`app.cli` (``triggerfish controller``) and the tests, which run
+Who calls it: :mod:`app.compose.cli` (``triggerfish controller``) and the tests, which run
 :class:`Controller` in-process against the fake API server.
 
 Modules, from the outside in: ``loop`` (list + watch per kind, a work queue, re-list
@@ -9,7 +9,7 @@ bus, apply children, write status), ``builders`` (the desired child objects, pur
 ``conditions`` (Argo's status conditions), ``config`` (the controller's settings).
 """
 
-from app.controller.config import ControllerSettings
-from app.controller.loop import Controller
+from app.compose.controller.config import ControllerSettings
+from app.compose.controller.loop import Controller
 
 __all__ = ["Controller", "ControllerSettings"]

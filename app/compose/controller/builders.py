@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from app.controller.config import ControllerSettings
+from app.compose.controller.config import ControllerSettings
 
 Obj = dict[str, Any]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.errors import ConfigError, TriggerfishError
-from app.logs import setup_logging
-from app.settings import Settings, load_settings
+from app.kernel.errors import ConfigError, TriggerfishError
+from app.kernel.logs import setup_logging
+from app.kernel.settings import Settings, load_settings
 
 log = logging.getLogger("triggerfish")
 
@@ -141,10 +141,10 @@ def _settings_for_run(args: argparse.Namespace) -> Settings:
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.httpserver import QuietServer
-    from app.loading import load_for_run
-    from app.runtime import Standalone
-    from app.server import build_app
+    from app.adapters.httpserver import QuietServer
+    from app.compose.loading import load_for_run
+    from app.compose.runtime import Standalone
+    from app.compose.server import build_app
 
     settings = _settings_for_run(args)
     manifests = load_for_run(args.files)
@@ -181,9 +181,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from app.controller import ControllerSettings
-    from app.controller.loop import run_controller
-    from app.kube import ApiKube
+    from app.adapters.kube import ApiKube
+    from app.compose.controller import ControllerSettings
+    from app.compose.controller.loop import run_controller
 
     cfg = ControllerSettings()
     if args.namespace is not None:
@@ -200,7 +200,7 @@ async def _controller(args: argparse.Namespace) -> int:
 
 
 async def _pod_role(args: argparse.Namespace) -> int:
-    from app.podrole import run_role
+    from app.compose.podrole import run_role
 
     s = load_settings()
     if args.api_port is not None:
@@ -236,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.cmd == "validate":
-            from app.validate import validate_paths
+            from app.compose.validate import validate_paths
 
             return validate_paths(args.files, sys.stdout)
         if args.cmd == "crds":
-            from app.crds import render_all, write_crd_files
+            from app.compose.crds import render_all, write_crd_files
 
             if args.output_dir is not None:
                 for path in write_crd_files(Path(args.output_dir)):
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(render_all())
             return 0
         if args.cmd == "test":
-            from app.offline import run_offline_sync
+            from app.compose.offline import run_offline_sync
 
             return run_offline_sync(args.sensor, args.event, sys.stdout)
         if args.cmd == "controller":

@@ -8,7 +8,7 @@ runs NATS JetStream (DESIGN §3); the manifest shape is Argo's ``EventBusSpec`` 
   cluster);
 * ``jetstreamExotic`` points at an existing NATS server;
 * ``nats.exotic`` (a NATS Streaming URL) and ``kafka`` are modelled so manifests load,
-  and reported as not supported by :mod:`sensors.support`.
+  and reported as not supported by :mod:`app.compose.support`.
 
 :meth:`EventBus.stream_limits` turns the ``streamConfig`` YAML text into the stream
 limits and dedup window the bus adapter creates the stream with.
@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from app.spec import ObjectMeta, SpecModel
+from app.kernel.spec import ObjectMeta, SpecModel
 from eventsources.common import SecretKeySelector
 
 API_VERSION: Final = "argoproj.io/v1alpha1"

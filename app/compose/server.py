@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Query, Response
 
 from app import __version__
-from app.kube import FileKube
-from app.runtime import Standalone, source_plugins
+from app.adapters.kube import FileKube
+from app.compose.runtime import Standalone, source_plugins
 
 
 def build_app(rt: Standalone) -> FastAPI:

@@ -13,7 +13,8 @@ Two implementations of :class:`sensors.triggers.base.KubeApi`:
 
 Errors are mapped at this boundary (STYLE §6): 409 AlreadyExists → :class:`AlreadyExists`,
 404 → :class:`NotFound`, 409 Conflict / 429 / 5xx / connection errors →
-:class:`app.errors.TransientError`, any other 4xx → :class:`app.errors.PermanentError`.
+:class:`~app.kernel.errors.TransientError`, any other 4xx →
+:class:`~app.kernel.errors.PermanentError`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from urllib.parse import urlencode
 import orjson
 import yaml
 
-from app.errors import ConfigError, PermanentError, TransientError, TriggerfishError
-from app.settings import KubeSettings
+from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
+from app.kernel.settings import KubeSettings
 
 log = logging.getLogger(__name__)
 

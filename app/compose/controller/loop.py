@@ -19,10 +19,10 @@ import contextlib
 import logging
 from typing import Any
 
-from app.controller.config import ControllerSettings
-from app.controller.reconcilers import API_VERSION, Reconciler
-from app.errors import TransientError
-from app.kube import ApiKube, KubeError
+from app.adapters.kube import ApiKube, KubeError
+from app.compose.controller.config import ControllerSettings
+from app.compose.controller.reconcilers import API_VERSION, Reconciler
+from app.kernel.errors import TransientError
 
 log = logging.getLogger("triggerfish.controller")
 
@@ -165,8 +165,8 @@ async def run_controller(
     if api_port:
         import uvicorn
 
-        from app.controller.health import build_health_app
-        from app.httpserver import QuietServer
+        from app.adapters.httpserver import QuietServer
+        from app.compose.controller.health import build_health_app
 
         app = build_health_app(lambda: ctl.synced.is_set() and not task.done())
         server = QuietServer(

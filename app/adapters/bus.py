@@ -37,10 +37,10 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.errors import BusUnavailableError, TransientError
-from app.events import Event
-from app.settings import BusSettings
-from app.subjects import event_subject, subject_token
+from app.kernel.errors import BusUnavailableError, TransientError
+from app.kernel.events import Event
+from app.kernel.settings import BusSettings
+from app.kernel.subjects import event_subject, subject_token
 
 __all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
 

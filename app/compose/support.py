@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from app.spec import SpecModel, dump
+from app.kernel.spec import SpecModel, dump
 
 Rule = bool | frozenset[Any]
 

@@ -73,7 +73,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sensors.gotemplate import go_sprint
+from app.languages.gotemplate import go_sprint
 
 __all__ = [
     "EvalError",

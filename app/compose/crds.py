@@ -28,7 +28,7 @@ The conversion (:func:`structural_schema`):
 * a keyword the converter does not know fails the generation, so a new model shape
   is a deliberate decision here rather than a silently wrong schema.
 
-Callers: ``triggerfish crds`` (:mod:`app.cli`) prints them; the Helm chart carries the
+Callers: ``triggerfish crds`` (:mod:`app.compose.cli`) prints them; the Helm chart carries the
 same files under ``helm/triggerfish/files/crds/`` and ``tests/test_crds.py`` fails when
 those copies are stale.
 """
@@ -44,7 +44,7 @@ from typing import Any, Final
 import yaml
 from pydantic import BaseModel
 
-from app.eventbus import EventBus
+from app.kernel.eventbus import EventBus
 from eventsources.spec import EventSource
 from sensors.spec import Sensor
 

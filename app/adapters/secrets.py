@@ -11,7 +11,7 @@ import base64
 from collections.abc import Iterable
 from typing import Any
 
-from app.errors import ConfigError
+from app.kernel.errors import ConfigError
 
 
 class ManifestSecrets:

@@ -1,6 +1,6 @@
 """The controller's settings, read once from ``TRIGGERFISH_CONTROLLER_*`` variables.
 
-Kept apart from :class:`app.settings.Settings` because only the controller uses them
+Kept apart from :class:`app.kernel.settings.Settings` because only the controller uses them
 (the images it puts into the workloads it creates, how long one watch lasts).
 """
 

@@ -21,11 +21,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from app.errors import ConfigError
-from app.events import Event, new_event_id
-from app.kube import AlreadyExists, NotFound
-from app.manifests import load_paths
-from app.metrics import Metrics
+from app.adapters.kube import AlreadyExists, NotFound
+from app.adapters.metrics import Metrics
+from app.compose.manifests import load_paths
+from app.kernel.errors import ConfigError
+from app.kernel.events import Event, new_event_id
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import Trace, TraceStore
 from sensors.triggers.base import TriggerContext

@@ -22,13 +22,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.bus import Bus, StreamLimits
-from app.errors import BusUnavailableError, ConfigError, TriggerfishError
-from app.kube import ApiKube, FileKube
-from app.metrics import Metrics
-from app.natsserver import EmbeddedNats
-from app.secrets import ManifestSecrets
-from app.settings import Settings
+from app.adapters.bus import Bus, StreamLimits
+from app.adapters.kube import ApiKube, FileKube
+from app.adapters.metrics import Metrics
+from app.adapters.natsserver import EmbeddedNats
+from app.adapters.secrets import ManifestSecrets
+from app.kernel.errors import BusUnavailableError, ConfigError, TriggerfishError
+from app.kernel.settings import Settings
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.registry import REGISTRY
 from sensors.runner import RetryPolicy, SensorRunner

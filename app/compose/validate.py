@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from app.manifests import load_paths
+from app.compose.manifests import load_paths
 
 EXIT_OK = 0
 EXIT_INVALID = 1

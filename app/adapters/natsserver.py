@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import ConfigError, TransientError
+from app.kernel.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import copy
 import logging
 from typing import Any
 
-from app.controller import builders as b
-from app.controller.conditions import Condition, false, is_true, merge_conditions, true
-from app.controller.config import ControllerSettings
-from app.eventbus import EventBus
-from app.kube import AlreadyExists, ApiKube, NotFound
-from app.manifests import ManifestInvalid, load_one
+from app.adapters.kube import AlreadyExists, ApiKube, NotFound
+from app.compose.controller import builders as b
+from app.compose.controller.conditions import Condition, false, is_true, merge_conditions, true
+from app.compose.controller.config import ControllerSettings
+from app.compose.manifests import ManifestInvalid, load_one
+from app.kernel.eventbus import EventBus
 
 log = logging.getLogger("triggerfish.controller")
 

@@ -8,7 +8,7 @@ What it does: directories are walked recursively for ``*.yaml``, ``*.yml`` and
 ``*.json`` (sorted, hidden entries skipped); every file may hold several YAML documents
 (empty ones are skipped). Each document is dispatched on ``(apiVersion, kind)``:
 ``argoproj.io/v1alpha1`` ``EventBus`` / ``EventSource`` / ``Sensor`` become their models,
-then go through the support table (:mod:`sensors.support`); every other kind
+then go through the support table (:mod:`app.compose.support`); every other kind
 (WorkflowTemplate, ServiceAccount, Role, Secret, ...) is kept as a plain mapping for the
 runtime to apply or record. Nothing raises for a bad manifest: the result lists each
 problem as a :class:`ManifestError` with its file, document number, kind, name and
@@ -27,12 +27,12 @@ from typing import Any, Generic, TypeVar, cast
 import yaml
 from pydantic import ValidationError
 
-from app.errors import ConfigError
-from app.eventbus import API_VERSION, EventBus
-from app.spec import SpecModel, format_validation_error
+from app.compose.support import unsupported
+from app.kernel.errors import ConfigError
+from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.spec import SpecModel, format_validation_error
 from eventsources.spec import EventSource
 from sensors.spec import Sensor
-from sensors.support import unsupported
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 SAMPLE_EVENT_SUFFIX = ".event.json"

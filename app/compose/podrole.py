@@ -1,15 +1,15 @@
 """The pod roles: ``triggerfish eventsource NAME`` and ``triggerfish sensor NAME``.
 
-Who calls it: :mod:`app.cli`, in the pods of the Deployments the controller creates
+Who calls it: :mod:`app.compose.cli`, in the pods of the Deployments the controller creates
 (or locally, the way a kubelet would start them). One process serves exactly one
 EventSource (all its source types) or one Sensor, read from the Kubernetes API:
 
 * the namespace is ``--namespace``, else ``POD_NAMESPACE``, the in-cluster namespace
-  file or the kubeconfig context (:func:`app.kube.current_namespace`);
+  file or the kubeconfig context (:func:`app.adapters.kube.current_namespace`);
 * the bus is ``--nats-url`` when given (local runs), else the EventBus's
   ``status.config.jetstream`` written by the controller (URL and token Secret), else its
   ``jetstreamExotic`` URL and access secret; Secrets are read through the API;
-* the work itself is :class:`app.runtime.Standalone` with that single object, so the
+* the work itself is :class:`app.compose.runtime.Standalone` with that single object, so the
   start order (streams, consumers, then sources) and the ack rules are the ones
   ``triggerfish run`` has;
 * the role watches its own object: a new spec (not merely new status) is validated and
@@ -34,16 +34,16 @@ import yaml
 from fastapi import FastAPI, Response
 
 from app import __version__
-from app.controller.builders import bus_url
-from app.errors import ConfigError, TriggerfishError
-from app.eventbus import API_VERSION, EventBus
-from app.httpserver import QuietServer
-from app.kube import ApiKube, KubeError, current_namespace
-from app.manifests import ManifestInvalid, load_one
-from app.metrics import Metrics
-from app.runtime import Manifests, Standalone
-from app.secrets import ManifestSecrets
-from app.settings import Settings
+from app.adapters.httpserver import QuietServer
+from app.adapters.kube import ApiKube, KubeError, current_namespace
+from app.adapters.metrics import Metrics
+from app.adapters.secrets import ManifestSecrets
+from app.compose.controller.builders import bus_url
+from app.compose.manifests import ManifestInvalid, load_one
+from app.compose.runtime import Manifests, Standalone
+from app.kernel.errors import ConfigError, TriggerfishError
+from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.settings import Settings
 
 log = logging.getLogger("triggerfish.podrole")
 
