@@ -20,12 +20,13 @@ import uvicorn
 from pydantic import Field, field_validator
 
 from app.adapters.httpserver import QuietServer
+from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
 from app.kernel.spec import SpecModel
+from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
-from eventsources.common import EventSourceFilter, SecretKeySelector
+from eventsources.common import EventSourceFilter
 from eventsources.webhook_http import Dispatch, Route, WebhookApp
-from sensors.filters import SourceFilter, event_source_filter
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -97,7 +98,7 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
       are set the port serves HTTPS (all events on that port must agree).
     * ``url``: informational (the externally visible URL), not used for serving.
     * ``filter.expression``: an expr-lang expression over the event data
-      (``body.model == "resnet"``; see :func:`sensors.filters.event_source_filter`),
+      (``body.model == "resnet"``; see :func:`app.languages.source_filter.event_source_filter`),
       compiled at validation; a request for which it is not true is answered but not
       published.
 

@@ -42,7 +42,7 @@ from app.kernel.events import Event, event_id_from, new_event_id
 from eventsources.base import SourceMetrics
 
 if TYPE_CHECKING:
-    from sensors.filters import SourceFilter
+    from app.languages.source_filter import SourceFilter
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -44,7 +44,7 @@ from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
 from sensors.trace import Trace, TraceStore, TriggerOutcome
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.plugins import TRIGGERS
+from sensors.triggers.registry import TRIGGERS
 
 log = logging.getLogger("triggerfish.sensor")
 trace_log = logging.getLogger("triggerfish.trace")
@@ -154,7 +154,7 @@ class PreparedTrigger:
         self.config: Any = template.trigger_config
         if self.type_key not in TRIGGERS:
             raise ConfigError(f"trigger type {self.type_key!r} is not supported", self.name)
-        self.plugin_cls: type[Trigger] = TRIGGERS[self.type_key]
+        self.plugin_cls: type[Trigger] = TRIGGERS.load(self.type_key)
         self.ctx = ctx
         try:
             self.condition = Condition.compile(getattr(template, "conditions", None), dependencies)

@@ -23,8 +23,7 @@ from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import TraceStore
-from sensors.triggers.argo_workflow import ArgoWorkflowTrigger
-from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig
+from sensors.triggers.argo_workflow import ArgoWorkflowTrigger, ArgoWorkflowTriggerConfig
 from sensors.triggers.base import Invocation, TriggerContext
 from tests.fakekube.harness import KubeApi
 

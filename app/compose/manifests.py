@@ -28,8 +28,9 @@ import yaml
 from pydantic import ValidationError
 
 from app.compose.support import unsupported
+from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError
-from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.eventbus import EventBus
 from app.kernel.spec import SpecModel, format_validation_error
 from eventsources.spec import EventSource
 from sensors.spec import Sensor

@@ -41,8 +41,9 @@ from app.adapters.secrets import ManifestSecrets
 from app.compose.controller.builders import bus_url
 from app.compose.manifests import ManifestInvalid, load_one
 from app.compose.runtime import Manifests, Standalone
+from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError, TriggerfishError
-from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.eventbus import EventBus
 from app.kernel.settings import Settings
 
 log = logging.getLogger("triggerfish.podrole")

@@ -218,7 +218,7 @@ class Standalone:
                     metrics=self.metrics,
                     bind_host=self.settings.bind_host,
                 )
-                plugin = REGISTRY[key](
+                plugin = REGISTRY.load(key)(
                     es.metadata.name, es.metadata.namespace or "default", events, ctx
                 )
                 self.sources.append(plugin)

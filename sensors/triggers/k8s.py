@@ -23,16 +23,60 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
 
 from app.adapters.kube import AlreadyExists
 from app.kernel.errors import PermanentError
 from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
+from sensors.spec import TriggerParameter
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.k8s_config import K8sTriggerConfig
 from sensors.triggers.policy import wait_for_labels
-from sensors.triggers.sources import ResourceSource
+from sensors.triggers.sources import ArtifactLocation, ResourceSource
+
+K8sOperation = Literal["create", "update", "patch", "delete"]
+
+PATCH_STRATEGIES: frozenset[str] = frozenset(
+    {
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/apply-patch+yaml",
+    }
+)
+
+
+class K8sTriggerConfig(SpecModel):
+    """``template.k8s``: create, update, patch or delete one Kubernetes object.
+
+    ``operation`` defaults to ``create`` (an empty string means the same, as in Argo);
+    ``parameters`` are applied to the object after the template-level ones;
+    ``patchStrategy`` is one of the four Kubernetes patch media types (default merge);
+    ``liveObject`` (update only) fetches the live object instead of the template.
+    """
+
+    source: ArtifactLocation
+    operation: K8sOperation = "create"
+    parameters: list[TriggerParameter] = Field(default_factory=list)
+    patch_strategy: str = ""
+    live_object: bool = False
+
+    @field_validator("operation", mode="before")
+    @classmethod
+    def _empty_means_create(cls, v: object) -> object:
+        return "create" if v == "" else v
+
+    @field_validator("patch_strategy")
+    @classmethod
+    def _known_patch_strategy(cls, v: str) -> str:
+        if v and v not in PATCH_STRATEGIES:
+            raise ValueError(
+                f"unknown patch strategy {v!r} (one of {', '.join(sorted(PATCH_STRATEGIES))})"
+            )
+        return v
+
 
 LABEL_SENSOR = "events.argoproj.io/sensor"
 LABEL_TRIGGER = "events.argoproj.io/trigger"
