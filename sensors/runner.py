@@ -159,7 +159,7 @@ class PreparedTrigger:
         try:
             self.condition = Condition.compile(getattr(template, "conditions", None), dependencies)
         except ValueError as e:
-            raise ConfigError(str(e), f"trigger {self.name}: conditions") from e
+            raise ConfigError(str(e), "template.conditions") from e
         self.template_params = compile_parameters(spec.parameters, where="parameters")
         rs = getattr(spec, "retry_strategy", None)
         if rs is not None:
@@ -179,8 +179,19 @@ class PreparedTrigger:
             else None
         )
         dlq = getattr(spec, "dlq_trigger", None)
-        self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq is not None else None
-        self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        try:
+            self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq else None
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("dlqTrigger", e.path)) from e
+        try:
+            self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("template", e.path)) from e
+        except (ValueError, PermanentError) as e:  # the config cannot work, whatever the event
+            inner, sep, message = str(e).partition(": ")
+            if sep and inner.startswith(f"{self.type_key}.") and " " not in inner:
+                raise ConfigError(message, f"template.{inner}") from e
+            raise ConfigError(str(e), f"template.{self.type_key}") from e
         self._template_dict: dict[str, Any] | None = None
 
     def plugin_for(self, events: Mapping[str, Event]) -> tuple[Trigger, list[dict[str, Any]]]:
@@ -197,6 +208,11 @@ class PreparedTrigger:
         except Exception as e:
             raise PermanentError(f"trigger template after parameters is invalid: {e}") from e
         return self.plugin_cls(cfg, self.ctx), records
+
+
+def _join(prefix: str, path: str) -> str:
+    """``prefix.path`` (a field path under ``prefix``); ``prefix`` when ``path`` is empty."""
+    return f"{prefix}.{path}" if path else prefix
 
 
 def _event_time(ev: Event) -> datetime:
@@ -246,11 +262,19 @@ class SensorRunner:
                     d.filters, d.filters_logical_operator or ""
                 )
             except ValueError as e:
-                raise ConfigError(str(e), f"spec.dependencies[{i}]") from e
-        self.triggers = [
-            PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
-            for t in sensor.spec.triggers
-        ]
+                inner, sep, message = str(e).partition(": ")
+                if sep and " " not in inner:  # the message starts with the filter's path
+                    raise ConfigError(message, f"spec.dependencies[{i}].{inner}") from e
+                raise ConfigError(str(e), f"spec.dependencies[{i}].filters") from e
+        self.triggers: list[PreparedTrigger] = []
+        for i, t in enumerate(sensor.spec.triggers):
+            try:
+                prepared = PreparedTrigger(
+                    t, dep_names, trigger_ctx, default_retry or RetryPolicy()
+                )
+            except ConfigError as e:
+                raise ConfigError(e.message, _join(f"spec.triggers[{i}]", e.path)) from e
+            self.triggers.append(prepared)
         # Compiled for every sensor (a bad cron fails at load), run only where there is
         # condition state to clear (several dependencies).
         self.resets: dict[str, ConditionsReset] = {}

@@ -31,8 +31,13 @@ log = logging.getLogger("triggerfish")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triggerfish", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(
+        prog="triggerfish",
+        description="Run Argo Events manifests (EventBus, EventSource, Sensor) on NATS "
+        "JetStream. Settings come from TRIGGERFISH_* environment variables.",
+    )
+    p.add_argument("--version", action="version", version=f"triggerfish {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
 
     run = sub.add_parser("run", help="run EventSources and Sensors in one process")
     run.add_argument(
@@ -62,8 +67,22 @@ def _parser() -> argparse.ArgumentParser:
         help="never use a cluster: record objects under the state dir",
     )
 
-    val = sub.add_parser("validate", help="validate manifests")
-    val.add_argument("-f", "--file", dest="files", action="append", required=True)
+    val = sub.add_parser(
+        "validate", help="check manifests without running them (one line per manifest)"
+    )
+    val.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        required=True,
+        help="manifest file or directory (repeatable)",
+    )
+    val.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (a dependency no given EventSource serves, a shared port) as errors",
+    )
 
     tst = sub.add_parser("test", help="run a Sensor offline against events, print the trace")
     tst.add_argument("sensor", help="Sensor manifest file")
@@ -226,49 +245,71 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, as ``validate`` reports a problem: no timestamp, no traceback."""
+    sys.stderr.write(f"triggerfish: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = load_settings()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        _fail(f"bad setting: {e}")
+        return 2
     quiet = args.cmd in ("test", "validate") and "TRIGGERFISH_LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
-        if args.cmd == "version":
-            print(__version__)
-            return 0
-        if args.cmd == "validate":
-            from app.compose.validate import validate_paths
-
-            return validate_paths(args.files, sys.stdout)
-        if args.cmd == "crds":
-            from app.compose.crds import render_all, write_crd_files
-
-            if args.output_dir is not None:
-                for path in write_crd_files(Path(args.output_dir)):
-                    print(path)
-            else:
-                sys.stdout.write(render_all())
-            return 0
-        if args.cmd == "test":
-            from app.compose.offline import run_offline_sync
-
-            return run_offline_sync(args.sensor, args.event, sys.stdout)
-        if args.cmd == "controller":
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_controller(args))
-        if args.cmd in ("eventsource", "sensor"):
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_pod_role(args))
-        if args.cmd == "run":
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_serve(args))
+        return _dispatch(args)
     except ConfigError as e:
-        log.error("configuration error: %s", e)
+        _fail(str(e))
+        return 2
+    except OSError as e:  # a path the user gave: unwritable, missing, a file not a dir
+        where = f": {e.filename}" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}")
         return 2
     except TriggerfishError as e:
-        log.error("%s", e)
+        _fail(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args.cmd``; user mistakes raise ConfigError or OSError."""
+    if args.cmd == "version":
+        print(__version__)
+        return 0
+    if args.cmd == "validate":
+        from app.compose.validate import validate_paths
+
+        return validate_paths(args.files, sys.stdout, strict=args.strict)
+    if args.cmd == "crds":
+        from app.compose.crds import render_all, write_crd_files
+
+        if args.output_dir is not None:
+            for path in write_crd_files(Path(args.output_dir)):
+                print(path)
+        else:
+            sys.stdout.write(render_all())
+        return 0
+    if args.cmd == "test":
+        from app.compose.offline import run_offline_sync
+
+        return run_offline_sync(args.sensor, args.event, sys.stdout)
+    if args.cmd == "controller":
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_controller(args))
+    if args.cmd in ("eventsource", "sensor"):
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_pod_role(args))
+    if args.cmd == "run":
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(args))
     return 2
 
 

@@ -8,10 +8,14 @@ the environment later. Nested groups use a double underscore:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.kernel.errors import ConfigError
 
 
 class BusSettings(BaseModel):
@@ -78,13 +82,38 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="address of the API/metrics server")
     api_port: int = Field(8080, description="port of the API/metrics server; 0 = off")
-    log_format: str = Field("text", description="'text' or 'json'")
+    log_format: Literal["text", "json"] = Field("text", description="'text' or 'json'")
     log_level: str = Field("INFO", description="Python logging level name")
     bus: BusSettings = Field(default_factory=BusSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings field: ``("bus", "publish_timeout_seconds")``
+    → ``TRIGGERFISH_BUS__PUBLISH_TIMEOUT_SECONDS``."""
+    return "TRIGGERFISH_" + "__".join(str(part).upper() for part in loc)
+
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment once; CLI flags arrive as ``overrides``."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read the environment once; CLI flags arrive as ``overrides``.
+
+    Raises :class:`ConfigError` with one line per bad variable, naming the variable,
+    what it holds and what it should hold."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "literal")))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{env_name(loc)}={err.get('input')!r}: {msg}")
+        raise ConfigError("; ".join(lines)) from None

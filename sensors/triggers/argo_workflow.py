@@ -257,7 +257,9 @@ class ArgoWorkflowTrigger(Trigger):
         if self.operation == "retry":
             raise PermanentError("argoWorkflow operation retry is not supported")
         self.options: SubmitOptions = config.submit_options
-        self.source = ResourceSource(config.source, where="argoWorkflow.source")
+        self.source = ResourceSource(
+            config.source, where="argoWorkflow.source", read_files=ctx.read_files
+        )
         self.params = compile_parameters(config.parameters, where="argoWorkflow.parameters")
         if self.source.static is not None and not self.params:
             self._check(self.source.static)  # a wrong kind fails when the trigger is built

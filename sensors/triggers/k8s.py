@@ -85,10 +85,10 @@ ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
 NAME_HASH_CHARS = 10
 
 
-def load_resource(config: K8sTriggerConfig) -> ResourceSource:
+def load_resource(config: K8sTriggerConfig, read_files: bool = True) -> ResourceSource:
     """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
     ``configmap`` (see :mod:`sensors.triggers.sources`)."""
-    return ResourceSource(config.source, where="k8s.source")
+    return ResourceSource(config.source, where="k8s.source", read_files=read_files)
 
 
 class K8sTrigger(Trigger):
@@ -99,7 +99,7 @@ class K8sTrigger(Trigger):
 
     def __init__(self, config: K8sTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.source = load_resource(config)
+        self.source = load_resource(config, ctx.read_files)
         self.operation = (config.operation or "create").lower()
         self.params = compile_parameters(config.parameters, where="k8s.parameters")
 
