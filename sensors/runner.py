@@ -13,9 +13,11 @@ For every dependency it asks the bus for a durable consumer on
   message is acked. Processed one event at a time per sensor, in order.
 
 Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
-Transient failures are retried; when retries are exhausted, or on a permanent failure,
+Transient failures are retried (waiting at least the ``Retry-After`` a peer asked for,
+within ``max_delay_seconds``); when retries are exhausted, or on a permanent failure,
 the firing goes to the dead-letter subject ``<bus>._dlq.<sensor>.<trigger>`` and the
-message is acked. Each firing carries a key hashed from (sensor, trigger, event ids),
+message is acked. When the dead letter cannot be published, the message is nak'd, not
+acked, so it is redelivered. Each firing carries a key hashed from (sensor, trigger, event ids),
 which triggers use to make their effects idempotent under redelivery.
 """
 
@@ -35,7 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.kernel.errors import ConfigError, PermanentError, TriggerfishError
+from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
@@ -222,6 +224,14 @@ def _event_time(ev: Event) -> datetime:
     except ValueError:
         return datetime.max.replace(tzinfo=UTC)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _retry_delay(planned: float, error: Exception, policy: RetryPolicy) -> float:
+    """The planned backoff, or the peer's ``Retry-After`` when that is longer (capped)."""
+    asked = error.retry_after_seconds if isinstance(error, TransientError) else None
+    if asked is None or asked <= planned:
+        return planned
+    return min(asked, max(planned, policy.max_delay_seconds))
 
 
 def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, Event]) -> str:
@@ -536,14 +546,15 @@ class SensorRunner:
                 if not isinstance(e, TriggerfishError):
                     log.exception("trigger %s/%s raised unexpectedly", self.name, t.name)
                 if attempt < len(delays):
+                    delay = _retry_delay(delays[attempt], e, t.retry)
                     log.warning(
                         "trigger %s/%s attempt %d failed (%s); retrying in %.2fs",
-                        self.name, t.name, attempt + 1, e, delays[attempt],
+                        self.name, t.name, attempt + 1, e, delay,
                     )  # fmt: skip
                     if msg is not None:
                         with contextlib.suppress(Exception):
                             await msg.in_progress()
-                    await asyncio.sleep(delays[attempt])
+                    await asyncio.sleep(delay)
                 continue
             finally:
                 self.metrics.action_duration.labels(*labels).observe(

@@ -267,6 +267,42 @@ async def test_body_over_limit_by_chunked_stream_is_413(make_client):
     assert pub.events == []
 
 
+def _body_of(size: int) -> bytes:
+    """A JSON body of exactly ``size`` bytes."""
+    body = b'{"x":"' + b"y" * (size - 8) + b'"}'
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_body_of_exactly_the_limit_is_200_and_one_byte_more_is_413(make_client, chunked):
+    limit = 64
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=limit)})
+
+    async def post(body: bytes) -> httpx.Response:
+        if not chunked:
+            request = client.build_request("POST", "/trigger", content=body)
+            assert request.headers["content-length"] == str(len(body))
+            return await client.send(request)
+        # several chunks, so the running count is checked, not only the first chunk
+        request = client.build_request(
+            "POST", "/trigger", content=_chunks(body[:10], body[10:40], body[40:])
+        )
+        assert "content-length" not in request.headers
+        return await client.send(request)
+
+    at_limit = await post(_body_of(limit))
+    assert at_limit.status_code == 200, at_limit.text
+    assert pub.events[0].data["body"] == {"x": "y" * (limit - 8)}
+    over = await post(_body_of(limit + 1))
+    assert over.status_code == 413
+    assert len(pub.events) == 1
+    # one big chunk over the limit is refused as well
+    if chunked:
+        request = client.build_request("POST", "/trigger", content=_chunks(_body_of(limit + 1)))
+        assert (await client.send(request)).status_code == 413
+
+
 async def test_chunked_body_under_limit_is_accepted(make_client):
     client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=64)})
     r = await client.post("/trigger", content=_chunks(b'{"a": ', b"1", b"}"))

@@ -28,7 +28,13 @@ class ConfigError(TriggerfishError):
 
 
 class TransientError(TriggerfishError):
-    """A failure that may succeed when retried later (network, bus, API availability)."""
+    """A failure that may succeed when retried later (network, bus, API availability).
+
+    ``retry_after_seconds``: how long the peer asked us to wait (an HTTP 429/503
+    ``Retry-After``); retries wait at least that long, within the retry policy's cap.
+    """
+
+    retry_after_seconds: float | None = None
 
 
 class BusUnavailableError(TransientError):

@@ -11,10 +11,10 @@ Semantics:
 * Created objects carry the labels ``events.argoproj.io/sensor``, ``/trigger`` and
   ``/action-timestamp``.
 * Idempotent creates (a deliberate fix over Argo): with ``generateName`` the name is the
-  prefix plus a short hash of (sensor, trigger, event ids), and the full key is stored
-  in an annotation. A redelivered event therefore hits 409 AlreadyExists; when the
-  existing object carries the same key that counts as success, otherwise (a real name
-  clash) it is an error.
+  prefix plus a short hash of (sensor, trigger, event ids); the full key is stored in an
+  annotation of every created object. A redelivered event therefore hits 409
+  AlreadyExists; when the existing object carries the same key that counts as success,
+  otherwise (another firing's key or none: a real name clash) it is a PermanentError.
 * Failure: API 409 Conflict / 429 / 5xx / network → TransientError (retried); other 4xx
   → PermanentError (dead-lettered); a missing parameter key → ParameterError.
 """
@@ -122,7 +122,8 @@ class K8sTrigger(Trigger):
         if self.operation == "create":
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta.pop("generateName") + inv.key[:NAME_HASH_CHARS]
-                meta.setdefault("annotations", {})[ANNOTATION_KEY] = inv.key
+            meta["annotations"] = meta.get("annotations") or {}
+            meta["annotations"][ANNOTATION_KEY] = inv.key
             try:
                 created = await kube.create(obj, namespace)
             except AlreadyExists:
@@ -136,12 +137,10 @@ class K8sTrigger(Trigger):
                         _ref(live, kind, namespace),
                         records,
                     )
-                if ANNOTATION_KEY in (meta.get("annotations") or {}):
-                    raise PermanentError(
-                        f"{kind} {namespace}/{meta.get('name')} exists but was created "
-                        "for other events (name clash)"
-                    ) from None
-                raise
+                raise PermanentError(
+                    f"{kind} {namespace}/{meta.get('name')} exists but was not created "
+                    "for these events (name clash)"
+                ) from None
             return await self._with_policy(
                 "created", created, kind, namespace, records, api_version
             )
