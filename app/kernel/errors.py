@@ -35,6 +35,10 @@ class BusUnavailableError(TransientError):
     """The event bus did not accept a publish (not connected, no PubAck in time)."""
 
 
+class InstanceLockedError(TriggerfishError):
+    """Another live process owns the directory (state dir, bus store); names its PID."""
+
+
 class PermanentError(TriggerfishError):
     """A failure that retrying the same event cannot fix; the event is dead-lettered."""
 
