@@ -181,6 +181,16 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
+    def set_url(self, url: str) -> None:
+        """Reconnect to ``url`` from now on (the embedded server moved to a new port).
+
+        The connection object stays, so subscriptions, durable consumers and KV
+        handles carry over: the client's next reconnect attempt goes to ``url``.
+        """
+        self.url = url
+        if self._nc is not None and not self._nc.is_closed:
+            self._nc.set_server_pool([url])
+
     async def close(self) -> None:
         self._closed = True
         if self._nc is not None:

@@ -59,6 +59,11 @@ class Metrics:
         self.dead_lettered = Counter(
             "triggerfish_dead_lettered", "Firings sent to the dead-letter path", sen, registry=r
         )
+        self.bus_server_restarts = Counter(
+            "triggerfish_bus_server_restarts",
+            "Times the embedded nats-server exited and was started again",
+            registry=r,
+        )
 
     # SourceMetrics protocol
     def event_sent(self, source: str, event_name: str) -> None:
