@@ -39,6 +39,7 @@ from app.adapters.secrets import ManifestSecrets
 from app.kernel.errors import (
     BusUnavailableError,
     ConfigError,
+    StreamFullError,
     TransientError,
     TriggerfishError,
 )
@@ -117,6 +118,7 @@ class Standalone:
                 if lim.duplicates_seconds is not None
                 else d.duplicates_seconds
             ),
+            discard_new=lim.discard != 0,
         )
 
     def _exotic_url(self) -> str:
@@ -318,8 +320,17 @@ class Standalone:
         bus = self.bus
         assert bus is not None
 
+        metrics = self.metrics
+
         async def publish(event: Any) -> None:
-            await bus.publish(bus_name, event)
+            try:
+                await bus.publish(bus_name, event)
+            except StreamFullError:
+                metrics.publish_rejected(bus_name, "stream_full")
+                raise
+            except BusUnavailableError:
+                metrics.publish_rejected(bus_name, "unavailable")
+                raise
             log.debug("event published %s/%s id=%s", event.source, event.subject, event.id)
 
         return publish
