@@ -8,7 +8,13 @@ handler coroutine; event sources through :meth:`Bus.publish`.
 
 Failure contract: :meth:`Bus.publish` raises :class:`BusUnavailableError` when the event
 is not known to be durable (not connected, no PubAck within
-``publish_timeout_seconds``, stream error). Callers must then not ack upstream.
+``publish_timeout_seconds``, stream error), :class:`StreamFullError` (a subclass) when
+the stream is at its ``maxMsgs``/``maxBytes`` limit. Callers must then not ack upstream.
+
+Streams discard *new* messages at their limits unless the EventBus asks for *old*
+(``discard: 0``): a full stream refuses the publisher, which can answer 503 or leave
+the message upstream, instead of silently dropping its oldest events, which may be
+events a sensor has not consumed yet.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.kernel.errors import BusUnavailableError, TransientError
+from app.kernel.errors import BusUnavailableError, StreamFullError, TransientError
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
@@ -49,13 +55,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
-    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited)."""
+    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited).
+
+    ``discard_new``: at a limit, refuse new messages (default) rather than drop the
+    oldest (``streamConfig`` ``discard: 0``).
+    """
 
     max_msgs: int = 1_000_000
     max_bytes: int = 1024 * 1024 * 1024
     max_age_seconds: float = 72 * 3600
     replicas: int = 1
     duplicates_seconds: float = 300.0
+    discard_new: bool = True
+
+
+_STREAM_STORE_FAILED = 10077
+"""JetStream's err_code for a store refusal; with discard *new* the description says
+"maximum messages exceeded" / "maximum bytes exceeded"."""
+_INSUFFICIENT_RESOURCES = 10023
+
+
+def _is_stream_full(e: nats.js.errors.APIError) -> bool:
+    code = getattr(e, "err_code", None)
+    text = str(getattr(e, "description", "") or "")
+    if code == _INSUFFICIENT_RESOURCES:
+        return True
+    return code == _STREAM_STORE_FAILED and "exceeded" in text
 
 
 class BusMessage:
@@ -181,6 +206,16 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
+    def set_url(self, url: str) -> None:
+        """Reconnect to ``url`` from now on (the embedded server moved to a new port).
+
+        The connection object stays, so subscriptions, durable consumers and KV
+        handles carry over: the client's next reconnect attempt goes to ``url``.
+        """
+        self.url = url
+        if self._nc is not None and not self._nc.is_closed:
+            self._nc.set_server_pool([url])
+
     async def close(self) -> None:
         self._closed = True
         if self._nc is not None:
@@ -205,7 +240,7 @@ class Bus:
             subjects=[f"{name}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.NEW if limits.discard_new else DiscardPolicy.OLD,
             max_msgs=limits.max_msgs or -1,
             max_bytes=limits.max_bytes or -1,
             max_age=limits.max_age_seconds or 0,
@@ -245,6 +280,11 @@ class Bus:
                 timeout=self.settings.publish_timeout_seconds,
                 headers={"Nats-Msg-Id": msg_id},
             )
+        except nats.js.errors.APIError as e:
+            if _is_stream_full(e):
+                raise StreamFullError(f"stream full, publish to {subject} refused: "
+                                      f"{e.description}") from e  # fmt: skip
+            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
             raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
 

@@ -59,6 +59,17 @@ class Metrics:
         self.dead_lettered = Counter(
             "triggerfish_dead_lettered", "Firings sent to the dead-letter path", sen, registry=r
         )
+        self.bus_publish_rejected = Counter(
+            "triggerfish_bus_publish_rejected",
+            "Publishes the bus refused (reason: stream_full, unavailable); nothing was stored",
+            ["eventbus_name", "reason"],
+            registry=r,
+        )
+        self.bus_server_restarts = Counter(
+            "triggerfish_bus_server_restarts",
+            "Times the embedded nats-server exited and was started again",
+            registry=r,
+        )
 
     # SourceMetrics protocol
     def event_sent(self, source: str, event_name: str) -> None:
@@ -69,6 +80,9 @@ class Metrics:
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.events_filtered.labels(self.namespace, source, event_name).inc()
+
+    def publish_rejected(self, bus: str, reason: str) -> None:
+        self.bus_publish_rejected.labels(bus, reason).inc()
 
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""

@@ -158,6 +158,20 @@ def _settings_for_run(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from app.adapters.dirlock import DirLock
+
+    settings = _settings_for_run(args)
+    # One instance per state directory, held until this process ends (the OS drops it
+    # on any death); a second instance stops here, before it touches anything.
+    lock = DirLock(settings.state_dir)
+    lock.acquire("state directory")
+    try:
+        return await _run_standalone(args, settings)
+    finally:
+        lock.release()
+
+
+async def _run_standalone(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.adapters.httpserver import QuietServer
@@ -165,7 +179,6 @@ async def _serve(args: argparse.Namespace) -> int:
     from app.compose.runtime import Standalone
     from app.compose.server import build_app
 
-    settings = _settings_for_run(args)
     manifests = load_for_run(args.files)
     rt = Standalone(manifests, settings)
     stop = asyncio.Event()

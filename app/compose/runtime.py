@@ -8,6 +8,14 @@ is the reverse: sources stop accepting, sensors stop consuming (unacked work is
 redelivered on the next start and is idempotent), the bus closes, the embedded server
 stops.
 
+The embedded server is supervised: when it exits on its own it is started again on the
+same store (same port when still free, else a new one the connection follows). The
+connection, streams, KV buckets and durable consumers resume on it, so events already
+answered 200 are still delivered. Meanwhile publishes fail (webhooks answer 503) and
+``/readyz`` says not ready; if the server stays down longer than
+``bus.unhealthy_after_seconds``, ``/healthz`` fails too, so a process supervisor can
+replace the whole process.
+
 With no cluster configured, objects are recorded under ``<state>/objects`` and the log
 says so; manifests of other kinds (WorkflowTemplate, RBAC, ...) are applied to the
 cluster when there is one, recorded otherwise.
@@ -19,15 +27,22 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.kube import ApiKube, FileKube
 from app.adapters.metrics import Metrics
-from app.adapters.natsserver import EmbeddedNats
+from app.adapters.natsserver import EmbeddedNats, last_line
 from app.adapters.secrets import ManifestSecrets
-from app.kernel.errors import BusUnavailableError, ConfigError, TriggerfishError
+from app.kernel.errors import (
+    BusUnavailableError,
+    ConfigError,
+    StreamFullError,
+    TransientError,
+    TriggerfishError,
+)
 from app.kernel.settings import Settings
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.registry import REGISTRY
@@ -69,6 +84,10 @@ class Standalone:
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._tctx: TriggerContext | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.bus_down_since: float | None = None
+        """monotonic time the embedded server was found dead; None while it runs."""
 
     # -- start --------------------------------------------------------------------------
     def _bus_names(self) -> set[str]:
@@ -99,6 +118,7 @@ class Standalone:
                 if lim.duplicates_seconds is not None
                 else d.duplicates_seconds
             ),
+            discard_new=lim.discard != 0,
         )
 
     def _exotic_url(self) -> str:
@@ -130,6 +150,58 @@ class Standalone:
                             name, limits.replicas, e)  # fmt: skip
                 await self.bus.ensure_stream(name, dataclasses.replace(limits, replicas=1))
             log.info("bus stream %r ready", name)
+        if self.nats is not None:
+            self._supervisor = asyncio.create_task(self._supervise_nats(), name="bus-server")
+
+    # -- embedded server supervision --------------------------------------------------
+    async def _supervise_nats(self) -> None:
+        """Restart the embedded nats-server whenever it exits, until :meth:`stop`."""
+        nats = self.nats
+        assert nats is not None
+        while not await self._stopping_within(0.1):
+            if nats.running:
+                continue
+            code = nats.process.returncode if nats.process is not None else None
+            self.bus_down_since = time.monotonic()
+            log.error("embedded nats-server (pid %s) exited with %s; restarting it on %s",
+                      nats.pid, code, nats.store_dir)  # fmt: skip
+            delay = 0.1
+            while not self._stopping.is_set():
+                try:
+                    moved = await asyncio.to_thread(nats.restart)
+                except TransientError as e:
+                    log.error("embedded nats-server did not restart (%s); retrying in %.1fs",
+                              last_line(str(e)), delay)  # fmt: skip
+                    await self._stopping_within(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if moved and self.bus is not None:
+                    self.bus.set_url(nats.url)
+                self.metrics.bus_server_restarts.inc()
+                log.warning("embedded nats-server restarted (pid %s) on %s after %.1fs",
+                            nats.pid, nats.url, time.monotonic() - self.bus_down_since)  # fmt: skip
+                self.bus_down_since = None
+                break
+
+    async def _stopping_within(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when :meth:`stop` begins; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def bus_server_state(self) -> str:
+        """``external``, ``running`` or ``restarting`` (the embedded server is down)."""
+        if self.nats is None:
+            return "external"
+        return "restarting" if self.bus_down_since is not None else "running"
+
+    def healthy(self) -> bool:
+        """False once the embedded server has been down for ``unhealthy_after_seconds``
+        (a process that cannot serve and does not recover on its own)."""
+        since = self.bus_down_since
+        if since is None:
+            return True
+        return time.monotonic() - since < self.settings.bus.unhealthy_after_seconds
 
     def _namespaces(self) -> set[str]:
         out = {x.metadata.namespace or "default" for x in self.m.event_sources + self.m.sensors}
@@ -248,8 +320,17 @@ class Standalone:
         bus = self.bus
         assert bus is not None
 
+        metrics = self.metrics
+
         async def publish(event: Any) -> None:
-            await bus.publish(bus_name, event)
+            try:
+                await bus.publish(bus_name, event)
+            except StreamFullError:
+                metrics.publish_rejected(bus_name, "stream_full")
+                raise
+            except BusUnavailableError:
+                metrics.publish_rejected(bus_name, "unavailable")
+                raise
             log.debug("event published %s/%s id=%s", event.source, event.subject, event.id)
 
         return publish
@@ -285,9 +366,10 @@ class Standalone:
         try:
             await self.start()
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait(
-                {stopper, *self._tasks}, return_when=asyncio.FIRST_COMPLETED
-            )
+            watched = {stopper, *self._tasks}
+            if self._supervisor is not None:
+                watched.add(self._supervisor)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             for t in done:
                 if t is not stopper and not t.cancelled() and t.exception() is not None:
@@ -297,6 +379,12 @@ class Standalone:
 
     async def stop(self) -> None:
         # sources first (stop accepting), then sensors, then the bus and the server
+        self._stopping.set()
+        if self._supervisor is not None:
+            # not cancelled: a restart in progress must finish before the server stops
+            with contextlib.suppress(BaseException):
+                await self._supervisor
+            self._supervisor = None
         n_sensors = len(self.runners)
         for t in self._tasks[n_sensors:] + self._tasks[:n_sensors]:
             t.cancel()

@@ -1,7 +1,10 @@
 """The operations HTTP server of a process: health, readiness, metrics, read API.
 
 Separate from the webhook ports (those are the event sources' hot path). Serves
-``/healthz`` (alive), ``/readyz`` (bus connected, sources listening), ``/metrics``
+``/healthz`` (alive: 503 once the embedded bus server has stayed down past
+``bus.unhealthy_after_seconds``, a state restarting the process may cure), ``/readyz``
+(bus connected and its embedded server running, sources listening: 503 while the bus
+is down, i.e. while posts would be answered 503), ``/metrics``
 (Prometheus), and ``/api/v1/...``: event sources, sensors, recent traces (what each
 sensor did with each event) and, without a cluster, the recorded objects.
 """
@@ -22,16 +25,20 @@ def build_app(rt: Standalone) -> FastAPI:
     api = FastAPI(title="Triggerfish", version=__version__, docs_url="/api/docs")
 
     @api.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(response: Response) -> dict[str, str]:
+        if not rt.healthy():
+            response.status_code = 503
+            return {"status": "bus server down", "busServer": rt.bus_server_state()}
+        return {"status": "ok", "busServer": rt.bus_server_state()}
 
     @api.get("/readyz")
     async def readyz(response: Response) -> dict[str, Any]:
-        bus_ok = rt.bus is not None and rt.bus.connected
+        server = rt.bus_server_state()
+        bus_ok = rt.bus is not None and rt.bus.connected and server != "restarting"
         sources_ok = rt.ready.is_set() and all(s.ready() for s in rt.sources)
         if not (bus_ok and sources_ok):
             response.status_code = 503
-        return {"bus": bus_ok, "sources": sources_ok}
+        return {"bus": bus_ok, "sources": sources_ok, "busServer": server}
 
     @api.get("/metrics")
     async def metrics() -> Response:

@@ -41,6 +41,15 @@ class BusUnavailableError(TransientError):
     """The event bus did not accept a publish (not connected, no PubAck in time)."""
 
 
+class StreamFullError(BusUnavailableError):
+    """The bus stream is at its ``maxMsgs``/``maxBytes`` limit and refuses new events
+    (discard policy *new*): retry later, once sensors have caught up or events aged out."""
+
+
+class InstanceLockedError(TriggerfishError):
+    """Another live process owns the directory (state dir, bus store); names its PID."""
+
+
 class PermanentError(TriggerfishError):
     """A failure that retrying the same event cannot fix; the event is dead-lettered."""
 

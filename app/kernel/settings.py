@@ -37,6 +37,10 @@ class BusSettings(BaseModel):
     max_ack_pending: int = Field(
         4096, description="unacked messages a sensor consumer may hold at once"
     )
+    unhealthy_after_seconds: float = Field(
+        60.0,
+        description="/healthz fails once the embedded nats-server has been down this long",
+    )
 
 
 class KubeSettings(BaseModel):
