@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from app.kernel.events import Event
+from app.kernel.settings import HttpServerSettings
 from app.kernel.spec import SpecModel
 
 
@@ -57,6 +58,8 @@ class SourceContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("triggerfish.source"))
     metrics: SourceMetrics = field(default_factory=_NullMetrics)
     bind_host: str = "0.0.0.0"
+    http: HttpServerSettings = field(default_factory=HttpServerSettings)
+    """Limits of the HTTP servers a source runs (timeouts, head size, requests in flight)."""
 
 
 ConfigT = TypeVar("ConfigT", bound=SpecModel)

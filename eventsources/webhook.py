@@ -19,7 +19,7 @@ from typing import ClassVar
 import uvicorn
 from pydantic import Field, field_validator
 
-from app.adapters.httpserver import QuietServer
+from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
 from app.kernel.spec import SpecModel
@@ -219,7 +219,11 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 self._tls[port] = await self._tls_context(
                     cfg.server_cert_secret, cfg.server_key_secret, f"spec.webhook.{name}"
                 )
-        self._apps = {port: WebhookApp(port, routes, dispatch) for port, routes in by_port.items()}
+        limit = self.ctx.http.max_in_flight_requests
+        self._apps = {
+            port: WebhookApp(port, routes, dispatch, max_in_flight=limit)
+            for port, routes in by_port.items()
+        }
         return self._apps
 
     async def _secret(self, selector: SecretKeySelector, path: str) -> str:
@@ -278,7 +282,8 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 config = uvicorn.Config(
                     app,
                     loop="uvloop",
-                    http="httptools",
+                    http=guarded_protocol(self.ctx.http),
+                    timeout_keep_alive=self.ctx.http.keep_alive_timeout_seconds,
                     ws="none",
                     lifespan="off",
                     interface="asgi3",

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from app.kernel import jsoncodec
 from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
@@ -593,7 +594,7 @@ class SensorRunner:
         self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
     ) -> None:
         subject = dead_letter_subject(self.bus_name, self.name, t.name)
-        payload = orjson.dumps(
+        payload = jsoncodec.dumps(
             {
                 "sensor": self.name,
                 "namespace": self.namespace,

@@ -8,7 +8,9 @@ sockets and the real bus are in ``test_webhook_bus.py``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -17,9 +19,15 @@ import pytest
 
 from app.kernel.errors import BusUnavailableError, ConfigError, TransientError
 from app.kernel.events import Event
+from app.kernel.jsoncodec import PARSER_MAX_DEPTH
+from app.kernel.settings import HttpServerSettings
 from eventsources.base import SourceContext
 from eventsources.webhook import WebhookConfig, WebhookSource
-from eventsources.webhook_http import MASKED_AUTHORIZATION, canonical_header_name
+from eventsources.webhook_http import (
+    MASKED_AUTHORIZATION,
+    MAX_BODY_DEPTH,
+    canonical_header_name,
+)
 
 TOKEN = "s3cr3t-t0ken"
 
@@ -94,6 +102,7 @@ async def make_client() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
         events: Mapping[str, WebhookConfig] | None = None,
         port: int = 12000,
         secrets: FakeSecrets | None = None,
+        http: HttpServerSettings | None = None,
     ) -> Harness:
         publisher = Publisher()
         metrics = RecordingMetrics()
@@ -106,6 +115,7 @@ async def make_client() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
                 secrets=secrets or FakeSecrets({}),
                 metrics=metrics,
                 log=logging.getLogger("test.webhook"),
+                http=http or HttpServerSettings(),
             ),
         )
         apps = await source.prepare()
@@ -608,3 +618,181 @@ async def test_token_never_appears_in_reprs():
     )
     apps = await source.prepare()
     assert TOKEN not in repr(apps[12000].routes)
+
+
+# -- hostile input: 200 or a documented 4xx, never a 500 --------------------------------
+
+
+def _nested(levels: int) -> bytes:
+    """A valid JSON document ``levels`` deep, alternating objects and arrays."""
+    opens = b"".join(b'{"k":' if i % 2 == 0 else b"[" for i in range(levels))
+    closes = b"".join(b"}" if i % 2 == 0 else b"]" for i in reversed(range(levels)))
+    return opens + b"1" + closes
+
+
+@pytest.mark.parametrize("levels", [1, 253, 254, 255, 600, MAX_BODY_DEPTH])
+async def test_nested_json_is_accepted_up_to_the_parser_limit(make_client, levels):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1 << 16)})
+    body = _nested(levels)
+    r = await client.post("/trigger", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.text) == (200, "success")
+    event = pub.events[0]
+    encoded = event.to_json()
+    # The body is in the envelope as sent, and the envelope round-trips with the parser
+    # every consumer uses (compared as bytes: deep values overflow Python's ``==``).
+    assert b'"body":' + body + b',"metadata":' in encoded
+    assert Event.from_json(encoded).to_json() == encoded
+
+
+@pytest.mark.parametrize("levels", [MAX_BODY_DEPTH + 1, PARSER_MAX_DEPTH + 1, 50_000])
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+async def test_json_nested_deeper_than_the_limit_is_400_saying_so(
+    make_client, levels, content_type
+):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1 << 20)})
+    r = await client.post(
+        "/trigger", content=_nested(levels), headers={"content-type": content_type}
+    )
+    assert r.status_code == 400
+    assert r.text == f"request body is nested deeper than {MAX_BODY_DEPTH} levels"
+    assert pub.events == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        (b'{"s": "\xff\xfe"}', 400, None),  # invalid UTF-8
+        (b'{"s": "\xed\xa0\x80"}', 400, None),  # a UTF-8-encoded surrogate
+        (b'{"s": "\\ud800"}', 400, None),  # a lone surrogate escape
+        (b'{"s": "\\ud83d\\ude00"}', 200, {"s": "\U0001f600"}),  # a valid pair
+        (b'{"n": 1e400}', 400, None),  # beyond the float range
+        (b'{"n": -1e400}', 400, None),
+        (b'{"n": 123456789012345678901234567890}', 200, {"n": 1.2345678901234568e29}),
+        (b'{"n": NaN}', 400, None),
+        (b'{"n": Infinity}', 400, None),
+        (b'{"a": 1, "a": 2}', 200, {"a": 2}),  # duplicate keys: the last one wins
+        (b'{"s": "a\x00b"}', 400, None),  # a raw NUL inside a string
+        (b'{"s": "a\\u0000b"}', 200, {"s": "a\x00b"}),  # an escaped NUL
+        (b"\x00", 400, None),
+        (b"\xef\xbb\xbf{}", 400, None),  # a byte order mark
+        (b"   ", 200, None),  # blank: no body
+        (b"", 200, None),
+    ],
+)
+async def test_hostile_json_bodies_get_the_contract(make_client, body, status, expected):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert pub.events[0].data["body"] == expected
+        assert Event.from_json(pub.events[0].to_json()).data == pub.events[0].data
+    else:
+        assert r.text.startswith("request body is not valid JSON")
+        assert pub.events == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        (None, 200),
+        ("text/plain", 200),
+        ("application/xml", 200),
+        ("multipart/form-data; boundary=x", 200),
+        (b"\xff/\xfe", 200),
+        ("application/x-www-form-urlencoded", 200),
+    ],
+)
+async def test_any_content_type_with_a_json_body_is_accepted(make_client, content_type, status):
+    client, pub, _ = await make_client()
+    headers = {"content-type": content_type} if content_type else {}
+    r = await client.post("/trigger", content=b'{"a": [1]}', headers=headers)
+    assert r.status_code == status
+    assert pub.events[0].data["body"] == {"a": [1]}
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+async def test_gzip_body_is_decoded(make_client):
+    client, pub, _ = await make_client()
+    body = b'{"model": "resnet"}'
+    for encoding, encoded in [
+        ("gzip", _gzip(body)),
+        ("x-gzip", _gzip(body)),
+        ("GZIP", _gzip(body)),
+        ("deflate", zlib.compress(body)),
+        ("identity", body),
+        ("gzip, identity", _gzip(body)),
+        ("deflate, gzip", _gzip(zlib.compress(body))),
+        ("gzip", _gzip(body[:5]) + _gzip(body[5:])),  # two gzip members
+    ]:
+        r = await client.post("/trigger", content=encoded, headers={"content-encoding": encoding})
+        assert (r.status_code, r.text) == (200, "success"), encoding
+        assert pub.events[-1].data["body"] == {"model": "resnet"}
+        assert pub.events[-1].data["header"]["Content-Encoding"] == [encoding]
+
+
+async def test_size_limit_applies_to_the_decoded_body(make_client):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1024)})
+    fits = b'{"x": "' + b"y" * 1000 + b'"}'
+    r = await client.post("/trigger", content=_gzip(fits), headers={"content-encoding": "gzip"})
+    assert r.status_code == 200
+    too_big = b'{"x": "' + b"y" * 1100 + b'"}'
+    assert len(_gzip(too_big)) < 1024
+    r = await client.post("/trigger", content=_gzip(too_big), headers={"content-encoding": "gzip"})
+    assert r.status_code == 413
+    # A bomb: 64 MiB of zeros in ~64 KiB, nested twice; refused after 1 KiB of output.
+    bomb = _gzip(_gzip(b"\0" * (64 << 20)))
+    r = await client.post("/trigger", content=bomb, headers={"content-encoding": "gzip, gzip"})
+    assert r.status_code == 413
+    assert len(pub.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "message"),
+    [
+        ("gzip", b"not gzip at all", "request body is not valid gzip"),
+        ("gzip", gzip.compress(b'{"a": 1}')[:-6], "request body is truncated gzip data"),
+        ("deflate", b"\x00\x01", "request body is not valid deflate"),
+        (
+            "deflate",
+            zlib.compress(b"{}") + b"junk",
+            "request body has data after the end of the deflate",
+        ),
+        ("gzip", gzip.compress(b"{}") + b"junk", "request body is not valid gzip"),
+        ("gzip", gzip.compress(b"\xff"), "request body is not valid JSON"),
+    ],
+)
+async def test_corrupt_compressed_body_is_400(make_client, encoding, body, message):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=body, headers={"content-encoding": encoding})
+    assert r.status_code == 400
+    assert r.text.startswith(message), r.text
+    assert pub.events == []
+
+
+@pytest.mark.parametrize("encoding", ["br", "compress", "zstd", "gzip, br", b"\xff"])
+async def test_unknown_content_encoding_is_415_with_accept_encoding(make_client, encoding):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=b"{}", headers={"content-encoding": encoding})
+    assert r.status_code == 415
+    assert r.headers["accept-encoding"] == "gzip, deflate"
+    assert pub.events == []
+
+
+async def test_requests_in_flight_are_bounded_with_503_and_retry_after(make_client):
+    client, pub, _ = await make_client(http=HttpServerSettings(max_in_flight_requests=2))
+    pub.gate = asyncio.Event()
+    held = [asyncio.create_task(client.post("/trigger", json={"i": i})) for i in range(2)]
+    while pub.in_flight < 2:
+        await asyncio.sleep(0.01)
+    over = await client.post("/trigger", json={"i": 2})
+    assert over.status_code == 503
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["connection"] == "close"  # its body was never read
+    assert (await client.get("/health")).status_code == 200  # probes are not refused
+    pub.gate.set()
+    assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+    assert (await client.post("/trigger", json={"i": 3})).status_code == 200
+    assert sorted(e.data["body"]["i"] for e in pub.events) == [0, 1, 3]

@@ -174,7 +174,7 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _run_standalone(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.adapters.httpserver import QuietServer
+    from app.adapters.httpserver import QuietServer, guarded_protocol
     from app.compose.loading import load_for_run
     from app.compose.runtime import Standalone
     from app.compose.server import build_app
@@ -190,6 +190,8 @@ async def _run_standalone(args: argparse.Namespace, settings: Settings) -> int:
         cfg = uvicorn.Config(
             build_app(rt), host=settings.api_host, port=settings.api_port,
             log_level="warning", access_log=False, lifespan="off",
+            http=guarded_protocol(settings.http),
+            timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
         )  # fmt: skip
         server = QuietServer(cfg)
         api_task = asyncio.create_task(server.serve())

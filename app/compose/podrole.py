@@ -34,7 +34,7 @@ import yaml
 from fastapi import FastAPI, Response
 
 from app import __version__
-from app.adapters.httpserver import QuietServer
+from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.adapters.kube import ApiKube, KubeError, current_namespace
 from app.adapters.metrics import Metrics
 from app.adapters.secrets import ManifestSecrets
@@ -252,6 +252,8 @@ class PodRole:
                 cfg = uvicorn.Config(
                     self.app(), host=self.settings.api_host, port=self.settings.api_port,
                     log_level="warning", access_log=False, lifespan="off",
+                    http=guarded_protocol(self.settings.http),
+                    timeout_keep_alive=self.settings.http.keep_alive_timeout_seconds,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(QuietServer(cfg).serve(), name="pod-api"))
             await self._start(obj)

@@ -289,6 +289,7 @@ class Standalone:
                     log=logging.getLogger(f"triggerfish.source.{key}"),
                     metrics=self.metrics,
                     bind_host=self.settings.bind_host,
+                    http=self.settings.http,
                 )
                 plugin = REGISTRY.load(key)(
                     es.metadata.name, es.metadata.namespace or "default", events, ctx

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.kernel.errors import ConfigError
@@ -67,6 +67,34 @@ class SensorSettings(BaseModel):
     max_retry_delay_seconds: float = Field(30.0, description="cap on a single backoff")
 
 
+class HttpServerSettings(BaseModel):
+    """Limits of the HTTP servers a process runs (webhook ports, operations API).
+
+    They keep one hostile or slow client from holding memory or connections: the request
+    head must arrive within ``header_timeout_seconds`` and fit in ``max_header_bytes``
+    (else 408 / 431 and the connection is closed), the body within
+    ``body_timeout_seconds`` once the head is in (else 408), and a webhook port handles
+    at most ``max_in_flight_requests`` event requests at once (more get 503 +
+    ``Retry-After`` before their body is read).
+    """
+
+    header_timeout_seconds: float = Field(
+        10.0, description="from a request's first byte (or the connection) to its last header"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, description="from the last header to the body's last byte"
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, description="request line plus headers; larger heads get 431"
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, description="idle keep-alive connections are closed after this"
+    )
+    max_in_flight_requests: int = Field(
+        1024, description="event requests one webhook port handles at once; more get 503"
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one Triggerfish process."""
 
@@ -86,11 +114,17 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="address of the API/metrics server")
     api_port: int = Field(8080, description="port of the API/metrics server; 0 = off")
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="when set, /metrics and /api/v1/* require 'Authorization: Bearer <token>'"
+        " (/healthz and /readyz stay open for probes)",
+    )
     log_format: Literal["text", "json"] = Field("text", description="'text' or 'json'")
     log_level: str = Field("INFO", description="Python logging level name")
     bus: BusSettings = Field(default_factory=BusSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
 
     @field_validator("log_level")
     @classmethod
