@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from sensors.triggers.k8s_config import K8sTriggerConfig
 
 from app.adapters.kube import ApiKube
 from app.kernel.errors import PermanentError
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.triggers.base import Invocation, TriggerContext
-from sensors.triggers.k8s import ANNOTATION_KEY, NAME_HASH_CHARS, K8sTrigger
+from sensors.triggers.k8s import ANNOTATION_KEY, NAME_HASH_CHARS, K8sTrigger, K8sTriggerConfig
 from tests.fakekube.harness import KubeApi
 
 NS = "ns1"
