@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[DEPENDENCY=]FILE",
         help="event JSON: webhook-shaped data, a body, or a CloudEvent (repeatable)",
     )
+    tst.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or one JSON document for scripts",
+    )
 
     crds = sub.add_parser(
         "crds", help="print the EventBus/EventSource/Sensor CRDs (YAML for kubectl apply -f -)"
@@ -315,7 +321,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "test":
         from app.compose.offline import run_offline_sync
 
-        return run_offline_sync(args.sensor, args.event, sys.stdout)
+        return run_offline_sync(args.sensor, args.event, sys.stdout, args.output)
     if args.cmd == "controller":
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_controller(args))

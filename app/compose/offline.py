@@ -71,14 +71,42 @@ def _match(ev: Event, dep: str | None, deps: list[Any], used: set[str]) -> str:
     return str(deps[0].name)
 
 
+def why_not_fired(t: Trace) -> str:
+    """One sentence: why no trigger fired for the event of ``t``."""
+    if t.error:
+        return f"the event could not be processed: {t.error}"
+    if t.filtered:
+        return f"the event did not pass the filters of dependency {t.dependency}"
+    waiting = t.conditions.get("waiting") if isinstance(t.conditions, dict) else None
+    if waiting:
+        return "conditions not met yet: " + "; ".join(
+            f"trigger {name} waits for {cond!r}" for name, cond in sorted(waiting.items())
+        )
+    return "no trigger depends on this dependency"
+
+
 def _print_trace(out: TextIO, n: int, t: Trace) -> None:
     out.write(
         f"event {n}: {t.event_source}/{t.event_name} id={t.event_id} → dependency {t.dependency}\n"
     )
-    if t.conditions:
-        out.write(f"  conditions: {json.dumps(t.conditions)}\n")
+    verdict = "rejected" if t.filtered else "passed"
+    if t.filters:
+        out.write(f"  filters: {verdict}\n")
+        for reason in t.filters:
+            out.write(f"    - {reason}\n")
+    else:
+        out.write(f"  filters: {verdict} (no filters)\n")
+    if t.conditions and not t.filtered:
+        state = t.conditions.get("state")
+        if t.conditions.get("satisfied") is True:
+            out.write("  conditions: satisfied\n")
+        elif isinstance(state, dict):
+            for name, have in sorted(state.items()):
+                out.write(f"  conditions of {name}: have {', '.join(have) or 'nothing'}\n")
+        else:
+            out.write(f"  conditions: {json.dumps(t.conditions)}\n")
     if not t.fired:
-        out.write("  no trigger fired\n")
+        out.write(f"  no trigger fired: {why_not_fired(t)}\n")
     for o in t.triggers:
         d = o.detail
         what = f"{o.action} {d.get('kind', '')} {d.get('namespace', '')}/{d.get('name', '')}"
@@ -92,19 +120,23 @@ def _print_trace(out: TextIO, n: int, t: Trace) -> None:
             )
         if o.error:
             out.write(f"    error: {o.error}\n")
-    if t.error:
+    if t.error and t.fired:
         out.write(f"  error: {t.error}\n")
 
 
-async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> int:
+async def run_offline(
+    sensor_file: str, event_files: list[str], out: TextIO, output: str = "text"
+) -> int:
+    """Run the Sensor in ``sensor_file`` against ``event_files`` and report to ``out``
+    (``output``: ``text`` for people, ``json`` for scripts). Exit code: 0 when a trigger
+    fired, 1 when none would, 2 for invalid input."""
     res = load_paths([sensor_file])
     if res.errors:
         for e in res.errors:
             out.write(f"error {e}\n")
         return 2
     if len(res.sensors) != 1:
-        out.write(f"error {sensor_file}: expected exactly one Sensor, found {len(res.sensors)}\n")
-        return 2
+        raise ConfigError(f"{sensor_file}: expected exactly one Sensor, found {len(res.sensors)}")
     sensor = res.sensors[0].obj
     kube = RecordingKube()
     bus = OfflineBus()
@@ -114,6 +146,7 @@ async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> 
     deps = list(sensor.spec.dependencies)
     used: set[str] = set()
     fired = 0
+    seen: list[Trace] = []
     for n, path in enumerate(event_files, 1):
         dep_hint, ev = read_event(path, deps)
         dep = _match(ev, dep_hint, deps, used)
@@ -123,8 +156,22 @@ async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> 
             ev.source, ev.subject = d.event_source_name, d.event_name
         await runner.handle(dep, OfflineMessage(ev))
         trace = traces.recent(1)[0]
-        _print_trace(out, n, trace)
+        seen.append(trace)
+        if output == "text":
+            _print_trace(out, n, trace)
         fired += sum(1 for o in trace.triggers if o.status == "succeeded")
+    if output == "json":
+        doc = {
+            "sensor": f"{sensor.metadata.namespace or 'default'}/{sensor.metadata.name}",
+            "events": [
+                {**t.to_dict(), **({} if t.fired else {"notFired": why_not_fired(t)})} for t in seen
+            ],
+            "actions": [{"action": verb, "object": obj} for verb, obj in kube.actions],
+            "deadLetters": bus.dead_letters,
+            "firings": fired,
+        }
+        out.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return 0 if fired else 1
     for verb, obj in kube.actions:
         out.write(f"--- would {verb}:\n")
         out.write(yaml.safe_dump(obj, sort_keys=False))
@@ -134,5 +181,7 @@ async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> 
     return 0 if fired else 1
 
 
-def run_offline_sync(sensor_file: str, event_files: list[str], out: TextIO) -> int:
-    return asyncio.run(run_offline(sensor_file, event_files, out))
+def run_offline_sync(
+    sensor_file: str, event_files: list[str], out: TextIO, output: str = "text"
+) -> int:
+    return asyncio.run(run_offline(sensor_file, event_files, out, output))
