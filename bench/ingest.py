@@ -79,6 +79,9 @@ class _CountingMetrics:
     def event_filtered(self, source: str, event_name: str) -> None:
         pass
 
+    def http_request(self, source: str, status: int) -> None:
+        pass
+
 
 class _NoSecrets:
     async def get(self, namespace: str, name: str, key: str) -> str:

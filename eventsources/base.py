@@ -37,6 +37,9 @@ class SourceMetrics(Protocol):
 
     def event_filtered(self, source: str, event_name: str) -> None: ...
 
+    def http_request(self, source: str, status: int) -> None:
+        """A request a source's HTTP server answered (webhook-style sources)."""
+
 
 class _NullMetrics:
     def event_sent(self, source: str, event_name: str) -> None:
@@ -46,6 +49,9 @@ class _NullMetrics:
         pass
 
     def event_filtered(self, source: str, event_name: str) -> None:
+        pass
+
+    def http_request(self, source: str, status: int) -> None:
         pass
 
 

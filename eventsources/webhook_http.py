@@ -407,6 +407,21 @@ class WebhookApp:
             if kind == "lifespan":
                 await _lifespan(receive, send)
             return
+        status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._http(scope, receive, counted)
+        finally:
+            if status:
+                self._dispatch.metrics.http_request(self._dispatch.source_name, status)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A rejection that leaves a request body unread closes the connection (as Go's
         # server does): a client waiting on ``Expect: 100-continue`` never sends the
         # body, and its next request must not be read as that body.

@@ -329,7 +329,7 @@ class SensorRunner:
                     self.bus.consume(
                         self.bus_name,
                         subject,
-                        f"{self.namespace}-{self.name}-{dep.name}",
+                        self.durable_for(dep.name),
                         self._handler(dep.name),
                         concurrency=self.concurrency if self.fast_path else 1,
                         ack_wait_seconds=self.ack_wait_seconds,
@@ -407,6 +407,10 @@ class SensorRunner:
 
         return handle
 
+    def durable_for(self, dep: str) -> str:
+        """The durable consumer name of dependency ``dep`` (shared by every replica)."""
+        return f"{self.namespace}-{self.name}-{dep}"
+
     # -- per event ----------------------------------------------------------------------
     async def handle(self, dep: str, msg: Message) -> None:
         """Process one delivered event of dependency ``dep``; ack when done."""
@@ -425,11 +429,13 @@ class SensorRunner:
             "event received sensor=%s dependency=%s source=%s/%s id=%s delivery=%d",
             self.name, dep, ev.source, ev.subject, ev.id, msg.num_delivered,
         )  # fmt: skip
+        self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
             verdict = self.filters[dep].evaluate(ev)
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
+                self.metrics.sensor_events_filtered.labels(self.namespace, self.name, dep).inc()
                 log.info(
                     "event filtered sensor=%s dependency=%s id=%s: %s",
                     self.name, dep, ev.id, "; ".join(verdict.reasons),
@@ -448,7 +454,7 @@ class SensorRunner:
             # Not durable and not done (bus down while dead-lettering, state store
             # unavailable): leave it unacked so it is redelivered.
             trace.error = f"{type(e).__name__}: {e}"
-            self.metrics.events_processing_failed.labels(self.namespace, self.name).inc()
+            self.metrics.sensor_events_processing_failed.labels(self.namespace, self.name).inc()
             log.warning(
                 "sensor %s: event %s not done, will be redelivered: %s", self.name, ev.id, e
             )
@@ -463,7 +469,7 @@ class SensorRunner:
                     self.name, ev.id, dep, trace.filtered, trace.fired, results,
                     extra={"trace": trace},  # serialised only by the JSON formatter
                 )  # fmt: skip
-            self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
+            self.metrics.sensor_event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
             )
 
@@ -541,9 +547,11 @@ class SensorRunner:
                 result: TriggerResult = await plugin.execute(inv)
             except PermanentError as e:
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 break
             except Exception as e:  # transient or unexpected: retry within bounds
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 if not isinstance(e, TriggerfishError):
                     log.exception("trigger %s/%s raised unexpectedly", self.name, t.name)
                 if attempt < len(delays):
@@ -574,7 +582,7 @@ class SensorRunner:
             )  # fmt: skip
             return outcome
         # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
-        self.metrics.action_failed.labels(*labels).inc()
+        self.metrics.action_retries_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
         if t.dlq is not None:

@@ -49,6 +49,7 @@ class RecordingMetrics:
         self.sent: list[tuple[str, str]] = []
         self.failed: list[tuple[str, str]] = []
         self.filtered: list[tuple[str, str]] = []
+        self.statuses: list[int] = []
 
     def event_sent(self, source: str, event_name: str) -> None:
         self.sent.append((source, event_name))
@@ -58,6 +59,9 @@ class RecordingMetrics:
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.filtered.append((source, event_name))
+
+    def http_request(self, source: str, status: int) -> None:
+        self.statuses.append(status)
 
 
 class Publisher:

@@ -304,6 +304,15 @@ class Bus:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
         return StateStore(kv)
 
+    async def consumer_lag(self, bus: str, durable: str) -> tuple[int, int] | None:
+        """``(pending, ack_pending)`` of a durable consumer: events not yet delivered and
+        events delivered but not acked; ``None`` when the bus or the consumer is not there."""
+        try:
+            info = await self._jetstream().consumer_info(subject_token(bus), subject_token(durable))
+        except (BusUnavailableError, TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return None
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
     # -- consume ----------------------------------------------------------------------
     async def consume(
         self,

@@ -104,7 +104,7 @@ class PodRole:
         self.kube = kube
         self.namespace = namespace
         self.nats_url = nats_url
-        self.metrics = Metrics(namespace)
+        self.metrics = Metrics(namespace, version=__version__)
         self.rt: Standalone | None = None
         self.served: dict[str, Any] = {}
         """The object the running runtime was built from."""

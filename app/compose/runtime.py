@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import __version__
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.kube import ApiKube, FileKube
-from app.adapters.metrics import Metrics
+from app.adapters.metrics import Metrics, SourceMetrics
 from app.adapters.natsserver import EmbeddedNats, last_line
 from app.adapters.secrets import ManifestSecrets
 from app.kernel.errors import (
@@ -74,7 +75,8 @@ class Standalone:
     def __init__(self, manifests: Manifests, settings: Settings) -> None:
         self.m = manifests
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(version=__version__)
+        self._lag_task: asyncio.Task[None] | None = None
         self.traces = TraceStore()
         self.nats: EmbeddedNats | None = None
         self.bus: Bus | None = None
@@ -137,6 +139,8 @@ class Standalone:
             log.info("embedded nats-server (JetStream) on %s, store %s", url, self.nats.store_dir)
         self.bus = Bus(self.settings.bus, url)
         await self.bus.connect()
+        bus = self.bus
+        self.metrics.watch_bus(lambda: bus.connected)
         for name in sorted(self._bus_names()):
             limits = self._limits(name)
             try:
@@ -283,11 +287,13 @@ class Standalone:
             bus_name = getattr(es.spec, "event_bus_name", None) or "default"
             for key, events in source_plugins(es):
                 events = self._remap_ports(events)
+                namespace = es.metadata.namespace or "default"
+                source_metrics = self.metrics.for_namespace(namespace)
                 ctx = SourceContext(
-                    publish=self._publisher(bus_name),
+                    publish=self._publisher(bus_name, source_metrics),
                     secrets=secrets,
                     log=logging.getLogger(f"triggerfish.source.{key}"),
-                    metrics=self.metrics,
+                    metrics=source_metrics,
                     bind_host=self.settings.bind_host,
                     http=self.settings.http,
                 )
@@ -295,14 +301,32 @@ class Standalone:
                     es.metadata.name, es.metadata.namespace or "default", events, ctx
                 )
                 self.sources.append(plugin)
+                source_metrics.running(es.metadata.name, len(events))
                 task = asyncio.create_task(plugin.run(), name=f"source:{es.metadata.name}:{key}")
                 self._tasks.append(task)
         for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
             await self._wait_until(plugin.ready, task, f"event source {plugin.source_name}")
+        self._lag_task = asyncio.create_task(self._report_lag(), name="consumer-lag")
         self.ready.set()
         log.info(
             "ready: %d event source(s), %d sensor(s)", len(self.m.event_sources), len(self.runners)
         )
+
+    async def _report_lag(self) -> None:
+        """Keep the consumer-lag gauges of every sensor dependency current (a scrape must
+        not wait on the bus, so they are polled here)."""
+        bus = self.bus
+        assert bus is not None
+        while True:
+            for runner in self.runners:
+                for dep in runner.deps:
+                    lag = await bus.consumer_lag(runner.bus_name, runner.durable_for(dep.name))
+                    if lag is None:
+                        continue
+                    labels = (runner.namespace, runner.name, dep.name)
+                    self.metrics.sensor_consumer_pending.labels(*labels).set(lag[0])
+                    self.metrics.sensor_consumer_ack_pending.labels(*labels).set(lag[1])
+            await asyncio.sleep(self.settings.bus.lag_poll_seconds)
 
     def _remap_ports(self, events: dict[str, Any]) -> dict[str, Any]:
         """Apply ``--port-map`` to configs that listen on a port (webhook-like)."""
@@ -317,15 +341,19 @@ class Standalone:
             out[name] = cfg
         return out
 
-    def _publisher(self, bus_name: str) -> Any:
+    def _publisher(self, bus_name: str, source_metrics: SourceMetrics) -> Any:
         bus = self.bus
         assert bus is not None
 
         metrics = self.metrics
 
         async def publish(event: Any) -> None:
+            t0 = time.perf_counter()
             try:
                 await bus.publish(bus_name, event)
+                source_metrics.publish_duration(
+                    event.source, event.subject, (time.perf_counter() - t0) * 1000
+                )
             except StreamFullError:
                 metrics.publish_rejected(bus_name, "stream_full")
                 raise
@@ -386,6 +414,11 @@ class Standalone:
             with contextlib.suppress(BaseException):
                 await self._supervisor
             self._supervisor = None
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lag_task
+            self._lag_task = None
         n_sensors = len(self.runners)
         for t in self._tasks[n_sensors:] + self._tasks[:n_sensors]:
             t.cancel()

@@ -34,6 +34,9 @@ class BusSettings(BaseModel):
         30.0, description="redelivery delay for an unacked sensor message"
     )
     fetch_batch: int = Field(256, description="messages pulled per fetch by a sensor")
+    lag_poll_seconds: float = Field(
+        5.0, description="how often the consumer-lag metrics of sensors are refreshed"
+    )
     max_ack_pending: int = Field(
         4096, description="unacked messages a sensor consumer may hold at once"
     )

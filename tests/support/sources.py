@@ -32,3 +32,6 @@ class CountingMetrics:
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.counts["filtered", event_name] += 1
+
+    def http_request(self, source: str, status: int) -> None:
+        self.counts["http", str(status)] += 1
