@@ -220,3 +220,22 @@ def test_two_event_sources_on_one_port_warn_here_and_stop_run(tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match="port 12000 is also bound"):
         load_for_run([str(tmp_path)])
+
+
+def test_every_compose_stack_loads_strictly() -> None:
+    """Each Triggerfish service of docker-compose.yml runs manifests that validate with
+    --strict: every Sensor dependency is served by an EventSource of the same stack."""
+    repo = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
+    stacks = [
+        svc["command"] for svc in compose["services"].values() if svc.get("build") == "."
+    ]
+    assert len(stacks) >= 2
+    for command in stacks:
+        files = [
+            command[i + 1].replace("/app/", f"{repo}/")
+            for i, arg in enumerate(command)
+            if arg == "-f"
+        ]
+        out = io.StringIO()
+        assert validate_paths(files, out, strict=True) == 0, out.getvalue()
