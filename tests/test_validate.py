@@ -227,9 +227,7 @@ def test_every_compose_stack_loads_strictly() -> None:
     --strict: every Sensor dependency is served by an EventSource of the same stack."""
     repo = Path(__file__).resolve().parents[1]
     compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
-    stacks = [
-        svc["command"] for svc in compose["services"].values() if svc.get("build") == "."
-    ]
+    stacks = [svc["command"] for svc in compose["services"].values() if svc.get("build") == "."]
     assert len(stacks) >= 2
     for command in stacks:
         files = [
