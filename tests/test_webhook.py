@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -800,3 +801,183 @@ async def test_requests_in_flight_are_bounded_with_503_and_retry_after(make_clie
     assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
     assert (await client.post("/trigger", json={"i": 3})).status_code == 200
     assert sorted(e.data["body"]["i"] for e in pub.events) == [0, 1, 3]
+
+
+# -- the edges of the contract ---------------------------------------------------------
+
+
+async def test_invalid_content_length_is_400(make_client):
+    client, pub, _ = await make_client()
+    request = client.build_request("POST", "/trigger", content=b"{}")
+    request.headers["content-length"] = "two"
+    r = await client.send(request)
+    assert (r.status_code, r.text) == (400, "invalid Content-Length")
+    assert pub.events == []
+
+
+async def test_error_answers_carry_their_text_and_length(make_client):
+    client, _, _ = await make_client({"trigger": cfg(maxPayloadSize=8)})
+    for method, path, body, status, text in [
+        ("PUT", "/trigger", b"", 405, "method not allowed"),
+        ("POST", "/nope", b"", 404, "404 page not found"),
+        ("POST", "/trigger", b"[1, 2, 3, 4, 5]", 413, "request body too large"),
+        ("POST", "/trigger", b"[1", 400, None),
+        ("POST", "/trigger", b"[1]", 200, "success"),
+    ]:
+        r = await client.request(method, path, content=body)
+        assert r.status_code == status, (method, path)
+        if text is not None:
+            assert r.text == text
+        assert r.headers["content-length"] == str(len(r.content))
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (await client.put("/trigger")).headers["allow"] == "POST"
+
+
+async def test_401_without_a_body_keeps_the_connection(make_client):
+    events, secrets = _auth_source()
+    client, _, _ = await make_client(events, secrets=secrets)
+    r = await client.post("/trigger", headers={"content-length": "0"})
+    assert r.status_code == 401 and "connection" not in r.headers
+    wrong = await client.post("/trigger", headers={"authorization": "Bearer x"})
+    assert wrong.status_code == 401 and "connection" not in wrong.headers
+    chunked = await client.post("/trigger", content=_chunks(b"{}"))
+    assert chunked.status_code == 401 and chunked.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("headers", "closes"),
+    [
+        ([(b"content-length", b"0")], False),
+        ([(b"content-length", b"2")], True),
+        ([(b"transfer-encoding", b"chunked")], True),
+        ([(b"x-other", b"1")], False),
+    ],
+)
+async def test_rejection_closes_only_when_a_body_was_announced(headers, closes):
+    app = await _app()
+    for path, method in (("/nope", "POST"), ("/trigger", "PUT")):
+        sent = await _call(app, path, method, headers, [{"type": "http.request"}])
+        start_headers = dict(sent[0]["headers"])
+        assert (start_headers.get(b"connection") == b"close") is closes, (path, headers)
+
+
+async def test_asgi_messages_without_optional_keys(make_client):
+    # ASGI lets a server leave out "body" and "more_body" (defaults b"" and False)
+    app, pub = await _app_and_publisher()
+    sent = await _call(app, "/trigger", "POST", [], [{"type": "http.request"}])
+    assert sent[0]["status"] == 200 and pub.events[0].data["body"] is None
+    parts = [
+        {"type": "http.request", "body": b"[1", "more_body": True},
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": b"]"},
+    ]
+    sent = await _call(app, "/trigger", "POST", [], parts)
+    assert sent[0]["status"] == 200 and pub.events[1].data["body"] == [1]
+
+
+async def test_lifespan_is_answered():
+    app = await _app()
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app({"type": "lifespan"}, receive, send), 5)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    await asyncio.wait_for(app({"type": "websocket"}, receive, send), 5)  # ignored
+    assert len(sent) == 2
+
+
+async def test_header_never_seen_before_is_canonicalised_every_time(make_client):
+    client, pub, _ = await make_client()
+    name = f"x-probe-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):  # the second time from the name cache
+        assert (await client.post("/trigger", json={}, headers={name: "v"})).status_code == 200
+    canonical = canonical_header_name(name)
+    assert [e.data["header"][canonical] for e in pub.events] == [["v"], ["v"]]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded; charset=utf-8",
+        "Application/X-WWW-Form-Urlencoded ; charset=utf-8; x=y",
+    ],
+)
+async def test_form_content_type_with_parameters_is_a_form(make_client, content_type):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=b"a=1", headers={"content-type": content_type})
+    assert r.status_code == 200 and pub.events[0].data["body"] == {"a": ["1"]}
+    r = await client.post("/trigger", content=b"[1,2]", headers={"content-type": content_type})
+    assert r.status_code == 200 and pub.events[1].data["body"] == [1, 2]
+
+
+async def test_bytes_that_are_not_utf8_are_replaced_in_forms_and_queries(make_client):
+    client, pub, _ = await make_client()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = await client.post("/trigger", content=b"a=\xff\xfe", headers=form)
+    assert r.status_code == 200 and pub.events[0].data["body"] == {"a": ["\ufffd\ufffd"]}
+    app, pub2 = await _app_and_publisher({"get": cfg(endpoint="/g", method="GET")})
+    sent = await _call(app, "/g", "GET", [], [{"type": "http.request"}], query=b"a=\xff")
+    assert sent[0]["status"] == 200 and pub2.events[0].data["body"] == {"a": ["\ufffd"]}
+
+
+async def test_503_warnings_are_rate_limited(make_client, caplog):
+    client, pub, _ = await make_client()
+    pub.fail_with = BusUnavailableError("down")
+    with caplog.at_level(logging.WARNING, logger="test.webhook"):
+        for _ in range(3):
+            assert (await client.post("/trigger", json={})).status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.webhook"]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("answered 503: down")
+
+
+async def _app_and_publisher(
+    events: Mapping[str, WebhookConfig] | None = None,
+) -> tuple[Any, Publisher]:
+    publisher = Publisher()
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        events or {"trigger": cfg()},
+        SourceContext(publish=publisher, secrets=FakeSecrets({}), metrics=RecordingMetrics(),
+                      log=logging.getLogger("test.webhook")),
+    )  # fmt: skip
+    apps = await source.prepare()
+    return apps[12000], publisher
+
+
+async def _app() -> Any:
+    return (await _app_and_publisher())[0]
+
+
+async def _call(
+    app: Any,
+    path: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    incoming: list[dict[str, Any]],
+    query: bytes = b"",
+) -> list[dict[str, Any]]:
+    """Drive the ASGI app directly with the given request messages; what it sent."""
+    sent: list[dict[str, Any]] = []
+    pending = list(incoming)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers,
+             "query_string": query}  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    return sent
