@@ -119,6 +119,7 @@ class Standalone:
                 else d.duplicates_seconds
             ),
             discard_new=lim.discard != 0,
+            retention=lim.retention or 0,
         )
 
     def _exotic_url(self) -> str:
