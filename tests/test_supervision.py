@@ -2,7 +2,8 @@
 
 * A second ``triggerfish run`` on a state directory in use refuses with one line naming
   the holder's PID, exits non-zero, and leaves the first instance and its nats-server
-  alone (it used to take that server for a leftover and kill it).
+  alone (it used to take that server for a leftover and kill it); a server whose owner
+  is dead is still found and replaced.
 * SIGKILL of the embedded nats-server mid-burst: Triggerfish starts it again on the same
   store and port, and every event answered 200 before, during or after produces exactly
   one Workflow.
@@ -28,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.adapters.natsserver import find_binary, kill_pid
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
 from tests.test_seed_e2e import SEED, list_workflows, params_of
@@ -117,6 +119,31 @@ def test_second_instance_on_same_state_dir_refuses_and_touches_nothing(
         assert _post(url2, "third").status_code == 200
     finally:
         tf2.stop()
+
+
+@pytest.mark.slow
+def test_server_left_behind_by_a_dead_instance_is_replaced(tmp_path: Path, kube_api: Any) -> None:
+    store = (tmp_path / "state" / "nats").resolve()
+    store.mkdir(parents=True)
+    # what a SIGKILLed instance can leave: its server on this store, its PID file
+    orphan = subprocess.Popen(
+        [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
+         "-sd", str(store / "jetstream")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    (store / "nats-server.pid").write_text(str(orphan.pid))
+    try:
+        tf, url = _start(tmp_path, kube_api)
+        try:
+            assert orphan.wait(timeout=15) is not None  # stopped: no live owner held the lock
+            assert _nats_pid(tf) != orphan.pid
+            assert "left behind by an earlier run" in tf.log()
+            assert _post(url, "fresh").status_code == 200
+            _assert_each_once(kube_api, tf, {"fresh"})
+        finally:
+            tf.stop()
+    finally:
+        kill_pid(orphan.pid)
 
 
 @pytest.mark.slow
