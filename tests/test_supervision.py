@@ -212,6 +212,9 @@ def test_bus_that_cannot_restart_is_reported_then_recovers_on_a_new_port(
         assert httpx.get(f"{api}/readyz", timeout=5).json()["busServer"] == "restarting"
         r = _post(url, "during")
         assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+        metrics = httpx.get(f"{api}/metrics", timeout=5).text
+        assert 'triggerfish_bus_publish_rejected_total{eventbus_name="default",' \
+               'reason="unavailable"} 1.0' in metrics, metrics  # fmt: skip
         wait_for(lambda: httpx.get(f"{api}/healthz", timeout=5).status_code == 503, timeout=30)
 
         # its port is taken meanwhile, then the store comes back
@@ -233,3 +236,16 @@ def test_bus_that_cannot_restart_is_reported_then_recovers_on_a_new_port(
     finally:
         squatter.close()
         assert tf.stop() == 0, tf.log()
+
+
+@pytest.mark.slow
+def test_stop_while_the_bus_cannot_restart_exits_cleanly(tmp_path: Path, kube_api: Any) -> None:
+    tf, _ = _start(tmp_path, kube_api)
+    store = tf.state_dir / "nats" / "jetstream"
+    store.rename(tf.state_dir / "nats" / "jetstream.aside")
+    store.write_text("not a directory")
+    os.kill(_nats_pid(tf), signal.SIGKILL)
+    wait_for(lambda: "did not restart" in tf.log(), timeout=15)
+    assert tf.stop() == 0, tf.log()
+    assert not (tf.state_dir / "nats" / "nats-server.pid").exists()
+    assert "stopped" in tf.log()
