@@ -28,6 +28,7 @@ from app.kernel.events import Event
 from app.kernel.settings import BusSettings, Settings
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
+from tests.support.sensors import eventually
 from tests.test_seed_e2e import SEED, list_workflows, params_of
 
 
@@ -95,6 +96,36 @@ async def test_discard_old_when_the_eventbus_asks_and_switching_an_existing_stre
         await bus.close()
 
 
+async def test_interest_retention_frees_consumed_events(
+    nats_server: EmbeddedNats, bus_settings: BusSettings
+) -> None:
+    """With ``retention: 1`` the limits count only events some consumer has not acked."""
+    bus = Bus(bus_settings, nats_server.url)
+    await bus.connect()
+    nc = await nats.connect(nats_server.url)
+    try:
+        await bus.ensure_stream("busy", StreamLimits(max_msgs=3, retention=1))
+        sub = await nc.jetstream().pull_subscribe("busy.>", durable="sensor", stream="busy")
+        for i in range(3):
+            await bus.publish("busy", _event(i))
+        with pytest.raises(StreamFullError):  # three unconsumed: full
+            await bus.publish("busy", _event(3))
+        for m in await sub.fetch(3, timeout=5):
+            await m.ack_sync()
+
+        async def emptied() -> bool:
+            info = await nc.jetstream().stream_info("busy")
+            return int(info.state.messages) == 0
+
+        await eventually(emptied, "acked events removed")
+        for i in range(3, 6):
+            await bus.publish("busy", _event(i))  # room again
+        assert await _stored_ids(nats_server.url, "busy") == ["e3", "e4", "e5"]
+    finally:
+        await nc.close()
+        await bus.close()
+
+
 BUS_TEMPLATE = """\
 apiVersion: argoproj.io/v1alpha1
 kind: EventBus
@@ -121,14 +152,20 @@ def _manifests(tmp_path: Path, stream_config: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("config", "discard_new"),
-    [("maxMsgs: 10", True), ("maxMsgs: 10\ndiscard: 1", True), ("discard: 0", False)],
+    ("config", "discard_new", "retention"),
+    [
+        ("maxMsgs: 10", True, 0),
+        ("maxMsgs: 10\ndiscard: 1", True, 0),
+        ("discard: 0", False, 0),
+        ("retention: 1", True, 1),
+    ],
 )
-def test_eventbus_discard_setting_reaches_the_stream(
-    tmp_path: Path, config: str, discard_new: bool
+def test_eventbus_discard_and_retention_reach_the_stream(
+    tmp_path: Path, config: str, discard_new: bool, retention: int
 ) -> None:
     rt = Standalone(load_for_run([str(_manifests(tmp_path, config))]), Settings())
-    assert rt._limits("default").discard_new is discard_new
+    limits = rt._limits("default")
+    assert (limits.discard_new, limits.retention) == (discard_new, retention)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 * A second ``triggerfish run`` on a state directory in use refuses with one line naming
   the holder's PID, exits non-zero, and leaves the first instance and its nats-server
-  alone (it used to take that server for a leftover and kill it).
+  alone (it used to take that server for a leftover and kill it); a server whose owner
+  is dead is still found and replaced.
 * SIGKILL of the embedded nats-server mid-burst: Triggerfish starts it again on the same
   store and port, and every event answered 200 before, during or after produces exactly
   one Workflow.
@@ -28,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.adapters.natsserver import find_binary, kill_pid
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
 from tests.test_seed_e2e import SEED, list_workflows, params_of
@@ -120,6 +122,31 @@ def test_second_instance_on_same_state_dir_refuses_and_touches_nothing(
 
 
 @pytest.mark.slow
+def test_server_left_behind_by_a_dead_instance_is_replaced(tmp_path: Path, kube_api: Any) -> None:
+    store = (tmp_path / "state" / "nats").resolve()
+    store.mkdir(parents=True)
+    # what a SIGKILLed instance can leave: its server on this store, its PID file
+    orphan = subprocess.Popen(
+        [find_binary(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
+         "-sd", str(store / "jetstream")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    (store / "nats-server.pid").write_text(str(orphan.pid))
+    try:
+        tf, url = _start(tmp_path, kube_api)
+        try:
+            assert orphan.wait(timeout=15) is not None  # stopped: no live owner held the lock
+            assert _nats_pid(tf) != orphan.pid
+            assert "left behind by an earlier run" in tf.log()
+            assert _post(url, "fresh").status_code == 200
+            _assert_each_once(kube_api, tf, {"fresh"})
+        finally:
+            tf.stop()
+    finally:
+        kill_pid(orphan.pid)
+
+
+@pytest.mark.slow
 def test_embedded_nats_sigkill_mid_burst_is_restarted_and_nothing_is_lost(
     tmp_path: Path, kube_api: Any
 ) -> None:
@@ -185,6 +212,9 @@ def test_bus_that_cannot_restart_is_reported_then_recovers_on_a_new_port(
         assert httpx.get(f"{api}/readyz", timeout=5).json()["busServer"] == "restarting"
         r = _post(url, "during")
         assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+        metrics = httpx.get(f"{api}/metrics", timeout=5).text
+        assert 'triggerfish_bus_publish_rejected_total{eventbus_name="default",' \
+               'reason="unavailable"} 1.0' in metrics, metrics  # fmt: skip
         wait_for(lambda: httpx.get(f"{api}/healthz", timeout=5).status_code == 503, timeout=30)
 
         # its port is taken meanwhile, then the store comes back
@@ -206,3 +236,16 @@ def test_bus_that_cannot_restart_is_reported_then_recovers_on_a_new_port(
     finally:
         squatter.close()
         assert tf.stop() == 0, tf.log()
+
+
+@pytest.mark.slow
+def test_stop_while_the_bus_cannot_restart_exits_cleanly(tmp_path: Path, kube_api: Any) -> None:
+    tf, _ = _start(tmp_path, kube_api)
+    store = tf.state_dir / "nats" / "jetstream"
+    store.rename(tf.state_dir / "nats" / "jetstream.aside")
+    store.write_text("not a directory")
+    os.kill(_nats_pid(tf), signal.SIGKILL)
+    wait_for(lambda: "did not restart" in tf.log(), timeout=15)
+    assert tf.stop() == 0, tf.log()
+    assert not (tf.state_dir / "nats" / "nats-server.pid").exists()
+    assert "stopped" in tf.log()

@@ -58,7 +58,9 @@ class StreamLimits:
     """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited).
 
     ``discard_new``: at a limit, refuse new messages (default) rather than drop the
-    oldest (``streamConfig`` ``discard: 0``).
+    oldest (``streamConfig`` ``discard: 0``). ``retention``: 0 limits (every stored
+    message counts until ``max_age``), 1 interest (a message goes once every consumer
+    has acked it, so the limits count only unconsumed events), 2 work queue.
     """
 
     max_msgs: int = 1_000_000
@@ -67,7 +69,14 @@ class StreamLimits:
     replicas: int = 1
     duplicates_seconds: float = 300.0
     discard_new: bool = True
+    retention: int = 0
 
+
+_RETENTION = {
+    0: RetentionPolicy.LIMITS,
+    1: RetentionPolicy.INTEREST,
+    2: RetentionPolicy.WORK_QUEUE,
+}
 
 _STREAM_STORE_FAILED = 10077
 """JetStream's err_code for a store refusal; with discard *new* the description says
@@ -238,7 +247,7 @@ class Bus:
         cfg = StreamConfig(
             name=name,
             subjects=[f"{name}.>"],
-            retention=RetentionPolicy.LIMITS,
+            retention=_RETENTION[limits.retention],
             storage=StorageType.FILE,
             discard=DiscardPolicy.NEW if limits.discard_new else DiscardPolicy.OLD,
             max_msgs=limits.max_msgs or -1,

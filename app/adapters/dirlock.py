@@ -64,22 +64,6 @@ class DirLock:
         os.close(self._fd)  # closing the only descriptor drops the flock
         self._fd = None
 
-    def is_free(self) -> bool:
-        """True when nobody (this object included) holds the lock right now."""
-        if self._fd is not None:
-            return False
-        if not self.path.exists():
-            return True
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        else:
-            return True
-        finally:
-            os.close(fd)  # also drops the probe's shared lock
-
     def __enter__(self) -> DirLock:
         self.acquire()
         return self

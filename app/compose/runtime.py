@@ -121,6 +121,7 @@ class Standalone:
                 else d.duplicates_seconds
             ),
             discard_new=lim.discard != 0,
+            retention=lim.retention or 0,
         )
 
     def _exotic_url(self) -> str:
@@ -172,14 +173,15 @@ class Standalone:
             delay = 0.1
             while not self._stopping.is_set():
                 try:
-                    moved = await asyncio.to_thread(nats.restart)
+                    await asyncio.to_thread(nats.restart)
                 except TransientError as e:
                     log.error("embedded nats-server did not restart (%s); retrying in %.1fs",
                               last_line(str(e)), delay)  # fmt: skip
                     await self._stopping_within(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                if moved and self.bus is not None:
+                if self.bus is not None and self.bus.url != nats.url:
+                    # a port was taken meanwhile (maybe attempts ago): follow the server
                     self.bus.set_url(nats.url)
                 self.metrics.bus_server_restarts.inc()
                 log.warning("embedded nats-server restarted (pid %s) on %s after %.1fs",
