@@ -221,3 +221,38 @@ async def test_tls_port_cuts_slow_clients_and_survives_plain_http(
         assert (await client.post(url, json={"n": 2})).status_code == 200
     await asyncio.sleep(0.2)
     assert [m.event.data["body"] for m in stored] == [{"n": 1}, {"n": 2}]
+
+
+async def test_overload_is_503_with_retry_after_over_the_wire(
+    bus: Bus, stored: list[BusMessage]
+) -> None:
+    """With publishes held back, a port holds at most ``max_in_flight_requests``
+    requests; the rest are refused at once (before their body is read), and the held
+    ones complete when the bus answers again."""
+    number = free_port()
+    gate = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        await gate.wait()  # the bus is slow to answer
+        await bus.publish("default", event)
+
+    limits = HttpServerSettings(max_in_flight_requests=4)
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        {"trigger": cfg(number)},
+        SourceContext(publish=publish, secrets=NoSecrets(), bind_host="127.0.0.1", http=limits),
+    )
+    async with running(source), httpx.AsyncClient(timeout=30) as client:
+        url = f"http://127.0.0.1:{number}/trigger"
+        held = [asyncio.create_task(client.post(url, json={"i": i})) for i in range(4)]
+        app = (await source.prepare())[number]  # the running app (prepare is idempotent)
+        while app.in_flight < 4:
+            await asyncio.sleep(0.01)
+        refused = await asyncio.gather(*(client.post(url, json={"x": i}) for i in range(20)))
+        assert {(r.status_code, r.headers.get("retry-after")) for r in refused} == {(503, "1")}
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 4
+        assert (await client.post(url, json={"i": 4})).status_code == 200
+    await asyncio.sleep(0.2)
+    assert sorted(m.event.data["body"]["i"] for m in stored) == [0, 1, 2, 3, 4]
