@@ -92,7 +92,9 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     * ``authSecret``: Secret key holding a bearer token; requests must send
       ``Authorization: Bearer <token>`` (else 401). Read once at start (one trailing
       newline dropped, as Argo does), compared in constant time.
-    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413.
+    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413; for a
+      ``gzip``/``deflate`` body (decoded here; other codings get 415) the limit applies
+      to the decoded size.
     * ``metadata``: a string map copied into every event's data.
     * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
       are set the port serves HTTPS (all events on that port must agree).
@@ -118,6 +120,12 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     level with the reason. Requests are processed concurrently; there is no ordering
     between them.
     ``GET /health`` answers 200 on every port.
+
+    Limits (``ctx.http``, the ``TRIGGERFISH_HTTP__*`` settings): at most
+    ``max_in_flight_requests`` event requests per port (more get 503 + ``Retry-After``
+    before their body is read); request heads must arrive in time and fit
+    (408 / 431), bodies must arrive in time (408); see :mod:`app.adapters.httpserver`.
+    Hostile bodies get 400 with the reason (:func:`eventsources.webhook_http.parse_body`).
     """
 
     type_name: ClassVar[str] = "webhook"

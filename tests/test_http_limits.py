@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from app.adapters.bus import Bus, BusMessage
@@ -22,7 +25,14 @@ from app.kernel.settings import HttpServerSettings
 from eventsources.base import SourceContext
 from eventsources.webhook import WebhookSource
 from tests.support.net import free_port
-from tests.test_webhook_bus import NoSecrets, cfg, consume_into, running
+from tests.test_webhook_bus import (
+    NoSecrets,
+    PemSecrets,
+    _self_signed,
+    cfg,
+    consume_into,
+    running,
+)
 
 LIMITS = HttpServerSettings(
     header_timeout_seconds=0.5, body_timeout_seconds=0.5, max_header_bytes=4096
@@ -168,3 +178,81 @@ async def test_keep_alive_requests_are_not_cut_between_requests(port: int) -> No
         assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
     finally:
         writer.close()
+
+
+async def test_tls_port_cuts_slow_clients_and_survives_plain_http(
+    bus: Bus, stored: list[BusMessage], tmp_path: Path
+) -> None:
+    """``serverCertSecret``/``serverKeySecret`` (Argo's names): HTTPS with a generated
+    self-signed certificate, the same limits inside TLS, and a plain-HTTP client on the
+    TLS port gets no answer and breaks nothing."""
+    cert_pem, key_pem = _self_signed()
+    (tmp_path / "ca.pem").write_text(cert_pem)
+    verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    number = free_port()
+
+    async def publish(event: Event) -> None:
+        await bus.publish("default", event)
+
+    tls = {"serverCertSecret": {"name": "tls", "key": "crt"},
+           "serverKeySecret": {"name": "tls", "key": "key"}}  # fmt: skip
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        {"trigger": cfg(number, **tls)},
+        SourceContext(
+            publish=publish,
+            secrets=PemSecrets({"crt": cert_pem, "key": key_pem}),
+            bind_host="127.0.0.1",
+            http=LIMITS,
+        ),
+    )
+    async with running(source), httpx.AsyncClient(verify=verify) as client:
+        url = f"https://127.0.0.1:{number}/trigger"
+        assert (await client.post(url, json={"n": 1})).status_code == 200
+        assert await _exchange(number, [POST + b"Content-Length: 2\r\n\r\n{}"]) == b""
+        reader, writer = await asyncio.open_connection("127.0.0.1", number, ssl=verify)
+        try:
+            writer.write(POST + b"Content-Length: 100\r\n\r\n{")
+            answer = await asyncio.wait_for(reader.read(), READ_BOUND_SECONDS)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert (await client.post(url, json={"n": 2})).status_code == 200
+    await asyncio.sleep(0.2)
+    assert [m.event.data["body"] for m in stored] == [{"n": 1}, {"n": 2}]
+
+
+async def test_overload_is_503_with_retry_after_over_the_wire(
+    bus: Bus, stored: list[BusMessage]
+) -> None:
+    """With publishes held back, a port holds at most ``max_in_flight_requests``
+    requests; the rest are refused at once (before their body is read), and the held
+    ones complete when the bus answers again."""
+    number = free_port()
+    gate = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        await gate.wait()  # the bus is slow to answer
+        await bus.publish("default", event)
+
+    limits = HttpServerSettings(max_in_flight_requests=4)
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        {"trigger": cfg(number)},
+        SourceContext(publish=publish, secrets=NoSecrets(), bind_host="127.0.0.1", http=limits),
+    )
+    async with running(source), httpx.AsyncClient(timeout=30) as client:
+        url = f"http://127.0.0.1:{number}/trigger"
+        held = [asyncio.create_task(client.post(url, json={"i": i})) for i in range(4)]
+        app = (await source.prepare())[number]  # the running app (prepare is idempotent)
+        while app.in_flight < 4:
+            await asyncio.sleep(0.01)
+        refused = await asyncio.gather(*(client.post(url, json={"x": i}) for i in range(20)))
+        assert {(r.status_code, r.headers.get("retry-after")) for r in refused} == {(503, "1")}
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 4
+        assert (await client.post(url, json={"i": 4})).status_code == 200
+    await asyncio.sleep(0.2)
+    assert sorted(m.event.data["body"]["i"] for m in stored) == [0, 1, 2, 3, 4]

@@ -7,6 +7,7 @@ One process for the module (ml-pipeline example, embedded bus, no cluster), star
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triggerfish]:
         files=[str(REPO / "examples" / "ml-pipeline")],
         state_dir=tmp / "state",
         port_map={12000: webhook_port},
-        extra_env={"TRIGGERFISH_API_TOKEN": TOKEN},
+        extra_env={"TRIGGERFISH_API_TOKEN": TOKEN, "TRIGGERFISH_HTTP__HEADER_TIMEOUT_SECONDS": "1"},
     ).start()
     try:
         r = httpx.post(f"http://127.0.0.1:{webhook_port}/trigger", json={"model": "resnet"})
@@ -93,6 +94,16 @@ def test_everything_else_requires_the_bearer_token(ops: Triggerfish, path: str) 
         assert r.headers["www-authenticate"] == "Bearer"
         assert TOKEN not in r.text
     assert httpx.get(url, headers=AUTH).status_code == 200
+
+
+def test_a_stalled_request_head_is_cut_off(ops: Triggerfish) -> None:
+    with socket.create_connection(("127.0.0.1", ops.api_port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert httpx.get(f"http://127.0.0.1:{ops.api_port}/healthz").status_code == 200
 
 
 def test_openapi_declares_the_bearer_scheme(ops: Triggerfish) -> None:

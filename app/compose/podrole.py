@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import PlainTextResponse
 
 from app import __version__
 from app.adapters.httpserver import QuietServer, guarded_protocol
@@ -41,6 +42,7 @@ from app.adapters.secrets import ManifestSecrets
 from app.compose.controller.builders import bus_url
 from app.compose.manifests import ManifestInvalid, load_one
 from app.compose.runtime import Manifests, Standalone
+from app.compose.server import bearer_guard
 from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError, TriggerfishError
 from app.kernel.eventbus import EventBus
@@ -233,7 +235,10 @@ class PodRole:
             return {"ready": ok, "generation": meta.get("generation"),
                     "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
 
-        @api.get("/metrics")
+        token = self.settings.api_token.get_secret_value().encode()
+        guard = [Depends(bearer_guard(token))] if token else []
+
+        @api.get("/metrics", dependencies=guard, response_class=PlainTextResponse)
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
