@@ -43,6 +43,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from app.adapters import tracing
 from app.kernel import jsoncodec
 from app.kernel.errors import TransientError
 from app.kernel.events import Event, event_id_from, new_event_id
@@ -570,8 +571,16 @@ class WebhookApp:
         else:
             event_id = new_event_id()
         event = dispatch.make_event(route.event_name, data, event_id)
+        incoming = header.get("Traceparent")
         try:
-            await dispatch.publish(event)
+            with tracing.span(
+                f"webhook {route.event_name}",
+                parent=incoming[0] if incoming else "",
+                kind="server",
+                attributes={"triggerfish.event_id": event_id},
+            ) as sp:
+                event.traceparent = sp.traceparent
+                await dispatch.publish(event)
         except TransientError as e:
             dispatch.metrics.event_send_failed(dispatch.source_name, route.event_name)
             self._warn_unavailable(route, event_id, e)

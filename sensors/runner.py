@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from app.adapters import tracing
 from app.kernel import jsoncodec
 from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
@@ -414,6 +415,20 @@ class SensorRunner:
     # -- per event ----------------------------------------------------------------------
     async def handle(self, dep: str, msg: Message) -> None:
         """Process one delivered event of dependency ``dep``; ack when done."""
+        with tracing.span(
+            f"sensor {self.name}",
+            parent=msg.event.traceparent,
+            kind="consumer",
+            attributes={
+                "triggerfish.sensor": f"{self.namespace}/{self.name}",
+                "triggerfish.dependency": dep,
+                "triggerfish.event_id": msg.event.id,
+                "triggerfish.delivery": msg.num_delivered,
+            },
+        ):
+            await self._handle(dep, msg)
+
+    async def _handle(self, dep: str, msg: Message) -> None:
         ev = msg.event
         t0 = time.perf_counter()
         trace = Trace(
@@ -431,7 +446,10 @@ class SensorRunner:
         )  # fmt: skip
         self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
-            verdict = self.filters[dep].evaluate(ev)
+            with tracing.span("filters") as sp:
+                verdict = self.filters[dep].evaluate(ev)
+                sp.set("triggerfish.passed", verdict.passed)
+                sp.set("triggerfish.verdict", str(verdict))
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
@@ -448,7 +466,8 @@ class SensorRunner:
                 await self._fire_all(self.triggers, {dep: ev}, trace, msg)
             else:
                 async with self._lock:
-                    await self._accumulate(dep, ev, trace, msg)
+                    with tracing.span("conditions"):
+                        await self._accumulate(dep, ev, trace, msg)
             await msg.ack()
         except Exception as e:
             # Not durable and not done (bus down while dead-lettering, state store
@@ -531,8 +550,17 @@ class SensorRunner:
     async def _fire_one(
         self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None
     ) -> TriggerOutcome:
+        with tracing.span(f"trigger {t.name}", attributes={"triggerfish.trigger": t.name}) as sp:
+            outcome = await self._fire_attempts(t, events, msg, sp.trace_id)
+            if outcome.status != "succeeded":
+                sp.error(outcome.error or outcome.status)
+            return outcome
+
+    async def _fire_attempts(
+        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None, trace_id: str
+    ) -> TriggerOutcome:
         key = firing_key(self.namespace, self.name, t.name, events)
-        inv = Invocation(self.name, self.namespace, t.name, events, key)
+        inv = Invocation(self.name, self.namespace, t.name, events, key, trace_id)
         outcome = TriggerOutcome(trigger=t.name, status="failed")
         delays = t.retry.delays()
         labels = (self.namespace, self.name, t.name)

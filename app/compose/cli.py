@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
+from app.adapters import tracing
 from app.kernel.errors import ConfigError, TriggerfishError
 from app.kernel.logs import setup_logging
 from app.kernel.settings import Settings, load_settings
@@ -284,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet = args.cmd in ("test", "validate") and "TRIGGERFISH_LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings.log_format)
+    if args.cmd in ("run", "eventsource", "sensor", "controller") and tracing.configure(
+        f"triggerfish-{args.cmd}"
+    ):
+        log.info("OpenTelemetry: exporting spans over OTLP")
     try:
         return _dispatch(args)
     except ConfigError as e:
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import __version__
+from app.adapters import tracing
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.kube import ApiKube, FileKube
 from app.adapters.metrics import Metrics, SourceMetrics
@@ -257,8 +258,9 @@ class Standalone:
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
         )
+        kube: Any = tracing.Traced(self.kube, "k8s") if tracing.enabled() else self.kube
         tctx = TriggerContext(
-            kube=self.kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
+            kube=kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
         )
         self._tctx = tctx
         ss = self.settings.sensor
@@ -352,7 +354,14 @@ class Standalone:
         async def publish(event: Any) -> None:
             t0 = time.perf_counter()
             try:
-                await bus.publish(bus_name, event)
+                with tracing.span(
+                    f"publish {event.source}/{event.subject}",
+                    parent=event.traceparent,
+                    kind="producer",
+                    attributes={"triggerfish.event_id": event.id, "messaging.system": "nats"},
+                ) as sp:
+                    event.traceparent = sp.traceparent
+                    await bus.publish(bus_name, event)
                 source_metrics.publish_duration(
                     event.source, event.subject, (time.perf_counter() - t0) * 1000
                 )
