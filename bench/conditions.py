@@ -19,6 +19,7 @@ the process's RSS before and after each width, and the records left in the bucke
 (fired rounds are purged, so 1 = the trigger's marker).
 
     python -m bench.conditions [--events 2000] [--before-events 200] [--widths 2,10,50]
+                               [--warmup 500]
 
 Traffic goes only to 127.0.0.1; the nats-server is stopped by PID.
 """
@@ -58,13 +59,13 @@ def _rss_kib() -> int:
     return 0
 
 
-def _sensor(width: int) -> Any:
+def _sensor(width: int, name: str = "") -> Any:
     names = [f"d{i:02d}" for i in range(width)]
     return load_one(
         {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Sensor",
-            "metadata": {"name": f"wide{width}", "namespace": "bench"},
+            "metadata": {"name": name or f"wide{width}", "namespace": "bench"},
             "spec": {
                 "dependencies": [
                     {"name": d, "eventSourceName": "hook", "eventName": d} for d in names
@@ -87,9 +88,9 @@ def _summary(samples_us: list[float]) -> str:
 
 
 async def _product(
-    bus: Bus, width: int, events: int
+    bus: Bus, width: int, events: int, name: str = ""
 ) -> tuple[list[float], list[float], int, int, int]:
-    sensor = _sensor(width)
+    sensor = _sensor(width, name)
     runner = SensorRunner(
         sensor, bus, TriggerContext(kube=RecordingKube()), TraceStore(), Metrics(), concurrency=1,
         default_retry=RetryPolicy(steps=1),
@@ -112,7 +113,7 @@ async def _product(
             completing.append(took)
         else:
             samples.append(took)
-    info = await bus._jetstream().stream_info(f"KV_sensor_bench_wide{width}")
+    info = await bus._jetstream().stream_info(f"KV_sensor_bench_{sensor.metadata.name}")
     return samples, completing, fired, info.state.messages, info.state.consumer_count
 
 
@@ -162,7 +163,7 @@ async def _before(url: str, width: int, events: int) -> list[float]:
         await nc.close()
 
 
-async def run(widths: Sequence[int], events: int, before_events: int) -> None:
+async def run(widths: Sequence[int], events: int, before_events: int, warmup: int) -> None:
     logging.getLogger("triggerfish").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-conditions-") as tmp:
         server = EmbeddedNats(store_dir=Path(tmp) / "nats")
@@ -171,6 +172,7 @@ async def run(widths: Sequence[int], events: int, before_events: int) -> None:
             bus = Bus(BusSettings(), server.url)
             await bus.connect()
             try:
+                await _product(bus, 2, warmup, "warmup")  # untimed: first-use costs
                 print(f"condition path, {events} events per width, µs per event")
                 for width in widths:
                     rss0 = _rss_kib()
@@ -203,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=2000)
     p.add_argument("--before-events", type=int, default=200)
     p.add_argument("--widths", default="2,10,50")
+    p.add_argument("--warmup", type=int, default=500, help="untimed events first")
     a = p.parse_args(argv)
     widths = [int(w) for w in a.widths.split(",") if w.strip()]
-    asyncio.run(run(widths, a.events, a.before_events))
+    asyncio.run(run(widths, a.events, a.before_events, a.warmup))
     return 0
 
 
