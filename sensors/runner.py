@@ -7,10 +7,12 @@ For every dependency it asks the bus for a durable consumer on
   fire the triggers and ack the bus message only after they all succeeded or were
   dead-lettered. Events are processed concurrently.
 * **Condition path** (several dependencies): the event is stored as the latest event of
-  its dependency for each trigger whose condition names it, in a JetStream key-value
-  bucket (so a restart between dependency A and B still fires once B arrives); then
-  every trigger whose condition is satisfied fires and its state is cleared; then the
-  message is acked. Processed one event at a time per sensor, in order.
+  its dependency for each trigger whose condition names it (in memory, written through
+  to a JetStream key-value bucket, so a restart between dependency A and B still fires
+  once B arrives, and replicas sharing the consumers see each other's events: see
+  :mod:`sensors.condstate`); then every trigger whose condition it completed fires and
+  its state is cleared; then the message is acked. Processed one event at a time per
+  sensor, in order.
 
 Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
 Transient failures are retried (waiting at least the ``Retry-After`` a peer asked for,
@@ -32,7 +34,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -43,6 +45,7 @@ from app.kernel.errors import ConfigError, PermanentError, TransientError, Trigg
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
+from sensors.condstate import Completion, ConditionState
 from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
@@ -66,16 +69,6 @@ class Message(Protocol):
     async def nak(self, delay_seconds: float | None = None) -> None: ...
 
     async def in_progress(self) -> None: ...
-
-
-class State(Protocol):
-    """Durable key → bytes state (implemented by ``app.adapters.bus.StateStore``)."""
-
-    async def put(self, key: str, value: bytes) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def items(self) -> dict[str, bytes]: ...
 
 
 class BusPort(Protocol):
@@ -219,15 +212,6 @@ def _join(prefix: str, path: str) -> str:
     return f"{prefix}.{path}" if path else prefix
 
 
-def _event_time(ev: Event) -> datetime:
-    """An event's CloudEvents time; one without a readable time counts as new (kept)."""
-    try:
-        when = datetime.fromisoformat(ev.time)
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _retry_delay(planned: float, error: Exception, policy: RetryPolicy) -> float:
     """The planned backoff, or the peer's ``Retry-After`` when that is longer (capped)."""
     asked = error.retry_after_seconds if isinstance(error, TransientError) else None
@@ -303,7 +287,10 @@ class SensorRunner:
         self.ack_wait_seconds = ack_wait_seconds
         self.fast_path = len(self.deps) == 1
         self._lock = asyncio.Lock()
-        self._state: State | None = None
+        self._state: ConditionState | None = None
+        self._relevant = {
+            d: [t for t in self.triggers if d in t.condition.names()] for d in dep_names
+        }
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -360,8 +347,14 @@ class SensorRunner:
         """Open the durable condition state (multi-dependency sensors) and fire what a
         previous run left satisfied; :meth:`run` calls it, offline runs call it alone."""
         if not self.fast_path and self._state is None:
-            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
-            await self._fire_pending()
+            store = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
+            state = ConditionState(
+                store,
+                {t.name: t.condition for t in self.triggers},
+                [d.name for d in self.deps],
+            )
+            await self._fire_pending(await state.load(), state)
+            self._state = state
 
     # -- conditionsReset ----------------------------------------------------------------
     def _clearer(self, trigger: str) -> Callable[[datetime | None], Awaitable[None]]:
@@ -383,14 +376,7 @@ class SensorRunner:
         if self._state is None:
             return
         async with self._lock:
-            stored = (await self._load_state()).get(trigger, {})
-            cleared = sorted(
-                dep
-                for dep, ev in stored.items()
-                if older_than is None or _event_time(ev) < older_than
-            )
-            for dep in cleared:
-                await self._state.delete(f"{trigger}__{dep}")
+            cleared = await self._state.reset(trigger, older_than)
         reset = self.resets.get(trigger)
         log.log(
             logging.INFO if cleared or older_than is None else logging.DEBUG,
@@ -494,46 +480,36 @@ class SensorRunner:
 
     async def _accumulate(self, dep: str, ev: Event, trace: Trace, msg: Message) -> None:
         assert self._state is not None
-        relevant = [t for t in self.triggers if dep in t.condition.names()]
-        payload = ev.to_json()
-        for t in relevant:
-            await self._state.put(f"{t.name}__{dep}", payload)
-        state = await self._load_state()
-        before = {t.name: sorted(state.get(t.name, {})) for t in relevant}
-        fire = [t for t in relevant if t.condition.satisfied(set(state.get(t.name, {})))]
+        relevant = self._relevant[dep]
+        fire = await self._state.add([t.name for t in relevant], dep, ev)
+        fired = {c.trigger: c for c in fire}
         trace.conditions = {
-            "state": before,
-            "fired": [t.name for t in fire],
-            "waiting": {t.name: t.condition.text for t in relevant if t not in fire},
+            "state": {
+                t.name: sorted(fired[t.name].entries)
+                if t.name in fired
+                else self._state.present(t.name)
+                for t in relevant
+            },
+            "fired": [c.trigger for c in fire],
+            "waiting": {t.name: t.condition.text for t in relevant if t.name not in fired},
         }
-        for t in fire:
+        for c in fire:
             trace.fired = True
-            await self._fire_all([t], state[t.name], trace, msg)
-            for d in state[t.name]:
-                await self._state.delete(f"{t.name}__{d}")
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, msg)
+            await self._state.fired(c)
 
-    async def _load_state(self) -> dict[str, dict[str, Event]]:
-        assert self._state is not None
-        out: dict[str, dict[str, Event]] = {}
-        for key, raw in (await self._state.items()).items():
-            trig, _, dep = key.partition("__")
-            with contextlib.suppress(ValueError):
-                out.setdefault(trig, {})[dep] = Event.from_json(raw)
-        return out
+    def _trigger(self, name: str) -> PreparedTrigger:
+        return next(t for t in self.triggers if t.name == name)
 
-    async def _fire_pending(self) -> None:
-        """After a restart: fire triggers whose stored state already satisfies them."""
-        state = await self._load_state()
-        for t in self.triggers:
-            events = state.get(t.name, {})
-            if events and t.condition.satisfied(set(events)):
-                trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
-                trace.fired = True
-                await self._fire_all([t], events, trace, None)
-                for d in events:
-                    assert self._state is not None
-                    await self._state.delete(f"{t.name}__{d}")
-                self.traces.add(trace)
+    async def _fire_pending(self, pending: list[Completion], state: ConditionState) -> None:
+        """At start: fire rounds the bucket shows complete that no replica marked fired
+        (a crash between completing and marking; same firing key, so no duplicate)."""
+        for c in pending:
+            trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
+            trace.fired = True
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, None)
+            await state.fired(c)
+            self.traces.add(trace)
 
     # -- triggers -----------------------------------------------------------------------
     async def _fire_all(

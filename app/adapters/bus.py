@@ -43,12 +43,25 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.kernel.errors import BusUnavailableError, StreamFullError, TransientError
+from app.kernel.errors import (
+    BusUnavailableError,
+    StateConflictError,
+    StreamFullError,
+    TransientError,
+)
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
 
-__all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
+__all__ = [
+    "Bus",
+    "BusMessage",
+    "StateRecord",
+    "StateStore",
+    "StreamLimits",
+    "event_subject",
+    "subject_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,44 +137,96 @@ class BusMessage:
 Handler = Callable[[BusMessage], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One message of a state bucket, in bucket order: ``revision`` is its position,
+    ``value`` is ``None`` for a deletion marker."""
+
+    revision: int
+    key: str
+    value: bytes | None
+
+
+_STATE_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError)
+
+
 class StateStore:
-    """Durable key → bytes state (a JetStream KV bucket); errors become TransientError."""
+    """Durable key → bytes state in one JetStream KV bucket, read as an ordered log.
 
-    def __init__(self, kv: Any) -> None:
+    Every call is one JetStream API request (a publish, a message get, a purge): none
+    creates a consumer, so per-event use stays O(1) in server resources. Errors become
+    :class:`BusUnavailableError`; a lost revision check becomes
+    :class:`StateConflictError`.
+    """
+
+    def __init__(self, js: JetStreamContext, kv: Any, bucket: str) -> None:
+        self._js = js
         self._kv = kv
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
 
-    async def put(self, key: str, value: bytes) -> None:
+    async def put(self, key: str, value: bytes) -> int:
+        """Store ``value`` under ``key``; returns its revision."""
         try:
-            await self._kv.put(subject_token(key), value)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            return int(await self._kv.put(key, value))
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state put {key!r} failed: {e}") from e
 
-    async def delete(self, key: str) -> None:
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Store ``value`` only if ``key``'s latest revision is ``last`` (0: absent)."""
         try:
-            await self._kv.delete(subject_token(key))
+            return int(await self._kv.update(key, value, last=last))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise StateConflictError(f"state {key!r} changed since revision {last}") from e
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state update {key!r} failed: {e}") from e
+
+    async def delete(self, key: str) -> None:
+        """Write a deletion marker for ``key`` (readers of the log see it)."""
+        try:
+            await self._kv.delete(key)
         except nats.js.errors.KeyNotFoundError:
             return
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state delete {key!r} failed: {e}") from e
 
-    async def items(self) -> dict[str, bytes]:
-        """All live keys and values."""
+    async def next_record(self, after: int) -> StateRecord | None:
+        """The first record with a revision above ``after``; ``None`` past the end."""
         try:
-            try:
-                keys = await self._kv.keys()
-            except nats.js.errors.NoKeysError:
-                return {}
-            out: dict[str, bytes] = {}
-            for k in keys:
-                try:
-                    entry = await self._kv.get(k)
-                except nats.js.errors.KeyNotFoundError:
-                    continue
-                if entry.value is not None:
-                    out[k] = entry.value
-            return out
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            msg = await self._js.get_msg(
+                self._stream, seq=after + 1, subject=f"{self._prefix}>", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state read failed: {e}") from e
+        return self._record(msg)
+
+    async def latest(self, key: str) -> StateRecord | None:
+        """The newest record of ``key`` (a deletion marker included); ``None`` if none."""
+        try:
+            msg = await self._js.get_msg(self._stream, subject=f"{self._prefix}{key}")
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state read of {key!r} failed: {e}") from e
+        return self._record(msg)
+
+    async def purge(self, key_filter: str, before: int | None = None) -> None:
+        """Remove, without leaving markers, the records whose key matches ``key_filter``
+        (a key, or a prefix ending in ``.>``), only those below revision ``before``
+        when given."""
+        try:
+            await self._js.purge_stream(
+                self._stream, seq=before, subject=f"{self._prefix}{key_filter}"
+            )
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state purge {key_filter!r} failed: {e}") from e
+
+    def _record(self, msg: Any) -> StateRecord:
+        op = (msg.headers or {}).get("KV-Operation")
+        value = None if op in ("DEL", "PURGE") else (msg.data or b"")
+        return StateRecord(int(msg.seq), str(msg.subject).removeprefix(self._prefix), value)
 
 
 class Bus:
@@ -311,7 +376,7 @@ class Bus:
                 )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
-        return StateStore(kv)
+        return StateStore(js, kv, bucket)
 
     async def consumer_lag(self, bus: str, durable: str) -> tuple[int, int] | None:
         """``(pending, ack_pending)`` of a durable consumer: events not yet delivered and

@@ -13,6 +13,7 @@ import sys
 
 import uvicorn
 
+from tests.fakekube.faults import ConnectionAccess
 from tests.fakekube.process import READY_PREFIX
 from tests.fakekube.server import create_app
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
 
-    app = create_app(history_limit=args.history)
+    app = ConnectionAccess(create_app(history_limit=args.history))
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:

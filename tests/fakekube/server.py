@@ -150,7 +150,10 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
 
     async def fake_faults(request: Request) -> Response:
         if request.method == "POST":
-            rule = faults.add(await request.json())
+            try:
+                rule = faults.add(await request.json())
+            except (KeyError, TypeError, ValueError) as e:
+                raise ApiError(400, "BadRequest", f"invalid fault rule: {e}") from e
             return json_response({"id": rule.id})
         if request.method == "DELETE":
             faults.clear()
