@@ -211,7 +211,8 @@ def test_two_event_sources_on_one_port_warn_here_and_stop_run(tmp_path: Path) ->
     code, lines = run([str(tmp_path)])
     assert code == 0
     assert any(
-        line.startswith(f"warning {tmp_path}/b.yaml EventSource argo-events/other: spec.webhook.trigger.port:")
+        line.startswith(f"warning {tmp_path}/b.yaml EventSource argo-events/other: ")
+        and ": spec.webhook.trigger.port:" in line
         and "also bound by EventSource 'webhook'" in line
         for line in lines
     )
