@@ -148,7 +148,13 @@ def prepare(target: Target, workdir: Path) -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in pyproject:
         raise SystemExit("pyproject.toml has its own [tool.mutmut]; bench.mutation writes it")
-    (workdir / "pyproject.toml").write_text(pyproject + _mutmut_config(target))
+    config = _mutmut_config(target)
+    stamp = workdir / "mutmut-config.toml"
+    if stamp.exists() and stamp.read_text() != config:
+        # mutmut keeps mutants of unchanged files, even when what may be mutated changed
+        shutil.rmtree(workdir / "mutants", ignore_errors=True)
+    stamp.write_text(config)
+    (workdir / "pyproject.toml").write_text(pyproject + config)
 
 
 def mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:

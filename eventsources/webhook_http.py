@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -262,13 +263,29 @@ class WebhookApp:
     one connection.
     """
 
-    __slots__ = ("_dispatch", "_last_warning", "_routes", "_suppressed_warnings", "port")
+    __slots__ = (
+        "_clock",
+        "_dispatch",
+        "_last_warning",
+        "_routes",
+        "_suppressed_warnings",
+        "port",
+    )
 
-    def __init__(self, port: int, routes: Mapping[str, Route], dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        port: int,
+        routes: Mapping[str, Route],
+        dispatch: Dispatch,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.port = port
         self._routes: dict[str, Route] = dict(routes)
         self._dispatch = dispatch
-        self._last_warning = 0.0
+        self._clock = clock
+        """Seconds, monotonic; only the rate limit of the 503 warning reads it."""
+        self._last_warning = -math.inf  # the first 503 is always logged
         self._suppressed_warnings = 0
 
     @property
@@ -439,7 +456,7 @@ class WebhookApp:
 
     def _warn_unavailable(self, route: Route, event_id: str, err: Exception) -> None:
         """Log a 503 with its event id, at most once a second (an outage is loud enough)."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warning < 1.0:
             self._suppressed_warnings += 1
             return
