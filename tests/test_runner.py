@@ -328,3 +328,14 @@ async def test_k8s_policy_succeeds_when_labels_match(bus: Bus, tmp_path: Path) -
     out = h.traces.recent()[0].triggers[0]
     assert out.status == "succeeded" and out.detail["policy"] == "labels matched"
     await h.stop()
+
+
+async def test_rate_limit_per_minute_holds_the_firing_after_the_burst() -> None:
+    from sensors.runner import RateLimiter
+
+    limiter = RateLimiter(2, 60.0)  # rateLimit {unit: Minute, requestsPerUnit: 2}
+    await asyncio.wait_for(limiter.acquire(), 5)
+    await asyncio.wait_for(limiter.acquire(), 5)  # the bucket starts full
+    # the next token comes after 30 s: it cannot be there a fraction of a second later
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(limiter.acquire(), 0.3)
