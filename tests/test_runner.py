@@ -153,7 +153,7 @@ async def test_failing_target_is_retried_then_dead_lettered_and_acked(
     await h.stop()
     info = await bus._jetstream().consumer_info("default", "ns1-s1-a")
     assert info.num_ack_pending == 0 and info.num_pending == 0
-    dead.close()
+    await dead.close()
 
 
 async def test_missing_key_without_default_names_parameter_and_path(
@@ -245,7 +245,7 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
     assert out.detail["dlqTrigger"]["action"] == "logged"
     assert len(await dead_letters(bus)) == 1
     await h.stop()
-    dead.close()
+    await dead.close()
 
 
 async def test_rate_limit_spaces_firings(bus: Bus, tmp_path: Path) -> None:

@@ -309,7 +309,7 @@ class Standalone:
         if self.bus is not None:
             await self.bus.close()
         if isinstance(self.kube, ApiKube):
-            self.kube.close()
+            await self.kube.close()
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
         log.info("stopped")

@@ -26,7 +26,9 @@ scale, eviction), controllers (nothing runs pods or fills Deployment status), an
 graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
-``GET /fake/state``); run it with ``python -m tests.fakekube``.
+``GET /fake/state``, and ``POST /fake/faults`` / ``GET /fake/requests`` from ``gate.py``,
+which also checks bearer tokens when given a tokens file); run it with
+``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from starlette.routing import Route
 from tests.fakekube import discovery, errors, openapi
 from tests.fakekube.api import ResourceHandler, json_response
 from tests.fakekube.errors import ApiError
+from tests.fakekube.gate import Gate
 from tests.fakekube.resources import ResourceRegistry
 from tests.fakekube.store import Store
 
@@ -52,8 +55,8 @@ log = logging.getLogger("fakekube")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def create_app(*, history_limit: int = 1000) -> Starlette:
-    """A fresh fake API server with its own registry and store."""
+def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> Gate:
+    """A fresh fake API server with its own registry and store, behind its :class:`Gate`."""
     registry = ResourceRegistry()
     store = Store(registry, history_limit=history_limit)
     resources = ResourceHandler(store)
@@ -195,4 +198,4 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
         lifespan=lifespan,
     )
     app.state.store = store
-    return app
+    return Gate(app, tokens_file)
