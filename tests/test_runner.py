@@ -18,7 +18,7 @@ from app.adapters.kube import ApiKube, FileKube
 from app.compose.manifests import load_one
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
-from sensors.runner import RetryPolicy
+from sensors.runner import RetryPolicy, firing_concurrency
 from sensors.triggers.base import TriggerContext
 from tests.support.net import free_port
 from tests.support.sensors import SensorHarness, dead_letters, eventually
@@ -328,3 +328,16 @@ async def test_k8s_policy_succeeds_when_labels_match(bus: Bus, tmp_path: Path) -
     out = h.traces.recent()[0].triggers[0]
     assert out.status == "succeeded" and out.detail["policy"] == "labels matched"
     await h.stop()
+
+
+def test_fast_path_keeps_the_api_clients_slots_busy_within_max_ack_pending(
+    tmp_path: Path,
+) -> None:
+    api = ApiKube.from_settings(
+        KubeSettings(kubeconfig=str(_kubeconfig(tmp_path, free_port())), max_in_flight=100)
+    )
+    assert api is not None
+    assert firing_concurrency(64, api, 4096) == 200  # twice the API client's slots
+    assert firing_concurrency(64, api, 150) == 150  # never above max_ack_pending
+    assert firing_concurrency(300, api, 4096) == 300  # the setting is a floor
+    assert firing_concurrency(64, FileKube(tmp_path), 0) == 64  # no in-flight limit

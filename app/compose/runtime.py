@@ -199,6 +199,7 @@ class Standalone:
                 self.traces,
                 self.metrics,
                 concurrency=ss.concurrency,
+                max_ack_pending=self.settings.bus.max_ack_pending,
                 default_retry=retry,
                 ack_wait_seconds=self.settings.bus.ack_wait_seconds,
             )

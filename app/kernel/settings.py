@@ -61,7 +61,11 @@ class KubeSettings(BaseModel):
 class SensorSettings(BaseModel):
     """Sensor execution knobs that are not part of the Sensor manifest."""
 
-    concurrency: int = Field(64, description="events a single-dependency sensor processes at once")
+    concurrency: int = Field(
+        64,
+        description="events a single-dependency sensor processes at once, at least; raised to"
+        " twice kube.max_in_flight, capped by bus.max_ack_pending",
+    )
     default_retry_steps: int = Field(
         5, description="retries for transient trigger failures when no retryStrategy"
     )
