@@ -486,12 +486,19 @@ class ApiKube:
         return ResourceInfo(info.group_version, kind, info.plural, False).path("")
 
     async def list(
-        self, api_version: str, kind: str, namespace: str = "", field_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str = "",
+        field_selector: str = "",
+        label_selector: str = "",
     ) -> dict[str, Any]:
         """The list object (``items`` and ``metadata.resourceVersion``) of a kind."""
-        query = {"fieldSelector": field_selector} if field_selector else None
+        query = {"fieldSelector": field_selector} if field_selector else {}
+        if label_selector:
+            query["labelSelector"] = label_selector
         path = await self._collection(api_version, kind, namespace)
-        return dict(await self._request("GET", path, None, query))
+        return dict(await self._request("GET", path, None, query or None))
 
     async def watch(
         self,
@@ -502,6 +509,7 @@ class ApiKube:
         *,
         timeout_seconds: int = 300,
         field_selector: str = "",
+        label_selector: str = "",
     ) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) after ``resource_version`` until the server
         ends the watch. An ``ERROR`` event (410 Expired) is yielded as is: the caller
@@ -511,6 +519,8 @@ class ApiKube:
                  "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
         if field_selector:
             query["fieldSelector"] = field_selector
+        if label_selector:
+            query["labelSelector"] = label_selector
         path = f"{await self._collection(api_version, kind, namespace)}?{urlencode(query)}"
         headers: dict[str, str] = {}
         auth = await self._auth()
