@@ -302,6 +302,7 @@ class ApiKube:
                 ),
                 headers=headers,
                 skip_auto_headers=("Accept-Encoding",),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._watch_session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
