@@ -191,12 +191,24 @@ def have_wrk() -> bool:
 
 
 def run_wrk(
-    label: str, url: str, body: bytes, seconds: float, concurrency: int, threads: int = 1
+    label: str,
+    url: str,
+    body: bytes,
+    seconds: float,
+    concurrency: int,
+    threads: int = 1,
+    rate: float = 0.0,
 ) -> LoadResult:
-    """Drive ``url`` with ``wrk`` (POST ``body``) for ``seconds`` at ``concurrency``."""
+    """Drive ``url`` with ``wrk`` (POST ``body``) for ``seconds`` at ``concurrency``.
+
+    With ``rate``, each connection waits ``concurrency / rate`` seconds before each
+    request (wrk's ``delay()`` hook): about ``rate`` requests per second while answers
+    are fast, which is what a run well below the maximum needs (the result's rate says
+    what was achieved)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(_WRK_SCRIPT)
+        pace = f"\nfunction delay() return {1000 * concurrency / rate:.3f} end\n" if rate else ""
+        script.write_text(_WRK_SCRIPT + pace)
         body_file = Path(tmp) / "body.json"
         body_file.write_bytes(body)
         out = subprocess.run(
@@ -222,7 +234,7 @@ def run_wrk(
             r = json.loads(line[len("WRKJSON ") :])
             return LoadResult(
                 label=label,
-                tool=f"wrk -t{threads} -c{concurrency}",
+                tool=f"wrk -t{threads} -c{concurrency}" + (f" paced {rate:.0f}/s" if rate else ""),
                 ops=int(r["requests"]) - int(r["status_errors"]),
                 seconds=r["duration_us"] / 1e6,
                 p50_ms=r["p50_us"] / 1000,

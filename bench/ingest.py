@@ -55,6 +55,7 @@ from bench._common import (
     run_http_load,
     run_loop,
     run_python_load,
+    run_wrk,
 )
 
 BUS = "default"
@@ -363,8 +364,9 @@ def _http_run(
     tmp: Path,
     rate: float = 0.0,
 ) -> tuple[LoadResult, int]:
-    """One HTTP server child under load (closed loop, or open loop at ``rate`` with the
-    Python client); returns the result and the events it stored."""
+    """One HTTP server child under load (closed loop, or paced at ``rate``: wrk with a
+    per-connection delay, else the Python client open loop); returns the result and the
+    events it stored."""
     port = free_port()
     child = _serve_child(role, port, nats.url if nats else "", tmp)
     stored = 0
@@ -375,7 +377,9 @@ def _http_run(
             run_http_load("warmup", url, body, args.warmup_seconds, args.concurrency, args.client)
         before = run_loop(_stream_messages(nats.url)) if nats else 0
         cpu0, nats_cpu0 = child.cpu_seconds(), _nats_cpu(nats)
-        if rate > 0:
+        if rate > 0 and args.client == "wrk":
+            result = run_wrk(label, url, body, args.seconds, args.concurrency, rate=rate)
+        elif rate > 0:
             result = run_python_load(label, url, body, args.seconds, args.concurrency, rate)
         else:
             result = run_http_load(label, url, body, args.seconds, args.concurrency, args.client)
