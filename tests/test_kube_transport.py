@@ -3,15 +3,17 @@
 Each auth mode the ``kubernetes`` package's config loading yields is exercised through
 a real kubeconfig against a fake API server that enforces it: a client certificate
 (the server requires one signed by its CA), a bearer token, a token file rotated on disk
-between requests, an exec credential plugin, ``insecure-skip-tls-verify``. Then the
-error mapping (connection errors are transient, 429 ``Retry-After`` is waited out and
-retried, a bounded number of times), the in-flight bound, connection reuse and the
-discovery cache, as the server saw them (``/fake/requests``).
+between requests, an exec credential plugin, ``insecure-skip-tls-verify``, a kubeconfig
+``proxy-url`` (through a fake CONNECT proxy). Then the error mapping (connection errors
+are transient, 429 ``Retry-After`` is waited out and retried, a bounded number of
+times), the in-flight bound, connection reuse and the discovery cache, as the server
+saw them (``/fake/requests``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import ssl
 import sys
@@ -406,3 +408,65 @@ async def test_in_flight_bound_connection_reuse_and_cached_discovery(
     assert len({r["client_port"] for r in seen["requests"]}) <= 4  # kept-alive connections
     discovery = [r for r in seen["requests"] if r["path"] == "/api/v1"]
     assert len(discovery) == 1
+
+
+class FakeConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 (a fake: tunnels bytes, records targets)."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        self.tunnels.append(target)
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_proxy_url_from_the_kubeconfig_tunnels_https(
+    token_server: FakeKubeServer, tls: Tls, tokens: Path, tmp_path: Path, clients: list[ApiKube]
+) -> None:
+    tokens.write_text("t\n")
+    proxy = FakeConnectProxy()
+    await proxy.start()
+    try:
+        cluster = {
+            "certificate-authority": str(tls.ca_file),
+            "proxy-url": f"http://127.0.0.1:{proxy.port}",
+        }
+        api = client(
+            clients, kubeconfig(tmp_path / "kc", token_server.url, cluster, {"token": "t"})
+        )
+        assert await api.get("v1", "ConfigMap", "via-proxy", NS) is None
+        await api.close()
+    finally:
+        await proxy.stop()
+    port = token_server.url.rsplit(":", 1)[1]
+    assert proxy.tunnels and all(t == f"127.0.0.1:{port}" for t in proxy.tunnels)
