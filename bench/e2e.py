@@ -6,6 +6,7 @@ One run, against one API server (the fake API by default, any cluster with
 - **(c) the ceiling**: raw ``Workflow`` creates from this process through the same
   client (:class:`app.adapters.kube.ApiKube`) with the same in-flight limit as the
   sensor, for ``--seconds``: what the API server accepts from one Python client;
+  measured again (c') after the end-to-end runs, so drift on a shared machine shows;
 - **(t) the end-to-end rate**: ``triggerfish run`` (embedded JetStream) on the
   ml-pipeline example, a load generator posting to its webhook above the ceiling
   (``--rate``, default 1.5 x c); t is the rate of objects created over the offered
@@ -425,7 +426,7 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
             f"(accepted {sat.accepted}, failed {sat.failed}, created {sat.created}, "
             f"drained at {sat.drained_seconds:.1f}s; cpu {sat.cpu_us_per_event:.0f} µs/event)"
         )
-        print(f"t/c = {t / c:.2f}" if c else "t/c = n/a")
+        print(f"t/c = {t / c:.2f}" if c else "t/c = n/a", "(c measured again at the end)")
         if sat.accepted - sat.created > 0:
             print(f"  NOT DRAINED: {sat.accepted - sat.created} accepted events not created")
         _backlog(sat)
@@ -438,6 +439,13 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
         )
     finally:
         tf.stop()
+    # Again, now that Triggerfish is stopped: a shared machine drifts, and a ratio
+    # against two ceilings around it says how much.
+    (c2, _, _), _ = run_loop(_watched(target, lambda w: _ceiling(target, args.seconds)))
+    print(
+        f"(c') raw creates again           {c2:8.0f}/s  "
+        f"t/c' = {t / c2:.2f}, t/mean(c, c') = {2 * t / (c + c2):.2f}"
+    )
     issued, seen = watcher.latencies()
     print(f"receipt→create at {light:.0f}/s (30 % of t), created {lr.created}/{lr.accepted}:")
     for label, lat in (("create issued", issued), ("seen by a watch", seen)):
