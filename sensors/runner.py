@@ -228,6 +228,18 @@ def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, E
     return h.hexdigest()[:32]
 
 
+def firing_concurrency(floor: int, kube: Any, max_ack_pending: int) -> int:
+    """Events a fast-path sensor works on at once.
+
+    Enough to keep every request slot of the Kubernetes client busy while other firings
+    are between steps (filters, parameters, ack): twice its in-flight limit, at least
+    ``floor``; never more than the consumer may hold unacked (``max_ack_pending``), which
+    also bounds the memory the events in progress take.
+    """
+    want = max(floor, 2 * int(getattr(kube, "max_in_flight", 0) or 0))
+    return max(1, min(want, max_ack_pending) if max_ack_pending > 0 else want)
+
+
 class SensorRunner:
     """Runs one Sensor against the bus until cancelled."""
 
@@ -240,6 +252,7 @@ class SensorRunner:
         metrics: Any,
         *,
         concurrency: int = 64,
+        max_ack_pending: int = 0,
         default_retry: RetryPolicy | None = None,
         ack_wait_seconds: float = 30.0,
         reset_clock: Clock | None = None,
@@ -283,7 +296,7 @@ class SensorRunner:
         self.reset_clock: Clock = reset_clock or SystemClock()
         self.traces = traces
         self.metrics = metrics
-        self.concurrency = concurrency
+        self.concurrency = firing_concurrency(concurrency, trigger_ctx.kube, max_ack_pending)
         self.ack_wait_seconds = ack_wait_seconds
         self.fast_path = len(self.deps) == 1
         self._lock = asyncio.Lock()

@@ -236,7 +236,7 @@ async def _controller(args: argparse.Namespace) -> int:
     try:
         await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port)
     finally:
-        kube.close()
+        await kube.close()
     return 0
 
 

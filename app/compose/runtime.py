@@ -279,6 +279,7 @@ class Standalone:
                 self.traces,
                 self.metrics,
                 concurrency=ss.concurrency,
+                max_ack_pending=self.settings.bus.max_ack_pending,
                 default_retry=retry,
                 ack_wait_seconds=self.settings.bus.ack_wait_seconds,
             )
@@ -442,7 +443,7 @@ class Standalone:
         if self.bus is not None:
             await self.bus.close()
         if isinstance(self.kube, ApiKube):
-            self.kube.close()
+            await self.kube.close()
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
         log.info("stopped")

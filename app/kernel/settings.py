@@ -54,14 +54,29 @@ class KubeSettings(BaseModel):
     disabled: bool = Field(
         False, description="never talk to a cluster; record objects under the state dir"
     )
-    workers: int = Field(16, description="threads running blocking Kubernetes API calls")
+    max_in_flight: int = Field(
+        64, description="API requests in flight at once (and pooled connections)"
+    )
     request_timeout_seconds: float = Field(10.0, description="per API request")
+    throttle_retries: int = Field(
+        5, description="times a 429 (or 5xx) with Retry-After is retried before failing"
+    )
+    max_retry_after_seconds: float = Field(
+        30.0, description="cap on one Retry-After wait the server asks for"
+    )
+    credential_refresh_seconds: float = Field(
+        1.0, description="how often credential plugins / expiring tokens are checked"
+    )
 
 
 class SensorSettings(BaseModel):
     """Sensor execution knobs that are not part of the Sensor manifest."""
 
-    concurrency: int = Field(64, description="events a single-dependency sensor processes at once")
+    concurrency: int = Field(
+        64,
+        description="events a single-dependency sensor processes at once, at least; raised to"
+        " twice kube.max_in_flight, capped by bus.max_ack_pending",
+    )
     default_retry_steps: int = Field(
         5, description="retries for transient trigger failures when no retryStrategy"
     )

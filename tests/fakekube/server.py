@@ -26,8 +26,9 @@ scale, eviction), controllers (nothing runs pods or fills Deployment status), an
 graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
-``GET /fake/state``, and the fault rules of ``faults.py``: ``/fake/faults``); run it
-with ``python -m tests.fakekube``.
+``GET /fake/state``, the fault rules of ``faults.py``: ``/fake/faults``, and from
+``gate.py`` bearer-token checks (given a tokens file), ``POST /fake/gate/faults`` and
+``GET /fake/gate/requests``); run it with ``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tests.fakekube import discovery, errors, openapi
 from tests.fakekube.api import ResourceHandler, json_response
 from tests.fakekube.errors import ApiError
 from tests.fakekube.faults import FaultMiddleware, Faults
+from tests.fakekube.gate import Gate
 from tests.fakekube.resources import ResourceRegistry
 from tests.fakekube.store import Store
 
@@ -55,8 +57,8 @@ log = logging.getLogger("fakekube")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def create_app(*, history_limit: int = 1000) -> Starlette:
-    """A fresh fake API server with its own registry and store."""
+def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> Gate:
+    """A fresh fake API server with its own registry and store, behind its :class:`Gate`."""
     registry = ResourceRegistry()
     store = Store(registry, history_limit=history_limit)
     resources = ResourceHandler(store)
@@ -217,4 +219,4 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
         middleware=[Middleware(FaultMiddleware, faults=faults)],
     )
     app.state.store = store
-    return app
+    return Gate(app, tokens_file)
