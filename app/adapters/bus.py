@@ -140,16 +140,30 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._streams: dict[str, StreamLimits] = {}
         self._closed = False
+        self._last_server = ""
 
     # -- connection -------------------------------------------------------------------
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs of :attr:`url` (a comma-separated list reaches a cluster)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    def _server_now(self) -> str:
+        """The server connected to (kept after a disconnect, for the log line)."""
+        cu = self._nc.connected_url if self._nc is not None else None
+        if cu is not None:
+            self._last_server = f"{cu.scheme}://{cu.netloc}"
+        return self._last_server or self.url
+
     async def connect(self) -> None:
-        """Connect (reconnecting forever afterwards); raise if the first attempt fails."""
+        """Connect (reconnecting forever afterwards, to any server of the list or of the
+        cluster's gossip); raise if the first attempt fails."""
 
         async def on_disconnect() -> None:
-            log.warning("bus disconnected from %s", self.url)
+            log.warning("bus disconnected from %s", self._server_now())
 
         async def on_reconnect() -> None:
-            log.info("bus reconnected to %s", self.url)
+            log.info("bus reconnected to %s", self._server_now())
             # A server restarted on an empty store has lost our streams: recreate them.
             for name, limits in list(self._streams.items()):
                 with contextlib.suppress(Exception):
@@ -159,7 +173,7 @@ class Bus:
             log.debug("bus error: %s", e)
 
         opts: dict[str, Any] = {
-            "servers": [self.url],
+            "servers": self.servers,
             "connect_timeout": self.settings.connect_timeout_seconds,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.25,
@@ -176,6 +190,7 @@ class Bus:
         except Exception as e:
             raise BusUnavailableError(f"cannot connect to NATS at {self.url}: {e}") from e
         self._js = self._nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+        self._server_now()
 
     @property
     def connected(self) -> bool:

@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         help="manifest file or directory (repeatable)",
     )
     run.add_argument(
-        "--nats-url", default=None, help="use this NATS server instead of an embedded one"
+        "--nats-url",
+        default=None,
+        help="use this NATS server instead of an embedded one; several comma-separated "
+        "URLs (nats://a:4222,nats://b:4222) reach a cluster through whichever answers",
     )
     run.add_argument("--state-dir", default=None, help="embedded bus store and recorded objects")
     run.add_argument("--api-port", type=int, default=None, help="operations API port (0 = off)")
