@@ -139,3 +139,8 @@ class FakeKubeServer:
 
     def state(self) -> dict[str, Any]:
         return dict(self.request("GET", "/fake/state"))
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """API requests served after sequence number ``since`` (``seq``, ``method``,
+        ``path``, ``query``, ``userAgent``), oldest first; the last 20,000 are kept."""
+        return list(self.request("GET", f"/fake/requests?since={since}")["items"])
