@@ -154,6 +154,10 @@ class ApiKube:
     def server(self) -> str:
         return str(self._api.configuration.host)
 
+    def set_user_agent(self, value: str) -> None:
+        """The ``User-Agent`` of every request from now on."""
+        self._api.user_agent = value
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):

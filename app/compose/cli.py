@@ -184,9 +184,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from app.adapters.kube import ApiKube
+    from app.adapters.kube import ApiKube, current_namespace
     from app.compose.controller import ControllerSettings
-    from app.compose.controller.loop import run_controller
+    from app.compose.controller.loop import lease_identity, run_controller
 
     cfg = ControllerSettings()
     if args.namespace is not None:
@@ -195,8 +195,14 @@ async def _controller(args: argparse.Namespace) -> int:
     kube = ApiKube.from_settings(settings.kube)
     if kube is None:
         raise ConfigError("the controller needs a Kubernetes API (kubeconfig or in-cluster)")
+    if not cfg.lease_namespace:
+        cfg.lease_namespace = cfg.namespace or current_namespace(settings.kube)
+    identity = lease_identity(cfg)
+    # the replica's name in every request: the API server's audit log tells them apart
+    kube.set_user_agent(f"triggerfish/{__version__} controller/{identity}")
     try:
-        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port)
+        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port,
+                             identity)  # fmt: skip
     finally:
         kube.close()
     return 0
