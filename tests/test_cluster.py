@@ -12,13 +12,19 @@ the 2-core CI machine 10,000 takes minutes, too long for every run of the suite)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.clusterdrill import run_drill
+from app.adapters.bus import Bus, StreamLimits
+from app.kernel.errors import BusUnavailableError
+from app.kernel.settings import BusSettings
+from tests.support.clusterdrill import run_drill, stream_info
 from tests.support.natscluster import NatsCluster
+from tests.support.sensors import eventually
 
 LOG_LINE_BOUND = 300
 
@@ -44,3 +50,35 @@ def test_node_killed_mid_burst_and_rolling_restart_lose_and_duplicate_nothing(
         f"log lines during the rolling restart {len(r.rolling_log_lines)}, "
         f"phases {r.phase_seconds}"
     )
+
+
+@pytest.mark.slow
+async def test_sensor_state_bucket_survives_the_loss_of_any_node(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Partial condition state (the KV bucket) is replicated like the stream: with any
+    one node SIGKILLed, what was written is still read back and new writes land."""
+    bus = Bus(BusSettings(publish_timeout_seconds=2.0), nats_cluster.url)
+    await bus.connect()
+    try:
+        await bus.ensure_stream("default", StreamLimits(replicas=3))
+        store = await bus.state_store("sensor-argo-events-s")
+        await store.put("before", b"1")
+        info = stream_info(nats_cluster.nodes[0], "KV_sensor_argo_events_s")
+        assert info["config"]["num_replicas"] == 3
+        want = {"before": b"1"}
+        for node in nats_cluster.nodes:
+            await asyncio.to_thread(node.kill)
+
+            async def readable(w: dict[str, bytes] = want) -> bool:
+                with contextlib.suppress(BusUnavailableError):
+                    return await store.items() == w
+                return False
+
+            await eventually(readable, f"state readable with {node.name} down", timeout=30)
+            await store.put(f"without-{node.name}", b"2")
+            want[f"without-{node.name}"] = b"2"
+            await asyncio.to_thread(nats_cluster.restart, node)
+        assert await store.items() == want
+    finally:
+        await bus.close()

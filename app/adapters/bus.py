@@ -265,15 +265,20 @@ class Bus:
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
-        """A JetStream key-value bucket for durable sensor state (file storage)."""
+        """A JetStream key-value bucket for durable sensor state (file storage), with as
+        many replicas as the streams asked for: on a cluster, state survives the loss of
+        a node like the events do."""
         js = self._jetstream()
         bucket = subject_token(name).replace("-", "_")
+        replicas = max((lim.replicas for lim in self._streams.values()), default=1)
         try:
             try:
                 kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                    KeyValueConfig(
+                        bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
+                    )
                 )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e

@@ -120,16 +120,16 @@ class Poster:
         return n
 
 
-def stream_info(node: NatsNode) -> dict[str, Any]:
-    """The seed stream as one node's monitoring endpoint reports it (config, cluster)."""
+def stream_info(node: NatsNode, stream: str = STREAM) -> dict[str, Any]:
+    """A stream as one node's monitoring endpoint reports it (config, cluster)."""
     url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true&consumers=true&config=true"
     with urllib.request.urlopen(url, timeout=2) as resp:
         jsz = json.loads(resp.read())
     for account in jsz.get("account_details") or []:
         for s in account.get("stream_detail") or []:
-            if s.get("name") == STREAM:
+            if s.get("name") == stream:
                 return dict(s)
-    raise LookupError(f"stream {STREAM!r} not on {node.name}")
+    raise LookupError(f"stream {stream!r} not on {node.name}")
 
 
 def stream_leader(cluster: NatsCluster) -> NatsNode:
