@@ -3,8 +3,9 @@
 Starts the fake Kubernetes API (tests/fakekube) and a three-node ``nats-server``
 cluster on loopback (tests/support/natscluster.py), then runs the drill of
 ``tests/support/clusterdrill.py``: ``triggerfish run --nats-url a,b,c`` on the seed
-manifests (R3 stream); a burst of ``--events`` webhook posts during which the stream
-leader is SIGKILLed and later restarted; then a rolling restart of all three nodes
+manifests (R3 stream); a burst of ``--events`` webhook posts during which the node
+holding Triggerfish's connection, made leader of the stream and its consumer first, is
+SIGKILLed and later restarted; then a rolling restart of all three nodes
 under ``--rolling-rate`` posts per second. Prints events accepted, objects, lost,
 duplicated, 503 retries, Triggerfish's PID before/after, the log lines it wrote
 during the rolling restart (per-event lines excluded) and how long each phase took.
@@ -55,18 +56,21 @@ def main() -> int:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"bench/cluster: 3 nodes, stream replicas {r.replicas}, "
-          f"burst {args.events} events ({r.killed} SIGKILLed mid-burst, restarted), "
+          f"burst {args.events} events ({r.killed} SIGKILLed mid-burst, restarted; it held "
+          f"Triggerfish's connection and led stream and consumer: {r.killed_led_everything}), "
           f"then a rolling restart at {args.rolling_rate:.0f} posts/s")  # fmt: skip
     print(f"  accepted (200)        {len(r.accepted)}  (gave up: {len(r.gave_up)})")
     print(f"  objects               {sum(r.counts.values())}")
     print(f"  lost / duplicated     {len(r.lost)} / {len(r.duplicated)}")
     print(f"  503 retries           {r.retries_503}  (connection errors {r.retries_error})")
     print(f"  triggerfish pid       {r.pid_before} -> {r.pid_after}, ready {r.ready_after}")
+    print(f"  log lines, kill phase {len(r.kill_log_lines)} (per-event lines excluded)")
     print(f"  log lines, rolling    {len(r.rolling_log_lines)} (per-event lines excluded)")
     for phase, seconds in r.phase_seconds.items():
         print(f"  {phase:<22}{seconds:7.1f}s")
     if args.show_log:
-        print("\n".join(r.rolling_log_lines))
+        print("\n".join(["-- kill phase", *r.kill_log_lines, "-- rolling restart",
+                         *r.rolling_log_lines]))  # fmt: skip
     ok = not r.lost and not r.duplicated and not r.gave_up and r.pid_before == r.pid_after
     return 0 if ok else 1
 

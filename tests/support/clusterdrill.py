@@ -4,9 +4,11 @@
 (``--nats-url`` with the three client URLs); the seed EventBus asks for three replicas,
 so the stream and its consumer are R3. Then:
 
-1. a burst of ``events`` webhook posts; once a quarter is accepted, the node leading
-   the stream is SIGKILLed; once three quarters are accepted (or the burst is over) it
-   is started again on its store and the cluster waits until it has caught up;
+1. the node Triggerfish is connected to is first made leader of the stream and of its
+   consumer (leader step-downs), then a burst of ``events`` webhook posts; once a
+   quarter is accepted that node is SIGKILLed (connection, stream leader and consumer
+   leader lost at once); once three quarters are accepted (or the burst is over) it is
+   started again on its store and the cluster waits until it has caught up;
 2. a rolling restart of all three nodes (SIGTERM, start, wait until healthy, next
    one, each node down until ``down_events`` more posts were accepted) while posts keep
    arriving at a steady pace, up to ``rolling_events``.
@@ -15,8 +17,8 @@ Posters behave as the webhook contract asks: each event carries its own
 ``X-Request-Id`` (so a retry is the same event), and a ``503`` is retried after its
 ``Retry-After``. The drill then waits until every accepted event has its Workflow and
 reports what it saw: which events were accepted, how many Workflows each produced,
-Triggerfish's PID before and after, and the log lines it wrote during the rolling
-restart (per-event trigger lines excluded: those grow with the traffic by design).
+Triggerfish's PID before and after, and the log lines it wrote during each phase
+(per-event lines excluded: those grow with the traffic by design).
 """
 
 from __future__ import annotations
@@ -156,6 +158,59 @@ def stream_leader(cluster: NatsCluster) -> NatsNode:
     return next(n for n in cluster.nodes if n.name == found[0])
 
 
+def connected_node(cluster: NatsCluster) -> NatsNode:
+    """The node holding the one client connection (Triggerfish's; the drill opens none)."""
+
+    def clients(n: NatsNode) -> int:
+        url = f"http://127.0.0.1:{n.monitor_port}/connz"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(json.loads(resp.read()).get("num_connections") or 0)
+
+    found = [n for n in cluster.nodes if n.running and clients(n) > 0]
+    assert len(found) == 1, f"expected one node with a client, got {[n.name for n in found]}"
+    return found[0]
+
+
+def concentrate_on(cluster: NatsCluster, target: NatsNode) -> bool:
+    """Move the leadership of the seed stream and of its consumers to ``target`` (leader
+    step-downs naming it as preferred), so one SIGKILL hits Triggerfish's connection,
+    the stream leader and the consumer leader at once. True when all three coincide."""
+
+    def leaders() -> tuple[str, list[tuple[str, str]]]:
+        info = stream_info(stream_leader(cluster))
+        consumers = [
+            (str(c["name"]), str((c.get("cluster") or {}).get("leader") or ""))
+            for c in info.get("consumer_detail") or []
+        ]
+        return str(info["cluster"]["leader"]), consumers
+
+    async def move() -> bool:
+        import nats
+
+        nc = await nats.connect(servers=cluster.urls)
+        body = json.dumps({"placement": {"preferred": target.name}}).encode()
+        try:
+            for _ in range(10):
+                stream_at, consumers = leaders()
+                if stream_at == target.name and all(at == target.name for _, at in consumers):
+                    return True
+                subjects = [] if stream_at == target.name else [f"STREAM.LEADER.STEPDOWN.{STREAM}"]
+                subjects += [
+                    f"CONSUMER.LEADER.STEPDOWN.{STREAM}.{name}"
+                    for name, at in consumers
+                    if at != target.name
+                ]
+                for subject in subjects:
+                    with contextlib.suppress(Exception):
+                        await nc.request(f"$JS.API.{subject}", body, timeout=5)
+                await asyncio.sleep(1.0)
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(move())
+
+
 @dataclass
 class DrillReport:
     """What one drill observed; the test asserts on it, the bench prints it."""
@@ -166,6 +221,8 @@ class DrillReport:
     replicas: int
     consumer_replicas: list[int]
     killed: str
+    killed_led_everything: bool
+    kill_log_lines: list[str]
     pid_before: int
     pid_after: int | None
     alive_after: bool
@@ -235,7 +292,8 @@ def run_drill(
             int((c.get("config") or {}).get("num_replicas") or replicas)
             for c in info.get("consumer_detail") or []
         ]
-        killed = stream_leader(cluster)
+        killed = connected_node(cluster)
+        concentrated = concentrate_on(cluster, killed)
 
         async def phase_one() -> None:
             async def operator() -> None:
@@ -249,12 +307,13 @@ def run_drill(
             burst = asyncio.create_task(poster.burst([f"m{i}" for i in range(events)]))
             await asyncio.gather(burst, operator())
 
+        log_offset = tf.log_path.stat().st_size
         t0 = time.monotonic()
         asyncio.run(phase_one())
         phases["burst with a node killed"] = time.monotonic() - t0
         _settle(kube_api, poster.accepted, settle_timeout)
         phases["burst settled"] = time.monotonic() - t0
-
+        kill_lines = _log_lines(tf.log_path, log_offset)
         log_offset = tf.log_path.stat().st_size
 
         async def phase_two() -> None:
@@ -280,8 +339,7 @@ def run_drill(
         phases["rolling restart"] = time.monotonic() - t1
         _settle(kube_api, poster.accepted, settle_timeout)
         time.sleep(2.0)  # let any redelivery land, so a duplicate would show
-        text = tf.log_path.read_bytes()[log_offset:].decode(errors="replace")
-        rolling_lines = [ln for ln in text.splitlines() if ln and not PER_EVENT_LINE.search(ln)]
+        rolling_lines = _log_lines(tf.log_path, log_offset)
         counts = collections.Counter(model_of(w) for w in list_workflows(kube_api))
         alive = tf.proc is not None and tf.proc.poll() is None
         ready = alive and tf.is_ready()
@@ -292,6 +350,8 @@ def run_drill(
             replicas=replicas,
             consumer_replicas=consumer_replicas,
             killed=killed.name,
+            killed_led_everything=concentrated,
+            kill_log_lines=kill_lines,
             pid_before=pid_before,
             pid_after=tf.proc.pid if tf.proc is not None else None,
             alive_after=alive,
@@ -303,6 +363,12 @@ def run_drill(
         )
     finally:
         tf.stop()
+
+
+def _log_lines(path: Path, offset: int) -> list[str]:
+    """Lines logged since ``offset``, per-event lines left out."""
+    text = path.read_bytes()[offset:].decode(errors="replace")
+    return [ln for ln in text.splitlines() if ln and not PER_EVENT_LINE.search(ln)]
 
 
 def _settle(kube_api: Any, accepted: set[str], timeout: float) -> None:
