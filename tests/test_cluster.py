@@ -22,7 +22,7 @@ import pytest
 from app.adapters.bus import Bus, StreamLimits
 from app.kernel.errors import BusUnavailableError
 from app.kernel.settings import BusSettings
-from tests.support.clusterdrill import run_drill, stream_info
+from tests.support.clusterdrill import run_drill, stream_info, stream_leader
 from tests.support.natscluster import NatsCluster
 from tests.support.sensors import eventually
 
@@ -82,5 +82,26 @@ async def test_sensor_state_bucket_survives_the_loss_of_any_node(
             want[f"without-{node.name}"] = b"2"
             await asyncio.to_thread(nats_cluster.restart, node)
         assert await store.items() == want
+    finally:
+        await bus.close()
+
+
+@pytest.mark.slow
+async def test_publish_rides_over_a_stream_leader_election(nats_cluster: NatsCluster) -> None:
+    """Right after the stream leader's node is SIGKILLed nobody answers for the stream
+    until a new leader is elected: publishes wait that out (same dedup id) within the
+    publish timeout instead of failing, and each is stored once."""
+    bus = Bus(BusSettings(publish_timeout_seconds=30.0), nats_cluster.url)
+    await bus.connect()
+    try:
+        await bus.ensure_stream("default", StreamLimits(replicas=3))
+        leader = await asyncio.to_thread(stream_leader, nats_cluster)
+        await asyncio.to_thread(leader.kill)
+        for i in range(20):  # a BusUnavailableError here is the 503 a poster would get
+            await bus.publish_raw("default.src.ev", b"{}", f"ev-{i}")
+        await bus.publish_raw("default.src.ev", b"{}", "ev-0")  # a retry: deduplicated
+        await asyncio.to_thread(nats_cluster.restart, leader)
+        survivor = next(n for n in nats_cluster.nodes if n is not leader)
+        assert stream_info(survivor)["state"]["messages"] == 20
     finally:
         await bus.close()

@@ -141,6 +141,7 @@ class Bus:
         self._streams: dict[str, StreamLimits] = {}
         self._closed = False
         self._last_server = ""
+        self._restore: asyncio.Task[None] | None = None
 
     # -- connection -------------------------------------------------------------------
     @property
@@ -164,10 +165,12 @@ class Bus:
 
         async def on_reconnect() -> None:
             log.info("bus reconnected to %s", self._server_now())
-            # A server restarted on an empty store has lost our streams: recreate them.
-            for name, limits in list(self._streams.items()):
-                with contextlib.suppress(Exception):
-                    await self.ensure_stream(name, limits)
+            # A server restarted on an empty store has lost our streams: recreate them,
+            # in a task of its own: the client runs this callback inside its reconnect
+            # loop, and JetStream calls there (slow while a cluster elects leaders) would
+            # hold that loop up and race the next disconnect.
+            if self._restore is None or self._restore.done():
+                self._restore = asyncio.create_task(self._restore_streams())
 
         async def on_error(e: Exception) -> None:
             log.debug("bus error: %s", e)
@@ -192,12 +195,19 @@ class Bus:
         self._js = self._nc.jetstream(timeout=self.settings.publish_timeout_seconds)
         self._server_now()
 
+    async def _restore_streams(self) -> None:
+        for name, limits in list(self._streams.items()):
+            with contextlib.suppress(Exception):
+                await self.ensure_stream(name, limits)
+
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
     async def close(self) -> None:
         self._closed = True
+        if self._restore is not None:
+            self._restore.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=1)
@@ -249,19 +259,50 @@ class Bus:
         )
 
     async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
-        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`)."""
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            raise BusUnavailableError("bus is not connected")
-        try:
-            await self._jetstream().publish(
-                subject,
-                payload,
-                timeout=self.settings.publish_timeout_seconds,
-                headers={"Nats-Msg-Id": msg_id},
-            )
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
-            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`).
+
+        While nobody answers for the stream (a cluster electing a new stream leader
+        after a node died: followers drop what they receive, so an attempt may also
+        just time out) or the client is moving to another server, the publish is tried
+        again with the same dedup id, each attempt waiting at most a third of
+        ``publish_timeout_seconds`` and all of them within it: a short election costs
+        the caller a wait instead of a 503, and the event is stored once.
+        """
+        loop = asyncio.get_running_loop()
+        budget = self.settings.publish_timeout_seconds
+        deadline = loop.time() + budget
+        attempt_cap = max(0.5, budget / 3)
+        delay = 0.05
+        while True:
+            nc = self._nc
+            try:
+                if nc is None or not nc.is_connected:
+                    raise BusUnavailableError("bus is not connected")
+                await self._jetstream().publish(
+                    subject,
+                    payload,
+                    timeout=max(0.01, min(deadline - loop.time(), attempt_cap)),
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+                return
+            except (
+                BusUnavailableError,
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as e:
+                again = (
+                    nc is not None and not self._closed and (nc.is_connected or nc.is_reconnecting)
+                )
+                if not again or loop.time() + delay >= deadline:
+                    if isinstance(e, BusUnavailableError):
+                        raise
+                    raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
@@ -355,7 +396,14 @@ class Bus:
                         await psub.unsubscribe()
                 raise
             except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
-                log.warning("consumer %s: %s; retrying in %.1fs", name, e, backoff)
+                why = (
+                    "no answer from JetStream (leader election, or the server is down)"
+                    if isinstance(
+                        e, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError
+                    )
+                    else str(e)
+                )
+                log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
                 if isinstance(e, nats.js.errors.NotFoundError):
                     psub = None  # consumer or stream lost (server store wiped): recreate
                 await asyncio.sleep(backoff)
