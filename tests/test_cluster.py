@@ -7,7 +7,11 @@ end, and its log during either phase stays bounded (a fixed number of reconnect 
 retry lines, not lines per event).
 
 2,000 events here (the drill's full 10,000 runs in ``python -m bench.cluster``; on
-the 2-core CI machine 10,000 takes minutes, too long for every run of the suite).
+the 2-core CI machine 10,000 take over a minute, too long for every run of the suite).
+
+Two narrower checks on the same cluster fixture: a sensor's state bucket is replicated
+like the stream (any one node can die), and publishes wait out a stream leader
+election instead of failing.
 """
 
 from __future__ import annotations

@@ -292,9 +292,9 @@ class Bus:
                 nats.js.errors.NoStreamResponseError,
                 nats.js.errors.ServiceUnavailableError,
             ) as e:
-                again = (
-                    nc is not None and not self._closed and (nc.is_connected or nc.is_reconnecting)
-                )
+                # the client passes through disconnected/reconnecting/connecting while it
+                # moves to another server; only a closed client is a reason to stop now
+                again = nc is not None and not self._closed and not nc.is_closed
                 if not again or loop.time() + delay >= deadline:
                     if isinstance(e, BusUnavailableError):
                         raise
