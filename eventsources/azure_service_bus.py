@@ -39,12 +39,13 @@ from azure.servicebus.exceptions import (
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
+from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
-from eventsources.common import EventSourceFilter, SecretKeySelector
-from sensors.filters import SourceFilter, event_source_filter
+from eventsources.common import EventSourceFilter
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

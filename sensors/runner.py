@@ -13,9 +13,11 @@ For every dependency it asks the bus for a durable consumer on
   message is acked. Processed one event at a time per sensor, in order.
 
 Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
-Transient failures are retried; when retries are exhausted, or on a permanent failure,
+Transient failures are retried (waiting at least the ``Retry-After`` a peer asked for,
+within ``max_delay_seconds``); when retries are exhausted, or on a permanent failure,
 the firing goes to the dead-letter subject ``<bus>._dlq.<sensor>.<trigger>`` and the
-message is acked. Each firing carries a key hashed from (sensor, trigger, event ids),
+message is acked. When the dead letter cannot be published, the message is nak'd, not
+acked, so it is redelivered. Each firing carries a key hashed from (sensor, trigger, event ids),
 which triggers use to make their effects idempotent under redelivery.
 """
 
@@ -35,7 +37,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.kernel.errors import ConfigError, PermanentError, TriggerfishError
+from app.kernel import jsoncodec
+from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
@@ -44,7 +47,7 @@ from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
 from sensors.trace import Trace, TraceStore, TriggerOutcome
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.plugins import TRIGGERS
+from sensors.triggers.registry import TRIGGERS
 
 log = logging.getLogger("triggerfish.sensor")
 trace_log = logging.getLogger("triggerfish.trace")
@@ -154,12 +157,12 @@ class PreparedTrigger:
         self.config: Any = template.trigger_config
         if self.type_key not in TRIGGERS:
             raise ConfigError(f"trigger type {self.type_key!r} is not supported", self.name)
-        self.plugin_cls: type[Trigger] = TRIGGERS[self.type_key]
+        self.plugin_cls: type[Trigger] = TRIGGERS.load(self.type_key)
         self.ctx = ctx
         try:
             self.condition = Condition.compile(getattr(template, "conditions", None), dependencies)
         except ValueError as e:
-            raise ConfigError(str(e), f"trigger {self.name}: conditions") from e
+            raise ConfigError(str(e), "template.conditions") from e
         self.template_params = compile_parameters(spec.parameters, where="parameters")
         rs = getattr(spec, "retry_strategy", None)
         if rs is not None:
@@ -179,8 +182,19 @@ class PreparedTrigger:
             else None
         )
         dlq = getattr(spec, "dlq_trigger", None)
-        self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq is not None else None
-        self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        try:
+            self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq else None
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("dlqTrigger", e.path)) from e
+        try:
+            self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("template", e.path)) from e
+        except (ValueError, PermanentError) as e:  # the config cannot work, whatever the event
+            inner, sep, message = str(e).partition(": ")
+            if sep and inner.startswith(f"{self.type_key}.") and " " not in inner:
+                raise ConfigError(message, f"template.{inner}") from e
+            raise ConfigError(str(e), f"template.{self.type_key}") from e
         self._template_dict: dict[str, Any] | None = None
 
     def plugin_for(self, events: Mapping[str, Event]) -> tuple[Trigger, list[dict[str, Any]]]:
@@ -199,6 +213,11 @@ class PreparedTrigger:
         return self.plugin_cls(cfg, self.ctx), records
 
 
+def _join(prefix: str, path: str) -> str:
+    """``prefix.path`` (a field path under ``prefix``); ``prefix`` when ``path`` is empty."""
+    return f"{prefix}.{path}" if path else prefix
+
+
 def _event_time(ev: Event) -> datetime:
     """An event's CloudEvents time; one without a readable time counts as new (kept)."""
     try:
@@ -206,6 +225,14 @@ def _event_time(ev: Event) -> datetime:
     except ValueError:
         return datetime.max.replace(tzinfo=UTC)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _retry_delay(planned: float, error: Exception, policy: RetryPolicy) -> float:
+    """The planned backoff, or the peer's ``Retry-After`` when that is longer (capped)."""
+    asked = error.retry_after_seconds if isinstance(error, TransientError) else None
+    if asked is None or asked <= planned:
+        return planned
+    return min(asked, max(planned, policy.max_delay_seconds))
 
 
 def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, Event]) -> str:
@@ -246,11 +273,19 @@ class SensorRunner:
                     d.filters, d.filters_logical_operator or ""
                 )
             except ValueError as e:
-                raise ConfigError(str(e), f"spec.dependencies[{i}]") from e
-        self.triggers = [
-            PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
-            for t in sensor.spec.triggers
-        ]
+                inner, sep, message = str(e).partition(": ")
+                if sep and " " not in inner:  # the message starts with the filter's path
+                    raise ConfigError(message, f"spec.dependencies[{i}].{inner}") from e
+                raise ConfigError(str(e), f"spec.dependencies[{i}].filters") from e
+        self.triggers: list[PreparedTrigger] = []
+        for i, t in enumerate(sensor.spec.triggers):
+            try:
+                prepared = PreparedTrigger(
+                    t, dep_names, trigger_ctx, default_retry or RetryPolicy()
+                )
+            except ConfigError as e:
+                raise ConfigError(e.message, _join(f"spec.triggers[{i}]", e.path)) from e
+            self.triggers.append(prepared)
         # Compiled for every sensor (a bad cron fails at load), run only where there is
         # condition state to clear (several dependencies).
         self.resets: dict[str, ConditionsReset] = {}
@@ -294,7 +329,7 @@ class SensorRunner:
                     self.bus.consume(
                         self.bus_name,
                         subject,
-                        f"{self.namespace}-{self.name}-{dep.name}",
+                        self.durable_for(dep.name),
                         self._handler(dep.name),
                         concurrency=self.concurrency if self.fast_path else 1,
                         ack_wait_seconds=self.ack_wait_seconds,
@@ -372,6 +407,10 @@ class SensorRunner:
 
         return handle
 
+    def durable_for(self, dep: str) -> str:
+        """The durable consumer name of dependency ``dep`` (shared by every replica)."""
+        return f"{self.namespace}-{self.name}-{dep}"
+
     # -- per event ----------------------------------------------------------------------
     async def handle(self, dep: str, msg: Message) -> None:
         """Process one delivered event of dependency ``dep``; ack when done."""
@@ -390,11 +429,13 @@ class SensorRunner:
             "event received sensor=%s dependency=%s source=%s/%s id=%s delivery=%d",
             self.name, dep, ev.source, ev.subject, ev.id, msg.num_delivered,
         )  # fmt: skip
+        self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
             verdict = self.filters[dep].evaluate(ev)
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
+                self.metrics.sensor_events_filtered.labels(self.namespace, self.name, dep).inc()
                 log.info(
                     "event filtered sensor=%s dependency=%s id=%s: %s",
                     self.name, dep, ev.id, "; ".join(verdict.reasons),
@@ -413,7 +454,7 @@ class SensorRunner:
             # Not durable and not done (bus down while dead-lettering, state store
             # unavailable): leave it unacked so it is redelivered.
             trace.error = f"{type(e).__name__}: {e}"
-            self.metrics.events_processing_failed.labels(self.namespace, self.name).inc()
+            self.metrics.sensor_events_processing_failed.labels(self.namespace, self.name).inc()
             log.warning(
                 "sensor %s: event %s not done, will be redelivered: %s", self.name, ev.id, e
             )
@@ -428,7 +469,7 @@ class SensorRunner:
                     self.name, ev.id, dep, trace.filtered, trace.fired, results,
                     extra={"trace": trace},  # serialised only by the JSON formatter
                 )  # fmt: skip
-            self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
+            self.metrics.sensor_event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
             )
 
@@ -506,20 +547,23 @@ class SensorRunner:
                 result: TriggerResult = await plugin.execute(inv)
             except PermanentError as e:
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 break
             except Exception as e:  # transient or unexpected: retry within bounds
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 if not isinstance(e, TriggerfishError):
                     log.exception("trigger %s/%s raised unexpectedly", self.name, t.name)
                 if attempt < len(delays):
+                    delay = _retry_delay(delays[attempt], e, t.retry)
                     log.warning(
                         "trigger %s/%s attempt %d failed (%s); retrying in %.2fs",
-                        self.name, t.name, attempt + 1, e, delays[attempt],
+                        self.name, t.name, attempt + 1, e, delay,
                     )  # fmt: skip
                     if msg is not None:
                         with contextlib.suppress(Exception):
                             await msg.in_progress()
-                    await asyncio.sleep(delays[attempt])
+                    await asyncio.sleep(delay)
                 continue
             finally:
                 self.metrics.action_duration.labels(*labels).observe(
@@ -538,7 +582,7 @@ class SensorRunner:
             )  # fmt: skip
             return outcome
         # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
-        self.metrics.action_failed.labels(*labels).inc()
+        self.metrics.action_retries_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
         if t.dlq is not None:
@@ -558,7 +602,7 @@ class SensorRunner:
         self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
     ) -> None:
         subject = dead_letter_subject(self.bus_name, self.name, t.name)
-        payload = orjson.dumps(
+        payload = jsoncodec.dumps(
             {
                 "sensor": self.name,
                 "namespace": self.namespace,

@@ -23,7 +23,8 @@ from app.adapters.kube import FileKube
 from app.compose.manifests import load_one
 from app.kernel.errors import ConfigError
 from app.kernel.events import Event, new_event_id
-from sensors.reset import ConditionsReset, CronSchedule, run_resets
+from app.languages.cron import CronSchedule
+from sensors.reset import ConditionsReset, run_resets
 from sensors.runner import RetryPolicy
 from sensors.spec import ConditionsResetByTime, ConditionsResetCriteria
 from sensors.triggers.base import TriggerContext

@@ -8,7 +8,13 @@ handler coroutine; event sources through :meth:`Bus.publish`.
 
 Failure contract: :meth:`Bus.publish` raises :class:`BusUnavailableError` when the event
 is not known to be durable (not connected, no PubAck within
-``publish_timeout_seconds``, stream error). Callers must then not ack upstream.
+``publish_timeout_seconds``, stream error), :class:`StreamFullError` (a subclass) when
+the stream is at its ``maxMsgs``/``maxBytes`` limit. Callers must then not ack upstream.
+
+Streams discard *new* messages at their limits unless the EventBus asks for *old*
+(``discard: 0``): a full stream refuses the publisher, which can answer 503 or leave
+the message upstream, instead of silently dropping its oldest events, which may be
+events a sensor has not consumed yet.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.kernel.errors import BusUnavailableError, TransientError
+from app.kernel.errors import BusUnavailableError, StreamFullError, TransientError
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
@@ -49,13 +55,41 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
-    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited)."""
+    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited).
+
+    ``discard_new``: at a limit, refuse new messages (default) rather than drop the
+    oldest (``streamConfig`` ``discard: 0``). ``retention``: 0 limits (every stored
+    message counts until ``max_age``), 1 interest (a message goes once every consumer
+    has acked it, so the limits count only unconsumed events), 2 work queue.
+    """
 
     max_msgs: int = 1_000_000
     max_bytes: int = 1024 * 1024 * 1024
     max_age_seconds: float = 72 * 3600
     replicas: int = 1
     duplicates_seconds: float = 300.0
+    discard_new: bool = True
+    retention: int = 0
+
+
+_RETENTION = {
+    0: RetentionPolicy.LIMITS,
+    1: RetentionPolicy.INTEREST,
+    2: RetentionPolicy.WORK_QUEUE,
+}
+
+_STREAM_STORE_FAILED = 10077
+"""JetStream's err_code for a store refusal; with discard *new* the description says
+"maximum messages exceeded" / "maximum bytes exceeded"."""
+_INSUFFICIENT_RESOURCES = 10023
+
+
+def _is_stream_full(e: nats.js.errors.APIError) -> bool:
+    code = getattr(e, "err_code", None)
+    text = str(getattr(e, "description", "") or "")
+    if code == _INSUFFICIENT_RESOURCES:
+        return True
+    return code == _STREAM_STORE_FAILED and "exceeded" in text
 
 
 class BusMessage:
@@ -204,6 +238,16 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
+    def set_url(self, url: str) -> None:
+        """Reconnect to ``url`` from now on (the embedded server moved to a new port).
+
+        The connection object stays, so subscriptions, durable consumers and KV
+        handles carry over: the client's next reconnect attempt goes to ``url``.
+        """
+        self.url = url
+        if self._nc is not None and not self._nc.is_closed:
+            self._nc.set_server_pool([url])
+
     async def close(self) -> None:
         self._closed = True
         if self._restore is not None:
@@ -228,9 +272,9 @@ class Bus:
         cfg = StreamConfig(
             name=name,
             subjects=[f"{name}.>"],
-            retention=RetentionPolicy.LIMITS,
+            retention=_RETENTION[limits.retention],
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.NEW if limits.discard_new else DiscardPolicy.OLD,
             max_msgs=limits.max_msgs or -1,
             max_bytes=limits.max_bytes or -1,
             max_age=limits.max_age_seconds or 0,
@@ -266,7 +310,8 @@ class Bus:
         just time out) or the client is moving to another server, the publish is tried
         again with the same dedup id, each attempt waiting at most a third of
         ``publish_timeout_seconds`` and all of them within it: a short election costs
-        the caller a wait instead of a 503, and the event is stored once.
+        the caller a wait instead of a 503, and the event is stored once. A full
+        stream is not retried (:class:`StreamFullError` at once).
         """
         loop = asyncio.get_running_loop()
         budget = self.settings.publish_timeout_seconds
@@ -275,6 +320,7 @@ class Bus:
         delay = 0.05
         while True:
             nc = self._nc
+            failure: Exception
             try:
                 if nc is None or not nc.is_connected:
                     raise BusUnavailableError("bus is not connected")
@@ -285,24 +331,32 @@ class Bus:
                     headers={"Nats-Msg-Id": msg_id},
                 )
                 return
+            except nats.js.errors.APIError as e:
+                if _is_stream_full(e):
+                    raise StreamFullError(f"stream full, publish to {subject} refused: "
+                                          f"{e.description}") from e  # fmt: skip
+                if not isinstance(e, nats.js.errors.ServiceUnavailableError):
+                    raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+                failure = e
             except (
                 BusUnavailableError,
                 TimeoutError,
                 nats.errors.TimeoutError,
                 nats.js.errors.NoStreamResponseError,
-                nats.js.errors.ServiceUnavailableError,
             ) as e:
-                # the client passes through disconnected/reconnecting/connecting while it
-                # moves to another server; only a closed client is a reason to stop now
-                again = nc is not None and not self._closed and not nc.is_closed
-                if not again or loop.time() + delay >= deadline:
-                    if isinstance(e, BusUnavailableError):
-                        raise
-                    raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                failure = e
             except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
                 raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+            # the client passes through disconnected/reconnecting/connecting while it
+            # moves to another server; only a closed client is a reason to stop now
+            again = nc is not None and not self._closed and not nc.is_closed
+            if not again or loop.time() + delay >= deadline:
+                if isinstance(failure, BusUnavailableError):
+                    raise failure
+                msg = f"publish to {subject} not acknowledged: {failure}"
+                raise BusUnavailableError(msg) from failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
@@ -324,6 +378,15 @@ class Bus:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
         return StateStore(kv)
+
+    async def consumer_lag(self, bus: str, durable: str) -> tuple[int, int] | None:
+        """``(pending, ack_pending)`` of a durable consumer: events not yet delivered and
+        events delivered but not acked; ``None`` when the bus or the consumer is not there."""
+        try:
+            info = await self._jetstream().consumer_info(subject_token(bus), subject_token(durable))
+        except (BusUnavailableError, TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return None
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     # -- consume ----------------------------------------------------------------------
     async def consume(

@@ -13,7 +13,8 @@ Two implementations of :class:`sensors.triggers.base.KubeApi`:
 
 Errors are mapped at this boundary (STYLE §6): 409 AlreadyExists → :class:`AlreadyExists`,
 404 → :class:`NotFound`, 409 Conflict / 429 / 5xx / connection errors →
-:class:`~app.kernel.errors.TransientError`, any other 4xx →
+:class:`~app.kernel.errors.TransientError` (carrying the response's ``Retry-After`` in
+seconds, which the runner waits at least before its next attempt), any other 4xx →
 :class:`~app.kernel.errors.PermanentError`.
 """
 
@@ -94,6 +95,20 @@ def _split_api_version(api_version: str) -> tuple[str, str]:
         g, v = api_version.split("/", 1)
         return g, v
     return "", api_version
+
+
+def _retry_after(headers: Any) -> float | None:
+    """A ``Retry-After`` header given in seconds (the form the API server sends)."""
+    value = None
+    with contextlib.suppress(Exception):
+        value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _object_ref(obj: dict[str, Any]) -> tuple[str, str, str]:
@@ -197,15 +212,19 @@ class ApiKube:
         except Exception as e:  # urllib3/socket errors surface as many types
             status = int(getattr(e, "status", 0) or 0)
             if status:
-                raise self._error(status, getattr(e, "body", b"") or b"", method, path) from e
+                body = getattr(e, "body", b"") or b""
+                err = self._error(status, body, method, path, getattr(e, "headers", None))
+                raise err from e
             raise KubeTransientError(f"{method} {path}: {e}") from e
         data = resp.data or b""
         if not 200 <= resp.status <= 299:
-            raise self._error(resp.status, data, method, path)
+            raise self._error(resp.status, data, method, path, resp.headers)
         return orjson.loads(data) if data else None
 
     @staticmethod
-    def _error(status: int, data: bytes | str, method: str, path: str) -> KubeError:
+    def _error(
+        status: int, data: bytes | str, method: str, path: str, headers: Any = None
+    ) -> KubeError:
         reason, message = "", ""
         with contextlib.suppress(Exception):
             st = orjson.loads(data)
@@ -217,7 +236,9 @@ class ApiKube:
         if status == 404:
             return NotFound(text, status, reason)
         if status in (409, 429) or status >= 500:
-            return KubeTransientError(text, status, reason)
+            err = KubeTransientError(text, status, reason)
+            err.retry_after_seconds = _retry_after(headers)
+            return err
         return KubePermanentError(text, status, reason)
 
     async def _call(self, fn: Any, *args: Any) -> Any:

@@ -28,8 +28,9 @@ import yaml
 from pydantic import ValidationError
 
 from app.compose.support import unsupported
+from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError
-from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.eventbus import EventBus
 from app.kernel.spec import SpecModel, format_validation_error
 from eventsources.spec import EventSource
 from sensors.spec import Sensor
@@ -37,6 +38,18 @@ from sensors.spec import Sensor
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 SAMPLE_EVENT_SUFFIX = ".event.json"
 """Sample event payloads (for ``triggerfish test``) may sit beside manifests."""
+
+OTHER_ARGO_KINDS: frozenset[str] = frozenset({
+    # Argo Workflows
+    "Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow",
+    "WorkflowEventBinding", "WorkflowTaskSet", "WorkflowTaskResult",
+    "WorkflowArtifactGCTask",
+    # Argo CD and Argo Rollouts
+    "Application", "ApplicationSet", "AppProject", "Rollout", "AnalysisTemplate",
+    "ClusterAnalysisTemplate", "AnalysisRun", "Experiment",
+})  # fmt: skip
+"""argoproj.io kinds of the other Argo projects: applied or recorded like any object.
+Any other argoproj.io kind is refused, so a typo (``Sensr``) is not taken for one."""
 
 MODELS: dict[str, type[SpecModel]] = {
     "EventBus": EventBus,
@@ -215,6 +228,12 @@ def check_one(doc: Mapping[str, Any]) -> tuple[Manifest | dict[str, Any] | None,
         return None, ["apiVersion and kind must be strings"]
     group = api_version.split("/", 1)[0] if "/" in api_version else ""
     model = MODELS.get(kind)
+    if group == "argoproj.io" and model is None and kind not in OTHER_ARGO_KINDS:
+        return None, [
+            f"kind: unknown argoproj.io kind {kind!r} (Triggerfish runs "
+            f"{', '.join(MODELS)}; other Argo kinds such as Workflow and WorkflowTemplate "
+            "are applied as they are)"
+        ]
     if model is None or group != "argoproj.io":
         return dict(doc), []
     if api_version != API_VERSION:
@@ -224,7 +243,20 @@ def check_one(doc: Mapping[str, Any]) -> tuple[Manifest | dict[str, Any] | None,
     except ValidationError as e:
         return None, format_validation_error(e)
     problems = unsupported(obj)
+    if not problems and isinstance(obj, Sensor):
+        problems = _compile_problems(obj)
     return (None if problems else cast(Manifest, obj)), problems
+
+
+def _compile_problems(sensor: Sensor) -> list[str]:
+    """What ``run`` would refuse when it builds this Sensor's runner (the same code)."""
+    from app.compose.dryrun import offline_runner  # the runner imports the trigger modules
+
+    try:
+        offline_runner(sensor, read_files=False)
+    except (ConfigError, ValueError) as e:
+        return [str(e)]
+    return []
 
 
 def load_one(doc: Mapping[str, Any]) -> Manifest | dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from app.kernel import jsoncodec
+
 SPEC_VERSION = "1.0"
 
 
@@ -65,8 +67,9 @@ class Event:
         }
 
     def to_json(self) -> bytes:
-        """Encode as a structured-mode CloudEvent (one JSON object)."""
-        return orjson.dumps(
+        """Encode as a structured-mode CloudEvent (one JSON object), at any nesting depth
+        the JSON parser accepts (:func:`app.kernel.jsoncodec.dumps`)."""
+        return jsoncodec.dumps(
             {
                 "specversion": self.specversion,
                 "id": self.id,

@@ -150,6 +150,9 @@ class TriggerContext:
     secrets: SecretResolver | None = None
     policy: TriggerPolicy | None = None
     shared: SharedCache = field(default_factory=SharedCache)
+    read_files: bool = True
+    """Read ``source.file`` objects when a trigger is built (false when only validating
+    manifests, where the sensor's files are not)."""
 
 
 @dataclass

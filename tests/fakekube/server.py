@@ -27,7 +27,8 @@ graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
 ``GET /fake/state``, ``GET /fake/requests``: the last requests with method, path and
-``User-Agent``, for tests that ask who did what); run it with ``python -m tests.fakekube``.
+``User-Agent``, for tests that ask who did what, and the fault rules of ``faults.py``:
+``/fake/faults``); run it with ``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -48,6 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.fakekube import discovery, errors, openapi
 from tests.fakekube.api import ResourceHandler, json_response
 from tests.fakekube.errors import ApiError
+from tests.fakekube.faults import FaultMiddleware, Faults
 from tests.fakekube.resources import ResourceRegistry
 from tests.fakekube.store import Store
 
@@ -84,6 +87,7 @@ def create_app(*, history_limit: int = 1000) -> RequestLog:
     registry = ResourceRegistry()
     store = Store(registry, history_limit=history_limit)
     resources = ResourceHandler(store)
+    faults = Faults()
 
     def _get_only(request: Request) -> None:
         if request.method != "GET":
@@ -167,9 +171,21 @@ def create_app(*, history_limit: int = 1000) -> RequestLog:
         return PlainTextResponse("ok")
 
     async def fake_reset(request: Request) -> Response:
+        faults.clear()
         store.reset()
         requests.entries.clear()
         return json_response(store.stats())
+
+    async def fake_faults(request: Request) -> Response:
+        if request.method == "POST":
+            rule = faults.add(await request.json())
+            return json_response({"id": rule.id})
+        if request.method == "DELETE":
+            faults.clear()
+        return json_response(faults.view())
+
+    async def fake_faults_release(request: Request) -> Response:
+        return json_response({"released": faults.release()})
 
     async def fake_compact(request: Request) -> Response:
         keep = int(request.query_params.get("keep", "0"))
@@ -220,12 +236,15 @@ def create_app(*, history_limit: int = 1000) -> RequestLog:
         Route("/fake/compact", fake_compact, methods=["POST"]),
         Route("/fake/state", fake_state, methods=["GET"]),
         Route("/fake/requests", fake_requests, methods=["GET"]),
+        Route("/fake/faults", fake_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/fake/faults/release", fake_faults_release, methods=["POST"]),
         Route("/{path:path}", not_found, methods=METHODS),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={ApiError: api_error, Exception: internal_error},
         lifespan=lifespan,
+        middleware=[Middleware(FaultMiddleware, faults=faults)],
     )
     app.state.store = store
     requests = RequestLog(app)
