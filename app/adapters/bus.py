@@ -239,26 +239,43 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._streams: dict[str, StreamLimits] = {}
         self._closed = False
+        self._last_server = ""
+        self._restore: asyncio.Task[None] | None = None
 
     # -- connection -------------------------------------------------------------------
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs of :attr:`url` (a comma-separated list reaches a cluster)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    def _server_now(self) -> str:
+        """The server connected to (kept after a disconnect, for the log line)."""
+        cu = self._nc.connected_url if self._nc is not None else None
+        if cu is not None:
+            self._last_server = f"{cu.scheme}://{cu.netloc}"
+        return self._last_server or self.url
+
     async def connect(self) -> None:
-        """Connect (reconnecting forever afterwards); raise if the first attempt fails."""
+        """Connect (reconnecting forever afterwards, to any server of the list or of the
+        cluster's gossip); raise if the first attempt fails."""
 
         async def on_disconnect() -> None:
-            log.warning("bus disconnected from %s", self.url)
+            log.warning("bus disconnected from %s", self._server_now())
 
         async def on_reconnect() -> None:
-            log.info("bus reconnected to %s", self.url)
-            # A server restarted on an empty store has lost our streams: recreate them.
-            for name, limits in list(self._streams.items()):
-                with contextlib.suppress(Exception):
-                    await self.ensure_stream(name, limits)
+            log.info("bus reconnected to %s", self._server_now())
+            # A server restarted on an empty store has lost our streams: recreate them,
+            # in a task of its own: the client runs this callback inside its reconnect
+            # loop, and JetStream calls there (slow while a cluster elects leaders) would
+            # hold that loop up and race the next disconnect.
+            if self._restore is None or self._restore.done():
+                self._restore = asyncio.create_task(self._restore_streams())
 
         async def on_error(e: Exception) -> None:
             log.debug("bus error: %s", e)
 
         opts: dict[str, Any] = {
-            "servers": [self.url],
+            "servers": self.servers,
             "connect_timeout": self.settings.connect_timeout_seconds,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.25,
@@ -275,6 +292,12 @@ class Bus:
         except Exception as e:
             raise BusUnavailableError(f"cannot connect to NATS at {self.url}: {e}") from e
         self._js = self._nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+        self._server_now()
+
+    async def _restore_streams(self) -> None:
+        for name, limits in list(self._streams.items()):
+            with contextlib.suppress(Exception):
+                await self.ensure_stream(name, limits)
 
     @property
     def connected(self) -> bool:
@@ -292,6 +315,8 @@ class Bus:
 
     async def close(self) -> None:
         self._closed = True
+        if self._restore is not None:
+            self._restore.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=1)
@@ -343,36 +368,77 @@ class Bus:
         )
 
     async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
-        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`)."""
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            raise BusUnavailableError("bus is not connected")
-        try:
-            await self._jetstream().publish(
-                subject,
-                payload,
-                timeout=self.settings.publish_timeout_seconds,
-                headers={"Nats-Msg-Id": msg_id},
-            )
-        except nats.js.errors.APIError as e:
-            if _is_stream_full(e):
-                raise StreamFullError(f"stream full, publish to {subject} refused: "
-                                      f"{e.description}") from e  # fmt: skip
-            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
-            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`).
+
+        While nobody answers for the stream (a cluster electing a new stream leader
+        after a node died: followers drop what they receive, so an attempt may also
+        just time out) or the client is moving to another server, the publish is tried
+        again with the same dedup id, each attempt waiting at most a third of
+        ``publish_timeout_seconds`` and all of them within it: a short election costs
+        the caller a wait instead of a 503, and the event is stored once. A full
+        stream is not retried (:class:`StreamFullError` at once).
+        """
+        loop = asyncio.get_running_loop()
+        budget = self.settings.publish_timeout_seconds
+        deadline = loop.time() + budget
+        attempt_cap = max(0.5, budget / 3)
+        delay = 0.05
+        while True:
+            nc = self._nc
+            failure: Exception
+            try:
+                if nc is None or not nc.is_connected:
+                    raise BusUnavailableError("bus is not connected")
+                await self._jetstream().publish(
+                    subject,
+                    payload,
+                    timeout=max(0.01, min(deadline - loop.time(), attempt_cap)),
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+                return
+            except nats.js.errors.APIError as e:
+                if _is_stream_full(e):
+                    raise StreamFullError(f"stream full, publish to {subject} refused: "
+                                          f"{e.description}") from e  # fmt: skip
+                if not isinstance(e, nats.js.errors.ServiceUnavailableError):
+                    raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+                failure = e
+            except (
+                BusUnavailableError,
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.js.errors.NoStreamResponseError,
+            ) as e:
+                failure = e
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+            # the client passes through disconnected/reconnecting/connecting while it
+            # moves to another server; only a closed client is a reason to stop now
+            again = nc is not None and not self._closed and not nc.is_closed
+            if not again or loop.time() + delay >= deadline:
+                if isinstance(failure, BusUnavailableError):
+                    raise failure
+                msg = f"publish to {subject} not acknowledged: {failure}"
+                raise BusUnavailableError(msg) from failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
-        """A JetStream key-value bucket for durable sensor state (file storage)."""
+        """A JetStream key-value bucket for durable sensor state (file storage), with as
+        many replicas as the streams asked for: on a cluster, state survives the loss of
+        a node like the events do."""
         js = self._jetstream()
         bucket = subject_token(name).replace("-", "_")
+        replicas = max((lim.replicas for lim in self._streams.values()), default=1)
         try:
             try:
                 kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                    KeyValueConfig(
+                        bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
+                    )
                 )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
@@ -458,7 +524,14 @@ class Bus:
                         await psub.unsubscribe()
                 raise
             except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
-                log.warning("consumer %s: %s; retrying in %.1fs", name, e, backoff)
+                why = (
+                    "no answer from JetStream (leader election, or the server is down)"
+                    if isinstance(
+                        e, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError
+                    )
+                    else str(e)
+                )
+                log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
                 if isinstance(e, nats.js.errors.NotFoundError):
                     psub = None  # consumer or stream lost (server store wiped): recreate
                 await asyncio.sleep(backoff)

@@ -225,6 +225,7 @@ class ApiKube:
         self._header_at = float("-inf")
         self._auth_lock: asyncio.Lock | None = None
         self._limit = max(1, settings.max_in_flight)
+        self._user_agent = "triggerfish"
         self._sem: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
@@ -301,6 +302,11 @@ class ApiKube:
                     await s.close()
         self._session = self._watch_session = None
 
+    def set_user_agent(self, value: str) -> None:
+        """The ``User-Agent`` of every request from now on (a controller replica names
+        itself, so the API's audit log and the tests can tell replicas apart)."""
+        self._user_agent = value
+
     # -- transport ----------------------------------------------------------------------
     def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         """The sessions of the running loop (made on first use, inside the loop)."""
@@ -309,7 +315,7 @@ class ApiKube:
             self._loop = loop
             self._sem = asyncio.Semaphore(self._limit)
             self._auth_lock = asyncio.Lock()
-            headers = {"Accept": "application/json", "User-Agent": "triggerfish"}
+            headers = {"Accept": "application/json"}
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self._limit, ssl=self._ssl if self._ssl is not None else True
@@ -362,7 +368,7 @@ class ApiKube:
         refreshed = False
         attempt = 0
         while True:
-            headers: dict[str, str] = {}
+            headers: dict[str, str] = {"User-Agent": self._user_agent}
             if data is not None:
                 headers["Content-Type"] = content_type
             async with self._sem:
@@ -542,7 +548,7 @@ class ApiKube:
         if label_selector:
             query["labelSelector"] = label_selector
         path = f"{await self._collection(api_version, kind, namespace)}?{urlencode(query)}"
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"User-Agent": self._user_agent}
         auth = await self._auth()
         if auth:
             headers["Authorization"] = auth

@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         help="manifest file or directory (repeatable)",
     )
     run.add_argument(
-        "--nats-url", default=None, help="use this NATS server instead of an embedded one"
+        "--nats-url",
+        default=None,
+        help="use this NATS server instead of an embedded one; several comma-separated "
+        "URLs (nats://a:4222,nats://b:4222) reach a cluster through whichever answers",
     )
     run.add_argument("--state-dir", default=None, help="embedded bus store and recorded objects")
     run.add_argument("--api-port", type=int, default=None, help="operations API port (0 = off)")
@@ -222,9 +225,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from app.adapters.kube import ApiKube
+    from app.adapters.kube import ApiKube, current_namespace
     from app.compose.controller import ControllerSettings
-    from app.compose.controller.loop import run_controller
+    from app.compose.controller.loop import lease_identity, run_controller
 
     cfg = ControllerSettings()
     if args.namespace is not None:
@@ -233,8 +236,14 @@ async def _controller(args: argparse.Namespace) -> int:
     kube = ApiKube.from_settings(settings.kube)
     if kube is None:
         raise ConfigError("the controller needs a Kubernetes API (kubeconfig or in-cluster)")
+    if not cfg.lease_namespace:
+        cfg.lease_namespace = cfg.namespace or current_namespace(settings.kube)
+    identity = lease_identity(cfg)
+    # the replica's name in every request: the API server's audit log tells them apart
+    kube.set_user_agent(f"triggerfish/{__version__} controller/{identity}")
     try:
-        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port)
+        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port,
+                             identity)  # fmt: skip
     finally:
         await kube.close()
     return 0

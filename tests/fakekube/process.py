@@ -158,3 +158,8 @@ class FakeKubeServer:
     def seen(self) -> dict[str, Any]:
         """API requests since the last reset and the most in progress at once."""
         return dict(self.request("GET", "/fake/gate/requests"))
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """API requests served after sequence number ``since`` (``seq``, ``method``,
+        ``path``, ``query``, ``userAgent``), oldest first; the last 20,000 are kept."""
+        return list(self.request("GET", f"/fake/requests?since={since}")["items"])
