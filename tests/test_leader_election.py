@@ -54,7 +54,7 @@ async def clients(kube_api: Any) -> AsyncIterator[list[ApiKube]]:
         yield kubes
     finally:
         for k in kubes:
-            k.close()
+            await k.close()
 
 
 async def lease_spec(kube: ApiKube, name: str = "elect", ns: str = "default") -> dict[str, Any]:
