@@ -22,6 +22,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "webhook": "eventsources.webhook:WebhookSource",
         "sqs": "eventsources.sqs:SQSSource",
         "azureServiceBus": "eventsources.azure_service_bus:AzureServiceBusSource",
+        "nats": "eventsources.nats:NATSSource",
     },
 )
 
