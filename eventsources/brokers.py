@@ -173,7 +173,62 @@ async def ssl_context(
     return context
 
 
+class TLSFiles:
+    """Argo's ``TLSConfig`` as PEM text and files, for clients that take no SSL context.
+
+    The client certificate and key are written to a private temporary directory that
+    lives as long as this object (the client reads them again on every reconnect).
+    """
+
+    def __init__(self) -> None:
+        self.ca_data: str | None = None
+        self.cert_file: str | None = None
+        self.key_file: str | None = None
+        self.insecure = False
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @classmethod
+    async def load(
+        cls, tls: TLSConfig | None, ctx: SourceContext, namespace: str, path: str
+    ) -> TLSFiles | None:
+        """The files for ``tls``; None when TLS is not configured. Checks them with
+        :func:`ssl_context` first, so a bad certificate fails with the field's path."""
+        if await ssl_context(tls, ctx, namespace, path) is None or tls is None:
+            return None
+        out = cls()
+        out.insecure = tls.insecure_skip_verify
+        tls_path = f"{path}.tls"
+        if tls.ca_cert_secret is not None:
+            out.ca_data = await read_secret(
+                ctx, namespace, tls.ca_cert_secret, f"{tls_path}.caCertSecret"
+            )
+        if tls.client_cert_secret is not None and tls.client_key_secret is not None:
+            cert = await read_secret(
+                ctx, namespace, tls.client_cert_secret, f"{tls_path}.clientCertSecret"
+            )
+            key = await read_secret(
+                ctx, namespace, tls.client_key_secret, f"{tls_path}.clientKeySecret"
+            )
+            out._dir = tempfile.TemporaryDirectory(prefix="triggerfish-tls-")
+            cert_path, key_path = Path(out._dir.name) / "cert.pem", Path(out._dir.name) / "key.pem"
+            key_path.touch(0o600)
+            cert_path.write_text(cert)
+            key_path.write_text(key)
+            out.cert_file, out.key_file = str(cert_path), str(key_path)
+        return out
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
 # -- payloads -------------------------------------------------------------------------------
+def go_string(payload: bytes) -> str:
+    """A payload as Go's JSON encodes a ``string``: invalid UTF-8 becomes U+FFFD."""
+    return payload.decode(errors="replace")
+
+
 def text_or_base64(payload: bytes) -> str:
     """A payload as text; base64 when it is not UTF-8 (what Go's JSON does to ``[]byte``)."""
     try:

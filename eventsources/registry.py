@@ -23,6 +23,8 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "sqs": "eventsources.sqs:SQSSource",
         "azureServiceBus": "eventsources.azure_service_bus:AzureServiceBusSource",
         "nats": "eventsources.nats:NATSSource",
+        "redis": "eventsources.redis:RedisSource",
+        "redisStream": "eventsources.redis_stream:RedisStreamSource",
     },
 )
 

@@ -17,6 +17,7 @@ from app.adapters.natsserver import EmbeddedNats
 from app.kernel.settings import BusSettings
 
 pytest_plugins = [
+    "tests.broker_fixtures",
     "tests.fakekube.fixtures",
     "tests.servicebus_fixtures",
     "tests.sqs_fixtures",
