@@ -24,6 +24,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "azureServiceBus": "eventsources.azure_service_bus:AzureServiceBusSource",
         "nats": "eventsources.nats:NATSSource",
         "redis": "eventsources.redis:RedisSource",
+        "mqtt": "eventsources.mqtt:MQTTSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
     },
 )

@@ -5,7 +5,7 @@ own config and data directory under the test's temp dir, ready when it answers o
 port, and stopped by PID (restartable on the same port for reconnect tests):
 
 * ``redis_peer``: ``redis-server`` without persistence;
-* ``mosquitto_peer``: ``mosquitto`` with its own config file.
+* ``mosquitto_peer``: ``mosquitto`` with its own config file and password file.
 
 A missing binary fails the test with the package to install (``.ci/run`` installs them).
 """
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import getpass
 import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from app.adapters.natsserver import kill_pid
-from tests.support.net import free_port, wait_for
+from tests.support.net import free_port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -78,17 +80,18 @@ class Daemon:
                 preexec_fn=_die_with_parent,
             )
 
-        def up() -> bool:
-            assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout_seconds
+        while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log()}")
-            return self.ready()
-
-        try:
-            wait_for(up, timeout=self.start_timeout_seconds, interval=0.05)
-        except (TimeoutError, AssertionError):
-            self.stop()
-            raise AssertionError(f"{self.name} did not start:\n{self.log()}") from None
+                self.process = None
+                raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if self.ready():
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{self.name} did not start:\n{self.log()}")
+            time.sleep(0.05)
 
     def log(self) -> str:
         path = self.workdir / f"{self.name}.log"
@@ -130,6 +133,53 @@ class RedisPeer(Daemon):
 @pytest.fixture
 def redis_peer(tmp_path: Path) -> Iterator[RedisPeer]:
     peer = RedisPeer(workdir=tmp_path / "redis")
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@dataclass(kw_only=True)
+class MosquittoPeer(Daemon):
+    """Mosquitto with its own config file: anonymous clients plus one user from a
+    password file (``USER``/``PASSWORD``), no persistence."""
+
+    name: str = "mosquitto"
+    USER = "trainer"
+    PASSWORD = "s3cret"
+
+    def args(self) -> list[str]:
+        passwords = self.workdir / "passwords"
+        if not passwords.exists():
+            subprocess.run(
+                [_binary("mosquitto_passwd", "mosquitto"), "-b", "-c", str(passwords),
+                 self.USER, self.PASSWORD],
+                check=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+            passwords.chmod(0o600)
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} {self.host}\n"
+            # As root, mosquitto drops to user "mosquitto", who cannot read the test's
+            # temp dir: stay the user the tests run as.
+            f"user {getpass.getuser()}\n"
+            "allow_anonymous true\n"
+            f"password_file {passwords}\n"
+            "persistence false\n"
+            "max_queued_messages 1000\n"
+            "log_dest stdout\n"
+        )
+        return [_binary("mosquitto", "mosquitto"), "-c", str(config)]
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+@pytest.fixture
+def mosquitto_peer(tmp_path: Path) -> Iterator[MosquittoPeer]:
+    peer = MosquittoPeer(workdir=tmp_path / "mosquitto")
     peer.start()
     try:
         yield peer
