@@ -25,6 +25,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "nats": "eventsources.nats:NATSSource",
         "redis": "eventsources.redis:RedisSource",
         "mqtt": "eventsources.mqtt:MQTTSource",
+        "amqp": "eventsources.amqp:AMQPSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
     },
 )

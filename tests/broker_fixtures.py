@@ -5,7 +5,9 @@ own config and data directory under the test's temp dir, ready when it answers o
 port, and stopped by PID (restartable on the same port for reconnect tests):
 
 * ``redis_peer``: ``redis-server`` without persistence;
-* ``mosquitto_peer``: ``mosquitto`` with its own config file and password file.
+* ``mosquitto_peer``: ``mosquitto`` with its own config file and password file;
+* ``rabbitmq_peer`` (one per session: it takes seconds to boot): ``rabbitmq-server``
+  with its own node name, ports and directories, its ``epmd`` stopped by PID too.
 
 A missing binary fails the test with the package to install (``.ci/run`` installs them).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import getpass
+import os
 import shutil
 import signal
 import socket
@@ -180,6 +183,129 @@ class MosquittoPeer(Daemon):
 @pytest.fixture
 def mosquitto_peer(tmp_path: Path) -> Iterator[MosquittoPeer]:
     peer = MosquittoPeer(workdir=tmp_path / "mosquitto")
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # runs as the caller, unlike /usr/sbin's
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc), deepest last."""
+    out: list[int] = []
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        kids = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except (OSError, ValueError):
+        return out
+    for kid in kids:
+        out.append(kid)
+        out += _children(kid)
+    return out
+
+
+def _epmd_pids(port: int) -> list[int]:
+    """The ``epmd`` daemon started for our node: found by its own ERL_EPMD_PORT."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"epmd" not in (proc / "cmdline").read_bytes().split(b"\0")[0]:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"ERL_EPMD_PORT={port}".encode() in env:
+            found.append(int(proc.name))
+    return found
+
+
+@dataclass(kw_only=True)
+class RabbitPeer(Daemon):
+    """RabbitMQ with its own node name, ports (AMQP, distribution, epmd) and data and log
+    directories, all set through RABBITMQ_* variables; no plugins. Slow to start, so
+    one per test session."""
+
+    name: str = "rabbitmq"
+    start_timeout_seconds: float = 120.0
+    dist_port: int = 0
+    epmd_port: int = 0
+    _log_offset: int = 0
+
+    @property
+    def node(self) -> str:
+        return f"triggerfish-test-{self.port}@localhost"
+
+    @property
+    def node_log(self) -> Path:
+        return self.workdir / "log" / f"{self.node}.log"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    def args(self) -> list[str]:
+        if not Path(RABBITMQ_SERVER).is_file():
+            pytest.fail("rabbitmq-server not found: install the Debian package rabbitmq-server")
+        return [RABBITMQ_SERVER]
+
+    def start(self) -> None:
+        self.port = self.port or free_port(self.host)
+        self.dist_port = self.dist_port or free_port(self.host)
+        self.epmd_port = self.epmd_port or free_port(self.host)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),  # the Erlang cookie goes here
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": self.host,
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq"),  # none: defaults
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.workdir / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.workdir / "rabbitmq-env.conf"),
+        }
+        self._log_offset = self.node_log.stat().st_size if self.node_log.exists() else 0
+        super().start()
+
+    def ready(self) -> bool:
+        if not self.node_log.exists():
+            return False
+        with open(self.node_log, "rb") as f:
+            f.seek(self._log_offset)
+            booted = b"Server startup complete" in f.read()
+        return booted and _accepts(self.host, self.port)
+
+    def log(self) -> str:
+        text = super().log()
+        if self.node_log.exists():
+            text += "\n" + self.node_log.read_text(errors="replace")[-3000:]
+        return text
+
+    def stop(self) -> None:
+        """The Erlang VM first (SIGTERM: a clean stop), then the script, then epmd."""
+        if self.process is not None:
+            for pid in _children(self.process.pid):  # the VM first: a clean stop
+                kill_pid(pid, timeout_seconds=30)
+        super().stop()
+        for pid in _epmd_pids(self.epmd_port):
+            kill_pid(pid)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitPeer]:
+    peer = RabbitPeer(workdir=tmp_path_factory.mktemp("rabbitmq"))
     peer.start()
     try:
         yield peer

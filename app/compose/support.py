@@ -67,6 +67,11 @@ EVENT_SOURCE: dict[str, Rule] = {
     "spec.webhook.*.filter": True,
     "spec.nats.*.auth.nkey": False,
     "spec.nats.*.auth.credential": False,
+    "spec.amqp.*.exchangeDeclare.noWait": False,
+    "spec.amqp.*.queueDeclare.noWait": False,
+    "spec.amqp.*.queueBind.noWait": False,
+    "spec.amqp.*.consume.noWait": False,
+    "spec.amqp.*.consume.noLocal": False,
 }
 
 _TRIGGER: dict[str, Rule] = {
