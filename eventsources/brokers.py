@@ -223,6 +223,17 @@ class TLSFiles:
             self._dir = None
 
 
+def redact_url(url: str) -> str:
+    """``url`` (comma-separated URLs too) without passwords, for log lines."""
+    out = []
+    for one in url.split(","):
+        scheme, sep, rest = one.strip().partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:
+            rest = "***@" + rest.split("@", 1)[1]
+        out.append(f"{scheme}{sep}{rest}")
+    return ",".join(out)
+
+
 # -- payloads -------------------------------------------------------------------------------
 def go_string(payload: bytes) -> str:
     """A payload as Go's JSON encodes a ``string``: invalid UTF-8 becomes U+FFFD."""

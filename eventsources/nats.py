@@ -46,6 +46,7 @@ from eventsources.brokers import (
     check_filters,
     first_failure,
     read_secret,
+    redact_url,
     ssl_context,
 )
 from eventsources.common import EventSourceFilter
@@ -145,6 +146,7 @@ class _Subscriber:
     async def _connect(self) -> Client:
         retry = Retry(self.cfg.connection_backoff)
         servers = [u.strip() for u in self.cfg.url.split(",") if u.strip()]
+        shown = redact_url(self.cfg.url)
         while True:
             try:
                 opts = await self._options()
@@ -154,13 +156,21 @@ class _Subscriber:
                 continue
 
             async def on_disconnect() -> None:
-                self.log.warning("%s: disconnected from %s; reconnecting", self.where, self.cfg.url)
+                self.log.warning("%s: disconnected from %s; reconnecting", self.where, shown)
 
             async def on_reconnect() -> None:
-                self.log.info("%s: reconnected to %s", self.where, self.cfg.url)
+                self.log.info("%s: reconnected to %s", self.where, shown)
+
+            last_error = ""
 
             async def on_error(e: Exception) -> None:
-                self.log.debug("%s: %s", self.where, e)
+                # nats-py retries by itself (the first connect too): say each new
+                # problem once, not once per attempt.
+                nonlocal last_error
+                text = str(e) or type(e).__name__
+                if text != last_error:
+                    self.log.warning("%s: %s: %s; retrying", self.where, shown, text)
+                    last_error = text
 
             try:
                 return await nats.connect(
@@ -180,7 +190,7 @@ class _Subscriber:
                 self.log.error(
                     "%s: cannot connect to %s: %s; retrying in about %.1fs",
                     self.where,
-                    self.cfg.url,
+                    shown,
                     e or type(e).__name__,
                     wait,
                 )

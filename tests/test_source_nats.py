@@ -9,6 +9,8 @@ across a restart of the upstream server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,3 +318,26 @@ def test_config_errors_are_one_line_naming_the_field(spec: dict[str, Any], line:
 def test_argo_example_manifest_loads() -> None:
     obj, problems = check_one(yaml.safe_load(ARGO_EXAMPLE.read_text()))
     assert problems == [] and obj is not None
+
+
+async def test_a_password_in_the_url_never_reaches_the_log(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support.net import free_port
+
+    url = f"nats://trainer:hunter2@127.0.0.1:{free_port()}"  # nothing listens there
+    source = _source(CountingPublisher(bus), {"example": {"url": url, "subject": "s"}})
+    caplog.set_level(logging.INFO)
+    task = asyncio.create_task(source.run())
+
+    def tried() -> bool:
+        return any("nats://***@127.0.0.1" in r.getMessage() for r in caplog.records)
+
+    try:
+        await eventually_long(tried, "a failed connect logged")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert "hunter2" not in caplog.text
+    assert not source.ready()
