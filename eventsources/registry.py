@@ -26,6 +26,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "redis": "eventsources.redis:RedisSource",
         "mqtt": "eventsources.mqtt:MQTTSource",
         "amqp": "eventsources.amqp:AMQPSource",
+        "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
     },
 )

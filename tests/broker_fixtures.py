@@ -1,13 +1,16 @@
 """pytest plugin: the real brokers the broker source tests read from (DESIGN §6).
 
-Each is the Debian package's own server binary, started on a free loopback port with its
-own config and data directory under the test's temp dir, ready when it answers on its
-port, and stopped by PID (restartable on the same port for reconnect tests):
+Each is a real server (a Debian package's binary, or Azurite from npm), started on a
+free loopback port with its own config and data directory under the test's temp dir,
+ready when it answers on its port, and stopped by PID (restartable on the same port for
+reconnect tests):
 
 * ``redis_peer``: ``redis-server`` without persistence;
 * ``mosquitto_peer``: ``mosquitto`` with its own config file and password file;
 * ``rabbitmq_peer`` (one per session: it takes seconds to boot): ``rabbitmq-server``
-  with its own node name, ports and directories, its ``epmd`` stopped by PID too.
+  with its own node name, ports and directories, its ``epmd`` stopped by PID too;
+* ``azurite_peer``: Azurite's queue service (npm package ``azurite``, run with Node.js,
+  installed under ``.ci/azurite`` by ``.ci/run``), in memory.
 
 A missing binary fails the test with the package to install (``.ci/run`` installs them).
 """
@@ -306,6 +309,60 @@ class RabbitPeer(Daemon):
 @pytest.fixture(scope="session")
 def rabbitmq_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitPeer]:
     peer = RabbitPeer(workdir=tmp_path_factory.mktemp("rabbitmq"))
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+#: Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _azurite_queue() -> str:
+    local = REPO / ".ci" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("azurite-queue")
+    if found:
+        return found
+    pytest.fail("azurite-queue not found: npm install --prefix .ci/azurite (.ci/run does)")
+
+
+@dataclass(kw_only=True)
+class AzuritePeer(Daemon):
+    """Azurite's queue service (Node.js, from npm), in-memory, no telemetry."""
+
+    name: str = "azurite-queue"
+
+    def args(self) -> list[str]:
+        return [
+            _azurite_queue(),
+            "--queueHost", self.host,
+            "--queuePort", str(self.port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--silent",
+        ]  # fmt: skip
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};"
+            f"QueueEndpoint=http://{self.host}:{self.port}/{AZURITE_ACCOUNT};"
+        )
+
+
+@pytest.fixture
+def azurite_peer(tmp_path: Path) -> Iterator[AzuritePeer]:
+    peer = AzuritePeer(workdir=tmp_path / "azurite")
     peer.start()
     try:
         yield peer
