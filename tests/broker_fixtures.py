@@ -154,6 +154,8 @@ class MosquittoPeer(Daemon):
     name: str = "mosquitto"
     USER = "trainer"
     PASSWORD = "s3cret"
+    #: (certificate PEM, key PEM): serve TLS with this self-signed certificate instead.
+    tls: tuple[str, str] | None = None
 
     def args(self) -> list[str]:
         passwords = self.workdir / "passwords"
@@ -176,11 +178,18 @@ class MosquittoPeer(Daemon):
             "max_queued_messages 1000\n"
             "log_dest stdout\n"
         )
+        if self.tls is not None:
+            cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+            cert.write_text(self.tls[0])
+            key.write_text(self.tls[1])
+            key.chmod(0o600)
+            with open(config, "a") as f:
+                f.write(f"cafile {cert}\ncertfile {cert}\nkeyfile {key}\n")
         return [_binary("mosquitto", "mosquitto"), "-c", str(config)]
 
     @property
     def url(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return f"{'ssl' if self.tls else 'tcp'}://{self.host}:{self.port}"
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from tests.support.brokers import (
     source_context,
 )
 from tests.support.sources import CountingMetrics, DictSecrets
+from tests.test_webhook_bus import _self_signed
 
 SOURCE = "mqtt-source"
 ARGO_EXAMPLE = Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources/mqtt.yaml"
@@ -274,3 +275,37 @@ def test_config_errors_are_one_line_naming_the_field(events: dict[str, Any], lin
 def test_argo_example_manifest_loads() -> None:
     obj, problems = check_one(yaml.safe_load(ARGO_EXAMPLE.read_text()))
     assert problems == [] and obj is not None
+
+
+async def test_tls_with_the_ca_from_a_secret(tmp_path: Path, bus: Bus, stream: Stream) -> None:
+    cert, key = _self_signed()
+    peer = MosquittoPeer(workdir=tmp_path / "mosquitto-tls", tls=(cert, key))
+    peer.start()
+    try:
+        secrets = DictSecrets({("mqtt-tls", "ca"): cert})
+        tls = {"caCertSecret": {"name": "mqtt-tls", "key": "ca"}}
+        cfg = {"example": _cfg(peer, "t", "src-tls", tls=tls)}
+        assert cfg["example"]["url"].startswith("ssl://")
+        async with running(_source(CountingPublisher(bus), cfg, secrets=secrets)):
+            ca = tmp_path / "ca.pem"
+            ca.write_text(cert)
+            tls_params = aiomqtt.TLSParameters(ca_certs=str(ca))
+            async with aiomqtt.Client(peer.host, peer.port, tls_params=tls_params) as c:
+                await c.publish("t", b"over tls")
+
+            async def one() -> bool:
+                return await stream.count() == 1
+
+            await eventually_long(one, "1 event over TLS")
+
+        # Without the CA the broker's certificate is not trusted: no session, no crash.
+        untrusting = _source(CountingPublisher(bus), {"example": _cfg(peer, "t", "src-no-ca")})
+        task = asyncio.create_task(untrusting.run())
+        await asyncio.sleep(1.5)
+        assert not untrusting.ready() and not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        peer.stop()
+    assert [e["data"]["body"] for e in await stream.events()] == ["over tls"]
