@@ -119,9 +119,11 @@ class Daemon:
 @dataclass(kw_only=True)
 class RedisPeer(Daemon):
     name: str = "redis-server"
+    #: (certificate PEM, key PEM): serve TLS only, with this self-signed certificate.
+    tls: tuple[str, str] | None = None
 
     def args(self) -> list[str]:
-        return [
+        args = [
             _binary("redis-server", "redis-server"),
             "--bind", self.host,
             "--port", str(self.port),
@@ -130,6 +132,16 @@ class RedisPeer(Daemon):
             "--dir", str(self.workdir),
             "--protected-mode", "no",
         ]  # fmt: skip
+        if self.tls is not None:
+            cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+            cert.write_text(self.tls[0])
+            key.write_text(self.tls[1])
+            key.chmod(0o600)
+            args[args.index("--port") + 1] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+        return args
 
     @property
     def address(self) -> str:

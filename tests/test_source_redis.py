@@ -35,6 +35,7 @@ from tests.support.brokers import (
     source_context,
 )
 from tests.support.sources import CountingMetrics, DictSecrets
+from tests.test_webhook_bus import _self_signed
 
 SOURCE = "redis-source"
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources"
@@ -367,6 +368,33 @@ async def test_stream_password_from_a_secret(
 
         await eventually_long(one, "1 event")
     assert secrets.reads == [("argo-events", "redis-auth", "password")]
+
+
+async def test_stream_over_tls_with_the_ca_from_a_secret(
+    tmp_path: Path, bus: Bus, stream: Stream
+) -> None:
+    cert, key = _self_signed()
+    peer = RedisPeer(workdir=tmp_path / "redis-tls", tls=(cert, key))
+    peer.start()
+    try:
+        secrets = DictSecrets({("redis-tls", "ca"): cert})
+        tls = {"caCertSecret": {"name": "redis-tls", "key": "ca"}}
+        cfg = _stream_cfg(peer, "TRAIN", tls=tls)
+        async with running(_streams(CountingPublisher(bus), {"example": cfg}, secrets=secrets)):
+            ca = tmp_path / "ca.pem"
+            ca.write_text(cert)
+            client = aioredis.Redis(host=peer.host, port=peer.port, ssl=True, ssl_ca_certs=str(ca))
+            try:
+                await _xadd_many(client, "TRAIN", 0, 3)
+            finally:
+                await client.aclose()
+
+            async def three() -> bool:
+                return await stream.count() == 3
+
+            await eventually_long(three, "3 events over TLS")
+    finally:
+        peer.stop()
 
 
 # -- configuration ---------------------------------------------------------------------
