@@ -17,6 +17,7 @@ from app.kernel.spec import SpecModel, dump
 from eventsources.spec import EventSource
 from eventsources.webhook import WebhookConfig
 from sensors.spec import ARGO_TRIGGER_TYPES, Backoff, Sensor
+from sensors.triggers.base import Invocation, Trigger, TriggerResult
 from sensors.triggers.k8s import K8sTriggerConfig
 from sensors.triggers.log import LogTriggerConfig
 from sensors.triggers.registry import TRIGGERS
@@ -543,8 +544,12 @@ class _SlackConfig(SpecModel):
     message: str = ""
 
 
-class _SlackTrigger:
+class _SlackTrigger(Trigger):
+    type_name = "slack"
     config_model = _SlackConfig
+
+    async def execute(self, inv: Invocation) -> TriggerResult:
+        return TriggerResult(action="posted")
 
 
 def test_registering_a_trigger_type_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:

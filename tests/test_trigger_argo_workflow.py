@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,14 +33,14 @@ KEY = "0123456789abcdef" * 2
 
 
 @pytest.fixture
-def kube(kube_api: KubeApi) -> Iterator[ApiKube]:
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
     kube_api.create_namespace(NS)
     api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
     assert api is not None
     try:
         yield api
     finally:
-        api.close()
+        await api.close()
 
 
 @pytest.fixture
@@ -381,8 +381,20 @@ def test_load_time_errors_name_the_field(argo: dict[str, Any], line: str) -> Non
 
 def test_every_supported_operation_loads() -> None:
     for op in ("", "submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"):
-        _obj, lines = check_one(sensor_doc({"operation": op, "source": named("x")}))
+        source = named("x")
+        if op == "submit-from":
+            source["resource"]["kind"] = "WorkflowTemplate"
+        _obj, lines = check_one(sensor_doc({"operation": op, "source": source}))
         assert lines == [], (op, lines)
+
+
+def test_a_source_the_operation_cannot_use_fails_validation() -> None:
+    """What ``run`` refuses when it builds the trigger, ``validate`` refuses too."""
+    _obj, lines = check_one(sensor_doc({"operation": "submit-from", "source": named("x")}))
+    assert lines == [
+        "spec.triggers[0].template.argoWorkflow.source: submit-from needs a WorkflowTemplate, "
+        "ClusterWorkflowTemplate or CronWorkflow, got kind 'Workflow'"
+    ]
 
 
 # --------------------------------------------------------------------------- end to end

@@ -66,6 +66,7 @@ from sensors.spec import TriggerParameter
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s import (
     ANNOTATION_KEY,
+    ANNOTATION_TRACE_ID,
     LABEL_ACTION_TS,
     LABEL_SENSOR,
     LABEL_TRIGGER,
@@ -257,7 +258,9 @@ class ArgoWorkflowTrigger(Trigger):
         if self.operation == "retry":
             raise PermanentError("argoWorkflow operation retry is not supported")
         self.options: SubmitOptions = config.submit_options
-        self.source = ResourceSource(config.source, where="argoWorkflow.source")
+        self.source = ResourceSource(
+            config.source, where="argoWorkflow.source", read_files=ctx.read_files
+        )
         self.params = compile_parameters(config.parameters, where="argoWorkflow.parameters")
         if self.source.static is not None and not self.params:
             self._check(self.source.static)  # a wrong kind fails when the trigger is built
@@ -331,6 +334,8 @@ class ArgoWorkflowTrigger(Trigger):
         annotations = meta.get("annotations") or {}
         meta["annotations"] = annotations
         annotations[ANNOTATION_KEY] = inv.key
+        if inv.trace_id:
+            annotations[ANNOTATION_TRACE_ID] = inv.trace_id
         if not meta.get("name"):
             prefix = meta.pop("generateName", "")
             if not prefix:

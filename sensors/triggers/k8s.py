@@ -11,10 +11,10 @@ Semantics:
 * Created objects carry the labels ``events.argoproj.io/sensor``, ``/trigger`` and
   ``/action-timestamp``.
 * Idempotent creates (a deliberate fix over Argo): with ``generateName`` the name is the
-  prefix plus a short hash of (sensor, trigger, event ids), and the full key is stored
-  in an annotation. A redelivered event therefore hits 409 AlreadyExists; when the
-  existing object carries the same key that counts as success, otherwise (a real name
-  clash) it is an error.
+  prefix plus a short hash of (sensor, trigger, event ids); the full key is stored in an
+  annotation of every created object. A redelivered event therefore hits 409
+  AlreadyExists; when the existing object carries the same key that counts as success,
+  otherwise (another firing's key or none: a real name clash) it is a PermanentError.
 * Failure: API 409 Conflict / 429 / 5xx / network → TransientError (retried); other 4xx
   → PermanentError (dead-lettered); a missing parameter key → ParameterError.
 """
@@ -82,13 +82,15 @@ LABEL_SENSOR = "events.argoproj.io/sensor"
 LABEL_TRIGGER = "events.argoproj.io/trigger"
 LABEL_ACTION_TS = "events.argoproj.io/action-timestamp"
 ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
+ANNOTATION_TRACE_ID = "events.triggerfish.io/trace-id"
+"""The W3C trace id of the firing that created the object (OpenTelemetry)."""
 NAME_HASH_CHARS = 10
 
 
-def load_resource(config: K8sTriggerConfig) -> ResourceSource:
+def load_resource(config: K8sTriggerConfig, read_files: bool = True) -> ResourceSource:
     """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
     ``configmap`` (see :mod:`sensors.triggers.sources`)."""
-    return ResourceSource(config.source, where="k8s.source")
+    return ResourceSource(config.source, where="k8s.source", read_files=read_files)
 
 
 class K8sTrigger(Trigger):
@@ -99,7 +101,7 @@ class K8sTrigger(Trigger):
 
     def __init__(self, config: K8sTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.source = load_resource(config)
+        self.source = load_resource(config, ctx.read_files)
         self.operation = (config.operation or "create").lower()
         self.params = compile_parameters(config.parameters, where="k8s.parameters")
 
@@ -122,7 +124,10 @@ class K8sTrigger(Trigger):
         if self.operation == "create":
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta.pop("generateName") + inv.key[:NAME_HASH_CHARS]
-                meta.setdefault("annotations", {})[ANNOTATION_KEY] = inv.key
+            meta["annotations"] = meta.get("annotations") or {}
+            meta["annotations"][ANNOTATION_KEY] = inv.key
+            if inv.trace_id:
+                meta["annotations"][ANNOTATION_TRACE_ID] = inv.trace_id
             try:
                 created = await kube.create(obj, namespace)
             except AlreadyExists:
@@ -136,12 +141,10 @@ class K8sTrigger(Trigger):
                         _ref(live, kind, namespace),
                         records,
                     )
-                if ANNOTATION_KEY in (meta.get("annotations") or {}):
-                    raise PermanentError(
-                        f"{kind} {namespace}/{meta.get('name')} exists but was created "
-                        "for other events (name clash)"
-                    ) from None
-                raise
+                raise PermanentError(
+                    f"{kind} {namespace}/{meta.get('name')} exists but was not created "
+                    "for these events (name clash)"
+                ) from None
             return await self._with_policy(
                 "created", created, kind, namespace, records, api_version
             )

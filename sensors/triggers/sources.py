@@ -195,11 +195,15 @@ class ResourceSource:
 
     ``where`` names the field in messages (``k8s.source``). The static kinds
     (resource, inline, file) are read here, so a bad one fails when the trigger is
-    built; :attr:`static` is then the object. :meth:`load` returns the object, which
-    callers must not modify (``apply_parameters`` copies it).
+    built (a file only with ``read_files``: validating manifests away from the pod that
+    runs them leaves it for the first firing); :attr:`static` is then the object.
+    :meth:`load` returns the object, which callers must not modify (``apply_parameters``
+    copies it).
     """
 
-    def __init__(self, location: ArtifactLocation | None, *, where: str) -> None:
+    def __init__(
+        self, location: ArtifactLocation | None, *, where: str, read_files: bool = True
+    ) -> None:
         self.where = where
         if location is None:
             raise PermanentError(f"{where} is not given")
@@ -218,7 +222,10 @@ class ResourceSource:
         elif location.inline is not None:
             self.static = parse_object(location.inline, f"{where}.inline")
         elif location.file is not None:
-            self.static = self._read_file(location.file.path)
+            if not location.file.path:
+                raise PermanentError(f"{where}.file.path is empty")
+            if read_files:
+                self.static = self._read_file(location.file.path)
 
     def _read_file(self, path: str) -> dict[str, Any]:
         if not path:
@@ -239,6 +246,9 @@ class ResourceSource:
             return await ctx.shared.get(
                 ("source.url", url, verify), lambda: self._fetch_url(ctx, url, verify)
             )
+        if loc.file is not None:  # not read when built (manifest validation): read it now
+            self.static = self._read_file(loc.file.path)
+            return self.static
         if loc.configmap is not None:
             name, key = loc.configmap.name, loc.configmap.key
             return await ctx.shared.get(
