@@ -342,7 +342,10 @@ class _Consumer:
             if message.message_id
             else new_event_id()
         )
-        outcome = await self.deliver.deliver(data, event_id, what)
+        trace = (message.headers or {}).get("traceparent")
+        if isinstance(trace, bytes):
+            trace = trace.decode(errors="replace")
+        outcome = await self.deliver.deliver(data, event_id, what, str(trace or ""))
         if outcome is Outcome.FAILED:
             self.log.error(
                 "%s: %s not stored on the bus (%s); requeued",

@@ -312,8 +312,13 @@ class Deliverer:
         self.ctx.log.error("%s: %s dropped: %s", self.where, what, reason)
         return Outcome.INVALID
 
-    async def deliver(self, data: dict[str, Any], event_id: str, what: str) -> Outcome:
-        """Publish ``data`` unless the filter drops it; returns what the caller should do."""
+    async def deliver(
+        self, data: dict[str, Any], event_id: str, what: str, traceparent: str = ""
+    ) -> Outcome:
+        """Publish ``data`` unless the filter drops it; returns what the caller should do.
+
+        ``traceparent``: the W3C trace context the upstream message carried, continued
+        by the publish."""
         source, name = self.plugin.source_name, self.event_name
         if self.filter is not None:
             passed, reason = self.filter.check(data)
@@ -328,6 +333,7 @@ class Deliverer:
                 )
                 return Outcome.FILTERED
         event: Event = self.plugin.make_event(name, data, event_id)
+        event.traceparent = traceparent
         try:
             await self.ctx.publish(event)
         except TransientError as e:

@@ -226,7 +226,9 @@ class _Subscriber:
             except ValueError as e:
                 self.deliver.invalid(f"message on {msg.subject}", str(e))
                 return
-            outcome = await self.deliver.deliver(data, new_event_id(), f"message on {msg.subject}")
+            outcome = await self.deliver.deliver(
+                data, new_event_id(), f"message on {msg.subject}", _traceparent(msg)
+            )
             if outcome is Outcome.FAILED:
                 # Core NATS cannot redeliver: say so, once per message.
                 self.log.error(
@@ -328,13 +330,18 @@ class _Subscriber:
                 await _quietly(msg.term())
                 continue
             event_id = event_id_from("nats", meta.stream, str(meta.sequence.stream))
-            outcome = await self.deliver.deliver(data, event_id, what)
+            outcome = await self.deliver.deliver(data, event_id, what, _traceparent(msg))
             if outcome is Outcome.FAILED:
                 await _quietly(msg.nak(delay=BusBackoff().current))
                 failed += 1
             else:
                 await _quietly(msg.ack())
         return failed
+
+
+def _traceparent(msg: Msg) -> str:
+    """The W3C trace context a publisher put in the message's headers; "" when none."""
+    return (msg.headers or {}).get("traceparent", "")
 
 
 async def _quietly(call: Any) -> None:

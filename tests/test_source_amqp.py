@@ -36,6 +36,7 @@ from tests.support.brokers import (
 from tests.support.sources import CountingMetrics, DictSecrets
 
 SOURCE = "amqp-source"
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ARGO_EXAMPLE = Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources/amqp.yaml"
 _names = itertools.count()
 
@@ -142,6 +143,7 @@ async def test_message_has_argo_data_shape_filter_and_dead_letters(
                 type="train",
                 priority=3,
                 expiration=60,
+                headers={"traceparent": TRACE},
             ),
             routing_key="train.gpu",
         )
@@ -159,6 +161,7 @@ async def test_message_has_argo_data_shape_filter_and_dead_letters(
     [event] = await stream.events()
     assert (event["type"], event["source"], event["subject"]) == ("amqp", SOURCE, "example")
     assert event["id"] == event_id_from("amqp", exchange, "m-1")
+    assert event["traceparent"] == TRACE  # the publisher's trace continues
     data = event["data"]
     assert data.pop("timestamp") == "0001-01-01 00:00:00 +0000 UTC"  # none was sent
     assert data == {

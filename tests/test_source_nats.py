@@ -35,6 +35,7 @@ from tests.support.brokers import (
 from tests.support.sources import CountingMetrics
 
 SOURCE = "nats-source"
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ARGO_EXAMPLE = Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources/nats.yaml"
 
 
@@ -93,7 +94,9 @@ async def test_core_message_has_argo_data_shape(
         metrics,
     )
     async with running(source):
-        await client.publish("foo.bar", b'{"model": "resnet"}', headers={"team": "ml"})
+        await client.publish(
+            "foo.bar", b'{"model": "resnet"}', headers={"team": "ml", "traceparent": TRACE}
+        )
         await client.publish("notes", b"hello, world")
         await client.flush()
 
@@ -108,9 +111,10 @@ async def test_core_message_has_argo_data_shape(
     assert event["data"] == {
         "subject": "foo.bar",
         "body": {"model": "resnet"},
-        "header": {"team": ["ml"]},
+        "header": {"team": ["ml"], "traceparent": [TRACE]},
         "metadata": {"env": "test"},
     }
+    assert event["traceparent"] == TRACE  # the publisher's trace continues
     notes = by_subject["notes"]["data"]
     assert notes == {"subject": "notes", "body": "hello, world", "metadata": {}}
     assert metrics.counts == {("sent", "example"): 1, ("sent", "notes"): 1}
