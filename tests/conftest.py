@@ -19,6 +19,7 @@ from app.kernel.settings import BusSettings
 from tests.support.natscluster import NatsCluster
 
 pytest_plugins = [
+    "tests.broker_fixtures",
     "tests.fakekube.fixtures",
     "tests.servicebus_fixtures",
     "tests.sqs_fixtures",

@@ -127,7 +127,8 @@ def test_loading_the_models_imports_no_client_library() -> None:
     """Validating manifests must not pull in every plugin's SDK: the registries are lazy."""
     code = (
         "import sys, app.compose.manifests\n"
-        "heavy = ['aiobotocore', 'botocore', 'azure', 'aiohttp', 'nats', 'kubernetes']\n"
+        "heavy = ['aiobotocore', 'botocore', 'azure', 'aiohttp', 'nats', 'kubernetes',\n"
+        "         'redis', 'aiomqtt', 'aio_pika']\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     res = subprocess.run(
