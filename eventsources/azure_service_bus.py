@@ -39,12 +39,13 @@ from azure.servicebus.exceptions import (
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
+from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
-from eventsources.common import EventSourceFilter, SecretKeySelector
-from sensors.filters import SourceFilter, event_source_filter
+from eventsources.common import EventSourceFilter
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -232,6 +233,17 @@ def _body(msg: ServiceBusReceivedMessage, json_body: bool) -> Any:
                 raise InvalidBodyError(f"jsonBody is set but the body is not JSON: {e}") from e
         return _jsonable(raw)  # an AMQP value body is structured already
     return _jsonable(raw)
+
+
+def _traceparent(msg: ServiceBusReceivedMessage) -> str:
+    """The W3C trace context a sender attached (``traceparent``, or the SDK's
+    ``Diagnostic-Id`` in the same format); "" when none."""
+    props = msg.application_properties or {}
+    for key in (b"traceparent", "traceparent", b"Diagnostic-Id", "Diagnostic-Id"):
+        value = props.get(key)
+        if value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 def message_key(msg: ServiceBusReceivedMessage) -> str:
@@ -645,6 +657,7 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
                 )
                 return _Result(_Outcome.COMPLETE)
         event = self.make_event(event_name, data, event_id_from(TYPE_NAME, entity, key))
+        event.traceparent = _traceparent(msg)  # continued by the publish span
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.publish_retry_seconds
         delay = self.tuning.publish_retry_initial_seconds

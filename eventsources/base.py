@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from app.kernel.events import Event
+from app.kernel.settings import HttpServerSettings
 from app.kernel.spec import SpecModel
 
 
@@ -36,6 +37,9 @@ class SourceMetrics(Protocol):
 
     def event_filtered(self, source: str, event_name: str) -> None: ...
 
+    def http_request(self, source: str, status: int) -> None:
+        """A request a source's HTTP server answered (webhook-style sources)."""
+
 
 class _NullMetrics:
     def event_sent(self, source: str, event_name: str) -> None:
@@ -45,6 +49,9 @@ class _NullMetrics:
         pass
 
     def event_filtered(self, source: str, event_name: str) -> None:
+        pass
+
+    def http_request(self, source: str, status: int) -> None:
         pass
 
 
@@ -57,6 +64,8 @@ class SourceContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("triggerfish.source"))
     metrics: SourceMetrics = field(default_factory=_NullMetrics)
     bind_host: str = "0.0.0.0"
+    http: HttpServerSettings = field(default_factory=HttpServerSettings)
+    """Limits of the HTTP servers a source runs (timeouts, head size, requests in flight)."""
 
 
 ConfigT = TypeVar("ConfigT", bound=SpecModel)

@@ -1,22 +1,29 @@
 """The registry of event source types: one line per type (STYLE §2).
 
-``REGISTRY`` maps the key under an EventSource's ``spec`` to its plugin class.
-``ARGO_SOURCE_TYPES`` lists every source key Argo Events knows, so a manifest using one
-we do not support yet fails with a clear line instead of "unknown field".
+``REGISTRY`` maps the key under an EventSource's ``spec`` to its plugin class
+(``module:Class``, imported on first use: :class:`~app.kernel.plugins.PluginRegistry`),
+so validating a webhook-only manifest never imports a cloud SDK. ``ARGO_SOURCE_TYPES``
+lists every source key Argo Events knows, so a manifest using one we do not support yet
+fails with a clear line instead of "unknown field".
 """
 
 from __future__ import annotations
 
-from eventsources.azure_service_bus import AzureServiceBusSource
-from eventsources.base import EventSourcePlugin
-from eventsources.sqs import SQSSource
-from eventsources.webhook import WebhookSource
+from typing import TYPE_CHECKING, Any
 
-REGISTRY: dict[str, type[EventSourcePlugin]] = {  # type: ignore[type-arg]
-    "webhook": WebhookSource,
-    "sqs": SQSSource,
-    "azureServiceBus": AzureServiceBusSource,
-}
+from app.kernel.plugins import PluginRegistry
+
+if TYPE_CHECKING:
+    from eventsources.base import EventSourcePlugin
+
+REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
+    "event source",
+    {
+        "webhook": "eventsources.webhook:WebhookSource",
+        "sqs": "eventsources.sqs:SQSSource",
+        "azureServiceBus": "eventsources.azure_service_bus:AzureServiceBusSource",
+    },
+)
 
 ARGO_SOURCE_TYPES: frozenset[str] = frozenset(
     {

@@ -2,12 +2,12 @@
 
 The envelope (``eventBusName``, ``template``, ``service``, ``replicas``) is declared
 here; the source types are not. :class:`EventSourceSpec` gets one field per key of
-:data:`eventsources.registry.REGISTRY` (``{eventName: <the plugin's config_model>}``), so
-adding a source type is one registry line and its errors keep their paths
-(``spec.webhook.example.port: ...``). Every other key Argo knows
-(:data:`eventsources.registry.ARGO_SOURCE_TYPES`) is a field that fails with exactly one
-line, ``spec.sqs: event source type 'sqs' is not supported``; a key Argo does not know
-is an unknown field.
+:data:`eventsources.registry.REGISTRY` (``{eventName: <the plugin's config_model>}``,
+the plugin imported when a manifest uses it), so adding a source type is one registry
+line and its errors keep their paths (``spec.webhook.example.port: ...``). Every other
+key Argo knows (:data:`eventsources.registry.ARGO_SOURCE_TYPES`) is a field that fails
+with exactly one line, ``spec.sqs: event source type 'sqs' is not supported``; a key
+Argo does not know is an unknown field.
 
 After the fields validate, :class:`EventSource` checks what spans events: event names
 are unique across all types of one EventSource (Argo's rule), and each plugin's
@@ -16,12 +16,29 @@ are unique across all types of one EventSource (Argo's rule), and each plugin's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, WithJsonSchema, create_model, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+from pydantic import (
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import (
+    CoreSchema,
+    InitErrorDetails,
+    PydanticCustomError,
+    ValidationError,
+    core_schema,
+)
 
-from app.kernel.eventbus import API_VERSION, PodMetadata, PodTemplate
+from app.kernel.argo import API_VERSION, PodMetadata, PodTemplate
 from app.kernel.spec import ObjectMeta, SpecModel
 from eventsources.registry import ARGO_SOURCE_TYPES, REGISTRY
 
@@ -87,12 +104,43 @@ def _not_supported(key: str) -> Any:
     ]
 
 
+@dataclass(frozen=True)
+class _SourceType:
+    """Marks an :class:`EventSourceSpec` field as a registered source type: the value is
+    ``{eventName: config}``, each config validated by the plugin's ``config_model``. The
+    plugin is imported when a manifest uses the key (or a schema is generated), not when
+    this module is."""
+
+    key: str
+
+    def _adapter(self) -> TypeAdapter[dict[str, SpecModel]]:
+        model = REGISTRY.load(self.key).config_model
+        return TypeAdapter(dict[str, model])  # type: ignore[valid-type]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self._validate)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(core_schema.nullable_schema(self._adapter().core_schema))
+
+    def _validate(self, value: Any) -> dict[str, SpecModel] | None:
+        if value is None:
+            return None
+        return self._adapter().validate_python(value)
+
+
 def _source_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key in sorted(ARGO_SOURCE_TYPES | REGISTRY.keys()):
-        plugin = REGISTRY.get(key)
-        if plugin is not None:
-            fields[key] = (dict[str, plugin.config_model] | None, Field(None, alias=key))  # type: ignore[name-defined]
+        if key in REGISTRY:
+            fields[key] = (
+                Annotated[dict[str, SpecModel] | None, _SourceType(key)],
+                Field(None, alias=key),
+            )
         else:
             fields[key] = (_not_supported(key), Field(None, alias=key))
     return fields
@@ -142,7 +190,7 @@ class EventSource(SpecModel):
                     )
                 else:
                     seen[event_name] = key
-            for line in REGISTRY[key].check_config(self.metadata.name, events):
+            for line in REGISTRY.load(key).check_config(self.metadata.name, events):
                 path, sep, message = line.partition(": ")
                 if not sep:
                     path, message = "", line

@@ -32,12 +32,13 @@ from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, field_validator, model_validator
 
+from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
+from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
-from eventsources.common import EventSourceFilter, SecretKeySelector
-from sensors.filters import SourceFilter, event_source_filter
+from eventsources.common import EventSourceFilter
 
 #: Argo polls with a 3 s long poll when ``waitTimeSeconds`` is 0 (or absent).
 ARGO_DEFAULT_WAIT_SECONDS = 3
@@ -629,6 +630,8 @@ class _QueueConsumer:
         event = self.plugin.make_event(
             event_name, data, event_id_from("sqs", self.queue_url, r.message_id)
         )
+        trace_attr = (r.raw.get("MessageAttributes") or {}).get("traceparent") or {}
+        event.traceparent = str(trace_attr.get("StringValue") or "")  # continued by publish
         try:
             await self.ctx.publish(event)
         except TransientError as e:

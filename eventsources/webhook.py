@@ -19,13 +19,14 @@ from typing import ClassVar
 import uvicorn
 from pydantic import Field, field_validator
 
-from app.adapters.httpserver import QuietServer
+from app.adapters.httpserver import QuietServer, guarded_protocol
+from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
 from app.kernel.spec import SpecModel
+from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
-from eventsources.common import EventSourceFilter, SecretKeySelector
+from eventsources.common import EventSourceFilter
 from eventsources.webhook_http import Dispatch, Route, WebhookApp
-from sensors.filters import SourceFilter, event_source_filter
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -91,13 +92,15 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     * ``authSecret``: Secret key holding a bearer token; requests must send
       ``Authorization: Bearer <token>`` (else 401). Read once at start (one trailing
       newline dropped, as Argo does), compared in constant time.
-    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413.
+    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413; for a
+      ``gzip``/``deflate`` body (decoded here; other codings get 415) the limit applies
+      to the decoded size.
     * ``metadata``: a string map copied into every event's data.
     * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
       are set the port serves HTTPS (all events on that port must agree).
     * ``url``: informational (the externally visible URL), not used for serving.
     * ``filter.expression``: an expr-lang expression over the event data
-      (``body.model == "resnet"``; see :func:`sensors.filters.event_source_filter`),
+      (``body.model == "resnet"``; see :func:`app.languages.source_filter.event_source_filter`),
       compiled at validation; a request for which it is not true is answered but not
       published.
 
@@ -117,6 +120,12 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
     level with the reason. Requests are processed concurrently; there is no ordering
     between them.
     ``GET /health`` answers 200 on every port.
+
+    Limits (``ctx.http``, the ``TRIGGERFISH_HTTP__*`` settings): at most
+    ``max_in_flight_requests`` event requests per port (more get 503 + ``Retry-After``
+    before their body is read); request heads must arrive in time and fit
+    (408 / 431), bodies must arrive in time (408); see :mod:`app.adapters.httpserver`.
+    Hostile bodies get 400 with the reason (:func:`eventsources.webhook_http.parse_body`).
     """
 
     type_name: ClassVar[str] = "webhook"
@@ -218,7 +227,11 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 self._tls[port] = await self._tls_context(
                     cfg.server_cert_secret, cfg.server_key_secret, f"spec.webhook.{name}"
                 )
-        self._apps = {port: WebhookApp(port, routes, dispatch) for port, routes in by_port.items()}
+        limit = self.ctx.http.max_in_flight_requests
+        self._apps = {
+            port: WebhookApp(port, routes, dispatch, max_in_flight=limit)
+            for port, routes in by_port.items()
+        }
         return self._apps
 
     async def _secret(self, selector: SecretKeySelector, path: str) -> str:
@@ -277,7 +290,8 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 config = uvicorn.Config(
                     app,
                     loop="uvloop",
-                    http="httptools",
+                    http=guarded_protocol(self.ctx.http),
+                    timeout_keep_alive=self.ctx.http.keep_alive_timeout_seconds,
                     ws="none",
                     lifespan="off",
                     interface="asgi3",

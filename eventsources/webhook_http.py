@@ -17,10 +17,15 @@ Status codes (DESIGN §3): 200 ``success`` only after ``publish`` returned; 200
 ``filtered`` with ``X-Triggerfish-Filtered: true`` when the route's ``filter`` dropped
 the event (nothing published; routes without a filter pay one attribute check); 404 unknown
 path; 405 wrong method (``Allow``); 401 missing/wrong bearer token; 413 body over the
-limit (``Content-Length`` up front, streamed bytes counted for chunked bodies); 400
-body that is not JSON; 503 + ``Retry-After`` when the publish raised a
-:class:`app.kernel.errors.TransientError` (nothing was accepted, the client may retry); 500 on
-anything unexpected (short message to the client, traceback only in the log).
+limit (``Content-Length`` up front, streamed bytes counted for chunked bodies, and the
+decoded size of a ``gzip``/``deflate`` body); 415 (with ``Accept-Encoding``) for any
+other ``Content-Encoding``; 400 body that is not JSON, nested deeper than
+:data:`MAX_BODY_DEPTH`, or a corrupt compressed stream; 503 + ``Retry-After`` when the
+publish raised a :class:`app.kernel.errors.TransientError` (nothing was accepted, the
+client may retry) or when the port already handles ``max_in_flight`` requests; 500 on
+anything unexpected (short message to the client, traceback only in the log). Slow and
+oversized request heads, and bodies that stall, are cut off below the app
+(:mod:`app.adapters.httpserver`: 408 / 431).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import hmac
 import logging
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -37,12 +43,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from app.adapters import tracing
+from app.kernel import jsoncodec
 from app.kernel.errors import TransientError
 from app.kernel.events import Event, event_id_from, new_event_id
 from eventsources.base import SourceMetrics
 
 if TYPE_CHECKING:
-    from sensors.filters import SourceFilter
+    from app.languages.source_filter import SourceFilter
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -56,6 +64,9 @@ RETRY_AFTER_SECONDS: Final = 1
 """``Retry-After`` on a 503: the bus reconnects within a fraction of a second."""
 
 HEALTH_PATH: Final = "/health"
+
+DEFAULT_MAX_IN_FLIGHT: Final = 1024
+"""Requests one port handles at once; more are answered 503 + ``Retry-After``."""
 
 # -- header names ---------------------------------------------------------------------
 
@@ -75,7 +86,7 @@ def canonical_header_name(name: str) -> str:
 
 
 # Kinds of request headers the hot path looks at while it copies the header list.
-_PLAIN, _AUTH, _DROP, _CTYPE, _CLEN, _IDEM_KEY, _REQ_ID, _TE = range(8)
+_PLAIN, _AUTH, _DROP, _CTYPE, _CLEN, _IDEM_KEY, _REQ_ID, _TE, _CENC = range(9)
 
 _SPECIAL: Final[dict[bytes, int]] = {
     b"authorization": _AUTH,
@@ -84,6 +95,7 @@ _SPECIAL: Final[dict[bytes, int]] = {
     b"transfer-encoding": _TE,
     b"content-type": _CTYPE,
     b"content-length": _CLEN,
+    b"content-encoding": _CENC,
     b"idempotency-key": _IDEM_KEY,
     b"x-request-id": _REQ_ID,
 }
@@ -138,6 +150,16 @@ _UNAVAILABLE: Final = _response(
     ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),),
 )
 _INTERNAL: Final = _response(500, b"internal error, event not recorded")
+_OVERLOADED: Final = _response(
+    503,
+    b"too many requests in flight, event not recorded; retry later",
+    ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),),
+)
+_UNSUPPORTED_ENCODING: Final = _response(
+    415,
+    b"unsupported Content-Encoding (gzip, deflate and identity are accepted)",
+    ((b"accept-encoding", b"gzip, deflate"),),
+)
 
 
 def _closing(response: tuple[Message, Message]) -> tuple[Message, Message]:
@@ -157,6 +179,7 @@ def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
 _NOT_FOUND_CLOSE: Final = _closing(_NOT_FOUND)
 _BAD_AUTH_HEADER_CLOSE: Final = _closing(_BAD_AUTH_HEADER)
 _BAD_TOKEN_CLOSE: Final = _closing(_BAD_TOKEN)
+_OVERLOADED_CLOSE: Final = _closing(_OVERLOADED)
 
 
 async def _send(send: Send, response: tuple[Message, Message]) -> None:
@@ -214,6 +237,77 @@ class _Disconnected(Exception):
     """The client went away before its body was read (nothing to answer)."""
 
 
+class _UnsupportedEncoding(Exception):
+    """A ``Content-Encoding`` this server cannot decode (answered 415)."""
+
+
+MAX_BODY_DEPTH: Final = jsoncodec.PARSER_MAX_DEPTH - 2
+"""Deepest JSON body accepted: the parser's own limit, less the two levels the event
+envelope (``{"data": {"body": ...}}``) adds, so every consumer can parse the event."""
+
+_TOO_DEEP: Final = f"request body is nested deeper than {MAX_BODY_DEPTH} levels"
+
+
+def _parse_json(body: bytes) -> Any:
+    """``orjson.loads`` plus the nesting limit; ``orjson.JSONDecodeError`` when invalid."""
+    value = orjson.loads(body)
+    # Only a body with that many brackets can be that deep: one count instead of a walk.
+    if (
+        len(body) > 2 * MAX_BODY_DEPTH
+        and body.count(b"[") + body.count(b"{") > MAX_BODY_DEPTH
+        and jsoncodec.depth(value) > MAX_BODY_DEPTH
+    ):
+        raise _BadRequest(_TOO_DEEP)
+    return value
+
+
+_DECODERS: Final[dict[bytes, int]] = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+"""``zlib`` window bits of each accepted content coding (31: gzip, 15: zlib stream)."""
+
+
+def decode_content(encoding: bytes, body: bytes, limit: int) -> bytes:
+    """The body with its ``Content-Encoding`` (a list, applied in order) undone.
+
+    ``gzip`` (and ``x-gzip``, several members allowed) and ``deflate`` (a zlib stream)
+    are decoded, ``identity`` is skipped, an empty body stays empty. The decoded size is
+    checked while decoding: :class:`_TooLarge` as soon as it passes ``limit`` (a
+    compression bomb costs at most ``limit`` bytes of memory); :class:`_BadRequest` for
+    a corrupt or truncated stream; :class:`_UnsupportedEncoding` for any other coding.
+    """
+    for raw in reversed(encoding.split(b",")):
+        coding = raw.strip().lower()
+        if coding in (b"", b"identity"):
+            continue
+        wbits = _DECODERS.get(coding)
+        if wbits is None:
+            raise _UnsupportedEncoding
+        if body:
+            body = _inflate(body, wbits, limit, coding.decode("latin-1"))
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            chunk = decoder.decompress(data, limit - total + 1)
+        except zlib.error as e:
+            raise _BadRequest(f"request body is not valid {name}: {e}") from None
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        parts.append(chunk)
+        if not decoder.eof:
+            raise _BadRequest(f"request body is truncated {name} data")
+        data = decoder.unused_data
+        if not data:
+            return b"".join(parts)
+        if wbits != 31:  # only gzip may hold several members
+            raise _BadRequest(f"request body has data after the end of the {name} stream")
+
+
 _FORM: Final = b"application/x-www-form-urlencoded"
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD"})
 
@@ -235,22 +329,28 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
       becomes ``null`` (Argo answers 400 there; accepting an empty ``curl -X POST`` as
       a bare trigger is a deliberate difference).
 
-    Raises :class:`_BadRequest` when a body meant as JSON is not valid JSON.
+    Raises :class:`_BadRequest` when a body meant as JSON is not valid JSON (orjson:
+    strict UTF-8, no lone surrogates, no ``NaN``/``Infinity``, no number beyond the
+    float range; integers beyond 64 bits become floats, a repeated key keeps its last
+    value) or is nested deeper than :data:`MAX_BODY_DEPTH`.
     """
     if method in _BODYLESS_METHODS:
         return _values_map(query.decode("utf-8", "replace")) if query else {}
     if content_type and content_type.split(b";", 1)[0].strip().lower() == _FORM:
         if body[:1] in (b"{", b"["):
             try:
-                return orjson.loads(body)
-            except orjson.JSONDecodeError:
-                pass
+                return _parse_json(body)
+            except orjson.JSONDecodeError as e:
+                if "depth" in str(e):
+                    raise _BadRequest(_TOO_DEEP) from None
         return _values_map(body.decode("utf-8", "replace")) if body else {}
     if not body or body.isspace():
         return None
     try:
-        return orjson.loads(body)
+        return _parse_json(body)
     except orjson.JSONDecodeError as e:
+        if "depth" in str(e):
+            raise _BadRequest(_TOO_DEEP) from None
         raise _BadRequest(f"request body is not valid JSON: {e}") from None
 
 
@@ -262,14 +362,35 @@ class WebhookApp:
     one connection.
     """
 
-    __slots__ = ("_dispatch", "_last_warning", "_routes", "_suppressed_warnings", "port")
+    __slots__ = (
+        "_dispatch",
+        "_in_flight",
+        "_last_warning",
+        "_max_in_flight",
+        "_routes",
+        "_suppressed_warnings",
+        "port",
+    )
 
-    def __init__(self, port: int, routes: Mapping[str, Route], dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        port: int,
+        routes: Mapping[str, Route],
+        dispatch: Dispatch,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
         self.port = port
         self._routes: dict[str, Route] = dict(routes)
         self._dispatch = dispatch
         self._last_warning = 0.0
         self._suppressed_warnings = 0
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests on an event route being read, published or answered right now."""
+        return self._in_flight
 
     @property
     def routes(self) -> Mapping[str, Route]:
@@ -287,6 +408,21 @@ class WebhookApp:
             if kind == "lifespan":
                 await _lifespan(receive, send)
             return
+        status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._http(scope, receive, counted)
+        finally:
+            if status:
+                self._dispatch.metrics.http_request(self._dispatch.source_name, status)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A rejection that leaves a request body unread closes the connection (as Go's
         # server does): a client waiting on ``Expect: 100-continue`` never sends the
         # body, and its next request must not be read as that body.
@@ -305,6 +441,12 @@ class WebhookApp:
                 send, route.method_not_allowed_close if closing else route.method_not_allowed
             )
             return
+        if self._in_flight >= self._max_in_flight:
+            # Refused before its body is read: memory stays bounded under overload.
+            closing = _declares_body(scope["headers"])
+            await _send(send, _OVERLOADED_CLOSE if closing else _OVERLOADED)
+            return
+        self._in_flight += 1
         try:
             await self._accept(route, scope, receive, send)
         except _Disconnected:
@@ -320,6 +462,8 @@ class WebhookApp:
             # If the response had already started there is nothing more to say.
             with contextlib.suppress(Exception):
                 await _send(send, _INTERNAL)
+        finally:
+            self._in_flight -= 1
 
     async def _accept(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """Check, read, publish and answer one request."""
@@ -329,6 +473,7 @@ class WebhookApp:
         authorization: bytes | None = None
         idem_key: bytes | None = None
         request_id: bytes | None = None
+        encoding = b""
         chunked = False
         for raw_name, raw_value in scope["headers"]:
             name, kind = _header_info(raw_name)
@@ -351,6 +496,8 @@ class WebhookApp:
                     idem_key = idem_key or raw_value
                 elif kind == _REQ_ID:
                     request_id = request_id or raw_value
+                elif kind == _CENC:
+                    encoding = encoding + b"," + raw_value if encoding else raw_value
             value = raw_value.decode("utf-8", "replace")
             values = header.get(name)
             if values is None:
@@ -384,8 +531,16 @@ class WebhookApp:
                     return
             try:
                 body = await _read_body(receive, limit)
+                if encoding:
+                    body = decode_content(encoding, body, limit)
             except _TooLarge:
                 await _send(send, _TOO_LARGE)
+                return
+            except _UnsupportedEncoding:
+                await _send(send, _UNSUPPORTED_ENCODING)
+                return
+            except _BadRequest as e:
+                await _send(send, _response(400, str(e).encode()))
                 return
         try:
             data_body = parse_body(method, content_type, scope["query_string"], body)
@@ -416,8 +571,16 @@ class WebhookApp:
         else:
             event_id = new_event_id()
         event = dispatch.make_event(route.event_name, data, event_id)
+        incoming = header.get("Traceparent")
         try:
-            await dispatch.publish(event)
+            with tracing.span(
+                f"webhook {route.event_name}",
+                parent=incoming[0] if incoming else "",
+                kind="server",
+                attributes={"triggerfish.event_id": event_id},
+            ) as sp:
+                event.traceparent = sp.traceparent
+                await dispatch.publish(event)
         except TransientError as e:
             dispatch.metrics.event_send_failed(dispatch.source_name, route.event_name)
             self._warn_unavailable(route, event_id, e)

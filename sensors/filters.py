@@ -1,5 +1,4 @@
-"""Event filters: a dependency's ``filters`` (Sensor) and an EventSource's
-``filter.expression``, compiled when the manifest loads.
+"""Event filters: a dependency's ``filters`` (Sensor), compiled when the manifest loads.
 
 Why a module of its own: Argo decides whether an event reaches a sensor's conditions
 with five filter kinds and three and/or switches, and manifests written for Argo rely on
@@ -48,16 +47,11 @@ Deliberate differences: bad regexes, numbers and bools in ``value`` and template
 expression syntax errors fail at load time, where Argo fails each event; the Lua
 ``script`` filter is refused at load time (not supported).
 
-:func:`event_source_filter` compiles an EventSource ``filter.expression`` (expr-lang,
-:mod:`app.languages.expr`) into a callable for sources: called with the event data, it is
-true when the event should be published. As in Argo the data must be a JSON object, top
-level keys have ``-`` replaced by ``_`` and dotted keys expanded (``{"a.b": 1}`` reads
-as ``a.b``), numbers are floats, and any error or a non-bool result drops the event.
+The EventSource ``filter.expression`` lives in :mod:`app.languages.source_filter`.
 """
 
 from __future__ import annotations
 
-import itertools
 import operator
 import re
 from collections.abc import Callable, Sequence
@@ -70,12 +64,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from app.languages.expr import (
     EvalError,
     Expression,
-    compile_expr,
     compile_go_regex,
     compile_govaluate,
     go_parse_float,
     show_value,
 )
+from app.languages.gjson_values import GO_BOOLS, gjson_bool, gjson_float, gjson_value
 from app.languages.gotemplate import Template, TemplateExecError, compile_template
 from app.languages.paths import GetPath, compile_get, to_string
 
@@ -86,8 +80,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CompiledFilters",
     "FilterVerdict",
-    "SourceFilter",
-    "event_source_filter",
 ]
 
 
@@ -105,57 +97,7 @@ class FilterVerdict:
         return "; ".join(self.reasons)
 
 
-# --------------------------------------------------------------------------- gjson views
-
-_GO_BOOLS: Final = {
-    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
-    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
-}
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _as_float(v: int | float) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # an integer beyond float64: gjson reads ±Inf
-        return float("inf") if v > 0 else float("-inf")
-
-
-def _gjson_float(v: Any) -> float:
-    """gjson ``Result.Float()``."""
-    if v is True:
-        return 1.0
-    if _is_num(v):
-        return _as_float(v)
-    if isinstance(v, str):
-        f = go_parse_float(v)
-        return 0.0 if f is None else f
-    return 0.0
-
-
-def _gjson_bool(v: Any) -> bool:
-    """gjson ``Result.Bool()``."""
-    if isinstance(v, bool):
-        return v
-    if _is_num(v):
-        return bool(v != 0)
-    if isinstance(v, str):
-        return _GO_BOOLS.get(v.lower(), False)
-    return False
-
-
-def _gjson_value(v: Any) -> Any:
-    """gjson ``Result.Value()``: the JSON value with every number a float64."""
-    if _is_num(v):
-        return _as_float(v)
-    if isinstance(v, list):
-        return [_gjson_value(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _gjson_value(x) for k, x in v.items()}
-    return v
+# --------------------------------------------------------------------------- helpers
 
 
 def _combine(results: Sequence[bool], use_or: bool) -> bool:
@@ -228,9 +170,9 @@ class _DataCheck:
                     raise ValueError(f"{vloc}: {raw!r} is not a number")
                 numbers.append(number)
             elif f.type == "bool":
-                if raw not in _GO_BOOLS:
+                if raw not in GO_BOOLS:
                     raise ValueError(f"{vloc}: {raw!r} is not a bool (true or false)")
-                bools.append(_GO_BOOLS[raw])
+                bools.append(GO_BOOLS[raw])
             else:
                 raise ValueError(f"{loc}.type: unsupported JSON type {f.type!r}")
         template = None
@@ -268,8 +210,8 @@ class _DataCheck:
         if self.type == "string":
             return self._string(label, to_string(value))
         if self.type == "number":
-            return self._number(label, _gjson_float(value))
-        return self._bool(label, _gjson_bool(value))
+            return self._number(label, gjson_float(value))
+        return self._bool(label, gjson_bool(value))
 
     def _string(self, label: str, text: str) -> tuple[bool, str]:
         shown = show_value(text)
@@ -336,7 +278,7 @@ class _ExprCheck:
             found, value = path.get(data)
             if not found:
                 return False, f"{label}: path {path.path!r} not found"
-            params[name] = _gjson_value(value)
+            params[name] = gjson_value(value)
         try:
             result = self.expression.evaluate(params)
         except EvalError as e:
@@ -541,64 +483,3 @@ class CompiledFilters:
             if on
         ]
         return f"CompiledFilters({'|'.join(kinds) or 'none'}, {'or' if self._or else 'and'})"
-
-
-# --------------------------------------------------------------------------- event sources
-
-
-def _source_env(data: Any) -> dict[str, Any] | None:
-    """The variables Argo gives an EventSource filter: the data's top-level keys with
-    ``-`` replaced by ``_``, dotted keys expanded, numbers as floats."""
-    if not isinstance(data, dict):
-        return None
-    flat = {str(k).replace("-", "_"): _gjson_value(v) for k, v in data.items()}
-    keys = sorted(flat)
-    shadowed = {k for k, nxt in itertools.pairwise(keys) if nxt.startswith(k + ".")}
-    env: dict[str, Any] = {}
-    for key in keys:
-        if key in shadowed:
-            continue
-        *parents, leaf = key.split(".")
-        node = env
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[leaf] = flat[key]
-    return env
-
-
-class SourceFilter:
-    """An EventSource ``filter.expression``, compiled once; call it with the event data
-    (true: publish the event). :meth:`check` also says why."""
-
-    __slots__ = ("expression",)
-
-    def __init__(self, expression: Expression) -> None:
-        self.expression = expression
-
-    def check(self, data: Any) -> tuple[bool, str]:
-        """``(publish, reason)`` for one event's data."""
-        env = _source_env(data)
-        if env is None:
-            return False, "the event data is not a JSON object"
-        try:
-            result = self.expression.evaluate(env)
-        except EvalError as e:
-            return False, f"error: {e}"
-        if not isinstance(result, bool):
-            return False, f"result {show_value(result)} is not a bool"
-        return result, "true" if result else "false"
-
-    def __call__(self, data: Any) -> bool:
-        return self.check(data)[0]
-
-    def __repr__(self) -> str:
-        return f"SourceFilter({self.expression.source!r})"
-
-
-def event_source_filter(expression: str) -> SourceFilter:
-    """Compile an EventSource ``filter.expression``; ``ValueError`` (with the position)
-    when it does not parse or uses what is not supported."""
-    return SourceFilter(compile_expr(expression))

@@ -38,17 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Final, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterBadDateError, croniter
+from datetime import UTC, datetime
+from typing import Final, Protocol
 
 from app.kernel.errors import ConfigError
-
-if TYPE_CHECKING:
-    from sensors.spec import ConditionsResetCriteria
+from app.languages.cron import CronSchedule, zone_named
+from sensors.spec import ConditionsResetCriteria
 
 __all__ = [
     "Clock",
@@ -69,9 +64,6 @@ CLEAR_RETRY_MIN_SECONDS: Final = 1.0
 CLEAR_RETRY_MAX_SECONDS: Final = 30.0
 """Back-off bounds when clearing fails (state store unavailable): a missed reset lets
 stale events combine, so it is retried rather than skipped."""
-
-_REFERENCE: Final = datetime(2000, 1, 1, tzinfo=UTC)
-"""Where a new schedule's first tick is looked for, to refuse one that never fires."""
 
 
 class Clock(Protocol):
@@ -94,66 +86,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-
-def _zone(timezone: str) -> tzinfo:
-    """The zone named ``timezone`` (UTC when empty); ``ValueError`` when unknown."""
-    if not timezone:
-        return UTC
-    try:
-        return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ValueError(f"invalid timezone {timezone!r}") from e
-
-
-def _aware(when: datetime) -> datetime:
-    """``when`` with a timezone: a naive datetime is taken as UTC."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class CronSchedule:
-    """One ``byTime`` entry: a five-field cron read in ``zone``."""
-
-    cron: str
-    zone: tzinfo
-    zone_name: str
-
-    @classmethod
-    def parse(cls, cron: str, timezone: str = "") -> CronSchedule:
-        """Compile ``cron`` in ``timezone`` (UTC when empty); ``ValueError`` saying what
-        is wrong when it is not five valid fields, never fires, or the zone is unknown."""
-        zone = _zone(timezone)
-        fields = cron.split()
-        if len(fields) != 5:
-            raise ValueError(
-                f"invalid cron expression {cron!r}: five fields expected "
-                "(minute hour day-of-month month day-of-week)"
-            )
-        schedule = cls(" ".join(fields), zone, timezone or "UTC")
-        try:
-            schedule.next_after(_REFERENCE)
-        except CroniterBadDateError as e:
-            raise ValueError(f"cron expression {cron!r} never matches a date") from e
-        except ValueError as e:  # croniter's syntax errors are ValueErrors
-            raise ValueError(f"invalid cron expression {cron!r}: {e}") from e
-        return schedule
-
-    def next_after(self, when: datetime) -> datetime:
-        """The first tick strictly after ``when``, in UTC."""
-        local = _aware(when).astimezone(self.zone)
-        return croniter(self.cron, local).get_next(datetime).astimezone(UTC)
-
-    def last_at_or_before(self, when: datetime) -> datetime:
-        """The latest tick at or before ``when``, in UTC."""
-        when = _aware(when)
-        prev = croniter(self.cron, when.astimezone(self.zone)).get_prev(datetime).astimezone(UTC)
-        # croniter's previous tick is strictly before its start; ``when`` may be a tick.
-        following = self.next_after(prev)
-        return following if following <= when else prev
-
-    def __str__(self) -> str:
-        return f"{self.cron!r} {self.zone_name}"
 
 
 class ConditionsReset:
@@ -182,7 +114,7 @@ class ConditionsReset:
             if not by_time.cron:
                 raise ConfigError("a cron expression is required", f"{loc}.cron")
             try:
-                _zone(by_time.timezone)
+                zone_named(by_time.timezone)
             except ValueError as e:
                 raise ConfigError(str(e), f"{loc}.timezone") from e
             try:

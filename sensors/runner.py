@@ -7,15 +7,19 @@ For every dependency it asks the bus for a durable consumer on
   fire the triggers and ack the bus message only after they all succeeded or were
   dead-lettered. Events are processed concurrently.
 * **Condition path** (several dependencies): the event is stored as the latest event of
-  its dependency for each trigger whose condition names it, in a JetStream key-value
-  bucket (so a restart between dependency A and B still fires once B arrives); then
-  every trigger whose condition is satisfied fires and its state is cleared; then the
-  message is acked. Processed one event at a time per sensor, in order.
+  its dependency for each trigger whose condition names it (in memory, written through
+  to a JetStream key-value bucket, so a restart between dependency A and B still fires
+  once B arrives, and replicas sharing the consumers see each other's events: see
+  :mod:`sensors.condstate`); then every trigger whose condition it completed fires and
+  its state is cleared; then the message is acked. Processed one event at a time per
+  sensor, in order.
 
 Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
-Transient failures are retried; when retries are exhausted, or on a permanent failure,
+Transient failures are retried (waiting at least the ``Retry-After`` a peer asked for,
+within ``max_delay_seconds``); when retries are exhausted, or on a permanent failure,
 the firing goes to the dead-letter subject ``<bus>._dlq.<sensor>.<trigger>`` and the
-message is acked. Each firing carries a key hashed from (sensor, trigger, event ids),
+message is acked. When the dead letter cannot be published, the message is nak'd, not
+acked, so it is redelivered. Each firing carries a key hashed from (sensor, trigger, event ids),
 which triggers use to make their effects idempotent under redelivery.
 """
 
@@ -30,21 +34,24 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 
-from app.kernel.errors import ConfigError, PermanentError, TriggerfishError
+from app.adapters import tracing
+from app.kernel import jsoncodec
+from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
+from sensors.condstate import Completion, ConditionState
 from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
 from sensors.trace import Trace, TraceStore, TriggerOutcome
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.plugins import TRIGGERS
+from sensors.triggers.registry import TRIGGERS
 
 log = logging.getLogger("triggerfish.sensor")
 trace_log = logging.getLogger("triggerfish.trace")
@@ -62,16 +69,6 @@ class Message(Protocol):
     async def nak(self, delay_seconds: float | None = None) -> None: ...
 
     async def in_progress(self) -> None: ...
-
-
-class State(Protocol):
-    """Durable key → bytes state (implemented by ``app.adapters.bus.StateStore``)."""
-
-    async def put(self, key: str, value: bytes) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def items(self) -> dict[str, bytes]: ...
 
 
 class BusPort(Protocol):
@@ -154,12 +151,12 @@ class PreparedTrigger:
         self.config: Any = template.trigger_config
         if self.type_key not in TRIGGERS:
             raise ConfigError(f"trigger type {self.type_key!r} is not supported", self.name)
-        self.plugin_cls: type[Trigger] = TRIGGERS[self.type_key]
+        self.plugin_cls: type[Trigger] = TRIGGERS.load(self.type_key)
         self.ctx = ctx
         try:
             self.condition = Condition.compile(getattr(template, "conditions", None), dependencies)
         except ValueError as e:
-            raise ConfigError(str(e), f"trigger {self.name}: conditions") from e
+            raise ConfigError(str(e), "template.conditions") from e
         self.template_params = compile_parameters(spec.parameters, where="parameters")
         rs = getattr(spec, "retry_strategy", None)
         if rs is not None:
@@ -179,8 +176,19 @@ class PreparedTrigger:
             else None
         )
         dlq = getattr(spec, "dlq_trigger", None)
-        self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq is not None else None
-        self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        try:
+            self.dlq = PreparedTrigger(dlq, dependencies, ctx, defaults) if dlq else None
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("dlqTrigger", e.path)) from e
+        try:
+            self._plugin = None if self.template_params else self.plugin_cls(self.config, ctx)
+        except ConfigError as e:
+            raise ConfigError(e.message, _join("template", e.path)) from e
+        except (ValueError, PermanentError) as e:  # the config cannot work, whatever the event
+            inner, sep, message = str(e).partition(": ")
+            if sep and inner.startswith(f"{self.type_key}.") and " " not in inner:
+                raise ConfigError(message, f"template.{inner}") from e
+            raise ConfigError(str(e), f"template.{self.type_key}") from e
         self._template_dict: dict[str, Any] | None = None
 
     def plugin_for(self, events: Mapping[str, Event]) -> tuple[Trigger, list[dict[str, Any]]]:
@@ -199,13 +207,17 @@ class PreparedTrigger:
         return self.plugin_cls(cfg, self.ctx), records
 
 
-def _event_time(ev: Event) -> datetime:
-    """An event's CloudEvents time; one without a readable time counts as new (kept)."""
-    try:
-        when = datetime.fromisoformat(ev.time)
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+def _join(prefix: str, path: str) -> str:
+    """``prefix.path`` (a field path under ``prefix``); ``prefix`` when ``path`` is empty."""
+    return f"{prefix}.{path}" if path else prefix
+
+
+def _retry_delay(planned: float, error: Exception, policy: RetryPolicy) -> float:
+    """The planned backoff, or the peer's ``Retry-After`` when that is longer (capped)."""
+    asked = error.retry_after_seconds if isinstance(error, TransientError) else None
+    if asked is None or asked <= planned:
+        return planned
+    return min(asked, max(planned, policy.max_delay_seconds))
 
 
 def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, Event]) -> str:
@@ -259,11 +271,19 @@ class SensorRunner:
                     d.filters, d.filters_logical_operator or ""
                 )
             except ValueError as e:
-                raise ConfigError(str(e), f"spec.dependencies[{i}]") from e
-        self.triggers = [
-            PreparedTrigger(t, dep_names, trigger_ctx, default_retry or RetryPolicy())
-            for t in sensor.spec.triggers
-        ]
+                inner, sep, message = str(e).partition(": ")
+                if sep and " " not in inner:  # the message starts with the filter's path
+                    raise ConfigError(message, f"spec.dependencies[{i}].{inner}") from e
+                raise ConfigError(str(e), f"spec.dependencies[{i}].filters") from e
+        self.triggers: list[PreparedTrigger] = []
+        for i, t in enumerate(sensor.spec.triggers):
+            try:
+                prepared = PreparedTrigger(
+                    t, dep_names, trigger_ctx, default_retry or RetryPolicy()
+                )
+            except ConfigError as e:
+                raise ConfigError(e.message, _join(f"spec.triggers[{i}]", e.path)) from e
+            self.triggers.append(prepared)
         # Compiled for every sensor (a bad cron fails at load), run only where there is
         # condition state to clear (several dependencies).
         self.resets: dict[str, ConditionsReset] = {}
@@ -280,7 +300,10 @@ class SensorRunner:
         self.ack_wait_seconds = ack_wait_seconds
         self.fast_path = len(self.deps) == 1
         self._lock = asyncio.Lock()
-        self._state: State | None = None
+        self._state: ConditionState | None = None
+        self._relevant = {
+            d: [t for t in self.triggers if d in t.condition.names()] for d in dep_names
+        }
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -307,7 +330,7 @@ class SensorRunner:
                     self.bus.consume(
                         self.bus_name,
                         subject,
-                        f"{self.namespace}-{self.name}-{dep.name}",
+                        self.durable_for(dep.name),
                         self._handler(dep.name),
                         concurrency=self.concurrency if self.fast_path else 1,
                         ack_wait_seconds=self.ack_wait_seconds,
@@ -337,8 +360,14 @@ class SensorRunner:
         """Open the durable condition state (multi-dependency sensors) and fire what a
         previous run left satisfied; :meth:`run` calls it, offline runs call it alone."""
         if not self.fast_path and self._state is None:
-            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
-            await self._fire_pending()
+            store = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
+            state = ConditionState(
+                store,
+                {t.name: t.condition for t in self.triggers},
+                [d.name for d in self.deps],
+            )
+            await self._fire_pending(await state.load(), state)
+            self._state = state
 
     # -- conditionsReset ----------------------------------------------------------------
     def _clearer(self, trigger: str) -> Callable[[datetime | None], Awaitable[None]]:
@@ -360,14 +389,7 @@ class SensorRunner:
         if self._state is None:
             return
         async with self._lock:
-            stored = (await self._load_state()).get(trigger, {})
-            cleared = sorted(
-                dep
-                for dep, ev in stored.items()
-                if older_than is None or _event_time(ev) < older_than
-            )
-            for dep in cleared:
-                await self._state.delete(f"{trigger}__{dep}")
+            cleared = await self._state.reset(trigger, older_than)
         reset = self.resets.get(trigger)
         log.log(
             logging.INFO if cleared or older_than is None else logging.DEBUG,
@@ -385,9 +407,27 @@ class SensorRunner:
 
         return handle
 
+    def durable_for(self, dep: str) -> str:
+        """The durable consumer name of dependency ``dep`` (shared by every replica)."""
+        return f"{self.namespace}-{self.name}-{dep}"
+
     # -- per event ----------------------------------------------------------------------
     async def handle(self, dep: str, msg: Message) -> None:
         """Process one delivered event of dependency ``dep``; ack when done."""
+        with tracing.span(
+            f"sensor {self.name}",
+            parent=msg.event.traceparent,
+            kind="consumer",
+            attributes={
+                "triggerfish.sensor": f"{self.namespace}/{self.name}",
+                "triggerfish.dependency": dep,
+                "triggerfish.event_id": msg.event.id,
+                "triggerfish.delivery": msg.num_delivered,
+            },
+        ):
+            await self._handle(dep, msg)
+
+    async def _handle(self, dep: str, msg: Message) -> None:
         ev = msg.event
         t0 = time.perf_counter()
         trace = Trace(
@@ -403,11 +443,16 @@ class SensorRunner:
             "event received sensor=%s dependency=%s source=%s/%s id=%s delivery=%d",
             self.name, dep, ev.source, ev.subject, ev.id, msg.num_delivered,
         )  # fmt: skip
+        self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
-            verdict = self.filters[dep].evaluate(ev)
+            with tracing.span("filters") as sp:
+                verdict = self.filters[dep].evaluate(ev)
+                sp.set("triggerfish.passed", verdict.passed)
+                sp.set("triggerfish.verdict", str(verdict))
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
+                self.metrics.sensor_events_filtered.labels(self.namespace, self.name, dep).inc()
                 log.info(
                     "event filtered sensor=%s dependency=%s id=%s: %s",
                     self.name, dep, ev.id, "; ".join(verdict.reasons),
@@ -420,13 +465,14 @@ class SensorRunner:
                 await self._fire_all(self.triggers, {dep: ev}, trace, msg)
             else:
                 async with self._lock:
-                    await self._accumulate(dep, ev, trace, msg)
+                    with tracing.span("conditions"):
+                        await self._accumulate(dep, ev, trace, msg)
             await msg.ack()
         except Exception as e:
             # Not durable and not done (bus down while dead-lettering, state store
             # unavailable): leave it unacked so it is redelivered.
             trace.error = f"{type(e).__name__}: {e}"
-            self.metrics.events_processing_failed.labels(self.namespace, self.name).inc()
+            self.metrics.sensor_events_processing_failed.labels(self.namespace, self.name).inc()
             log.warning(
                 "sensor %s: event %s not done, will be redelivered: %s", self.name, ev.id, e
             )
@@ -441,52 +487,42 @@ class SensorRunner:
                     self.name, ev.id, dep, trace.filtered, trace.fired, results,
                     extra={"trace": trace},  # serialised only by the JSON formatter
                 )  # fmt: skip
-            self.metrics.event_processing_duration.labels(self.namespace, self.name).observe(
+            self.metrics.sensor_event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
             )
 
     async def _accumulate(self, dep: str, ev: Event, trace: Trace, msg: Message) -> None:
         assert self._state is not None
-        relevant = [t for t in self.triggers if dep in t.condition.names()]
-        payload = ev.to_json()
-        for t in relevant:
-            await self._state.put(f"{t.name}__{dep}", payload)
-        state = await self._load_state()
-        before = {t.name: sorted(state.get(t.name, {})) for t in relevant}
-        fire = [t for t in relevant if t.condition.satisfied(set(state.get(t.name, {})))]
+        relevant = self._relevant[dep]
+        fire = await self._state.add([t.name for t in relevant], dep, ev)
+        fired = {c.trigger: c for c in fire}
         trace.conditions = {
-            "state": before,
-            "fired": [t.name for t in fire],
-            "waiting": {t.name: t.condition.text for t in relevant if t not in fire},
+            "state": {
+                t.name: sorted(fired[t.name].entries)
+                if t.name in fired
+                else self._state.present(t.name)
+                for t in relevant
+            },
+            "fired": [c.trigger for c in fire],
+            "waiting": {t.name: t.condition.text for t in relevant if t.name not in fired},
         }
-        for t in fire:
+        for c in fire:
             trace.fired = True
-            await self._fire_all([t], state[t.name], trace, msg)
-            for d in state[t.name]:
-                await self._state.delete(f"{t.name}__{d}")
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, msg)
+            await self._state.fired(c)
 
-    async def _load_state(self) -> dict[str, dict[str, Event]]:
-        assert self._state is not None
-        out: dict[str, dict[str, Event]] = {}
-        for key, raw in (await self._state.items()).items():
-            trig, _, dep = key.partition("__")
-            with contextlib.suppress(ValueError):
-                out.setdefault(trig, {})[dep] = Event.from_json(raw)
-        return out
+    def _trigger(self, name: str) -> PreparedTrigger:
+        return next(t for t in self.triggers if t.name == name)
 
-    async def _fire_pending(self) -> None:
-        """After a restart: fire triggers whose stored state already satisfies them."""
-        state = await self._load_state()
-        for t in self.triggers:
-            events = state.get(t.name, {})
-            if events and t.condition.satisfied(set(events)):
-                trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
-                trace.fired = True
-                await self._fire_all([t], events, trace, None)
-                for d in events:
-                    assert self._state is not None
-                    await self._state.delete(f"{t.name}__{d}")
-                self.traces.add(trace)
+    async def _fire_pending(self, pending: list[Completion], state: ConditionState) -> None:
+        """At start: fire rounds the bucket shows complete that no replica marked fired
+        (a crash between completing and marking; same firing key, so no duplicate)."""
+        for c in pending:
+            trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
+            trace.fired = True
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, None)
+            await state.fired(c)
+            self.traces.add(trace)
 
     # -- triggers -----------------------------------------------------------------------
     async def _fire_all(
@@ -503,8 +539,17 @@ class SensorRunner:
     async def _fire_one(
         self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None
     ) -> TriggerOutcome:
+        with tracing.span(f"trigger {t.name}", attributes={"triggerfish.trigger": t.name}) as sp:
+            outcome = await self._fire_attempts(t, events, msg, sp.trace_id)
+            if outcome.status != "succeeded":
+                sp.error(outcome.error or outcome.status)
+            return outcome
+
+    async def _fire_attempts(
+        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None, trace_id: str
+    ) -> TriggerOutcome:
         key = firing_key(self.namespace, self.name, t.name, events)
-        inv = Invocation(self.name, self.namespace, t.name, events, key)
+        inv = Invocation(self.name, self.namespace, t.name, events, key, trace_id)
         outcome = TriggerOutcome(trigger=t.name, status="failed")
         delays = t.retry.delays()
         labels = (self.namespace, self.name, t.name)
@@ -519,20 +564,23 @@ class SensorRunner:
                 result: TriggerResult = await plugin.execute(inv)
             except PermanentError as e:
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 break
             except Exception as e:  # transient or unexpected: retry within bounds
                 last = e
+                self.metrics.action_failed.labels(*labels).inc()
                 if not isinstance(e, TriggerfishError):
                     log.exception("trigger %s/%s raised unexpectedly", self.name, t.name)
                 if attempt < len(delays):
+                    delay = _retry_delay(delays[attempt], e, t.retry)
                     log.warning(
                         "trigger %s/%s attempt %d failed (%s); retrying in %.2fs",
-                        self.name, t.name, attempt + 1, e, delays[attempt],
+                        self.name, t.name, attempt + 1, e, delay,
                     )  # fmt: skip
                     if msg is not None:
                         with contextlib.suppress(Exception):
                             await msg.in_progress()
-                    await asyncio.sleep(delays[attempt])
+                    await asyncio.sleep(delay)
                 continue
             finally:
                 self.metrics.action_duration.labels(*labels).observe(
@@ -551,7 +599,7 @@ class SensorRunner:
             )  # fmt: skip
             return outcome
         # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
-        self.metrics.action_failed.labels(*labels).inc()
+        self.metrics.action_retries_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
         if t.dlq is not None:
@@ -571,7 +619,7 @@ class SensorRunner:
         self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
     ) -> None:
         subject = dead_letter_subject(self.bus_name, self.name, t.name)
-        payload = orjson.dumps(
+        payload = jsoncodec.dumps(
             {
                 "sensor": self.name,
                 "namespace": self.namespace,

@@ -9,11 +9,11 @@ expression naming an unknown dependency.
 
 Trigger types are plugins. :class:`TriggerTemplate` declares every trigger key Argo knows
 (``k8s``, ``http``, ``slack``, ...); the value of a key is validated with the config
-model registered for it in :data:`sensors.triggers.registry.TRIGGER_CONFIGS`, and a key
+model registered for it in :data:`sensors.triggers.registry.TRIGGERS`, and a key
 with no registered model fails with one line: ``trigger type 'slack' is not supported``.
-The registry is looked up when a manifest is validated, not when this module is
-imported, because the registered config models themselves import
-:class:`TriggerParameter` from here.
+The registry names its classes as text and imports one when a manifest using it is
+validated, so this module never imports the trigger implementations (which import
+:class:`TriggerParameter` from here).
 
 Whether the engine implements a valid field yet is a separate question, answered by the
 table in :mod:`app.compose.support` after the model has loaded.
@@ -43,12 +43,14 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
-from app.kernel.eventbus import API_VERSION, PodTemplate, duration_seconds, parse_go_duration
+from app.kernel.argo import API_VERSION, PodTemplate, duration_seconds, parse_go_duration
 from app.kernel.spec import ObjectMeta, SpecModel
+from app.languages.cron import CronSchedule
 from sensors.conditions import Condition
+from sensors.triggers.registry import TRIGGERS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    pass
 
 
 def _not_empty(v: str) -> str:
@@ -339,8 +341,6 @@ class ConditionsResetByTime(SpecModel):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, v: str) -> str:
-        from sensors.reset import CronSchedule  # compiled here so validate catches it
-
         CronSchedule.parse(v)
         return v
 
@@ -366,7 +366,7 @@ class _TriggerType:
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        model = _trigger_configs().get(self.key)
+        model = _config_model(self.key)
         if model is None:
             return {"type": "object", "description": f"trigger type '{self.key}' (not supported)"}
         return handler(model.__pydantic_core_schema__)
@@ -374,7 +374,7 @@ class _TriggerType:
     def _validate(self, value: Any) -> SpecModel | None:
         if value is None:
             return None
-        model = _trigger_configs().get(self.key)
+        model = _config_model(self.key)
         if model is None:
             raise PydanticCustomError(
                 "not_supported", "trigger type '{key}' is not supported", {"key": self.key}
@@ -384,11 +384,11 @@ class _TriggerType:
         return model.model_validate(value)
 
 
-def _trigger_configs() -> Mapping[str, type[SpecModel]]:
-    # Imported here: the registered config models import TriggerParameter from this module.
-    from sensors.triggers.registry import TRIGGER_CONFIGS
-
-    return TRIGGER_CONFIGS
+def _config_model(key: str) -> type[SpecModel] | None:
+    """The config model of the trigger type registered under ``key`` (``None``: none is)."""
+    if key not in TRIGGERS:
+        return None
+    return TRIGGERS.load(key).config_model
 
 
 class TriggerTemplate(SpecModel):

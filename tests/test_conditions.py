@@ -49,6 +49,45 @@ def test_condition_errors(text: str, message: str) -> None:
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dep-a &&", "expression ends too early"),
+        ("(dep-a || d", "missing ')'"),
+        ("&& d", "unexpected '&&'"),
+        (") d", "unexpected ')'"),
+        ("x && dep-a", "'x' names no dependency of this sensor"),
+        ("dep-a || y && x", "'x', 'y' names no dependency of this sensor"),
+        # the offending text is quoted, cut at 20 characters
+        ("dep-a & " + "b" * 30, "unexpected '& bbbbbbbbbbbbbbbbbb' at position 5"),
+    ],
+)
+def test_condition_error_messages_are_exact(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        Condition.compile(text, DEPS)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "names", "shown"),
+    [
+        (None, set(DEPS), "dep-a && dep_b && c.1 && d"),
+        ("  ", set(DEPS), "dep-a && dep_b && c.1 && d"),
+        ("dep-a", {"dep-a"}, "dep-a"),
+        ("(dep-a && dep_b) || d", {"dep-a", "dep_b", "d"}, "(dep-a && dep_b) || d"),
+        ("c.1 || dep-a && d", {"c.1", "dep-a", "d"}, "c.1 || dep-a && d"),
+    ],
+)
+def test_condition_names_every_dependency_and_keeps_its_text(
+    text: str | None, names: set[str], shown: str
+) -> None:
+    # names() decides which dependencies' events are stored for a trigger; text is
+    # what the trace shows for a trigger still waiting
+    c = Condition.compile(text, DEPS)
+    assert c.names() == names
+    assert c.text == shown
+
+
 Ref = Callable[[set[str]], bool]
 
 

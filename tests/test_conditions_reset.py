@@ -23,7 +23,10 @@ from app.adapters.kube import FileKube
 from app.compose.manifests import load_one
 from app.kernel.errors import ConfigError
 from app.kernel.events import Event, new_event_id
-from sensors.reset import ConditionsReset, CronSchedule, run_resets
+from app.languages.cron import CronSchedule
+from sensors.conditions import Condition
+from sensors.condstate import ConditionState
+from sensors.reset import ConditionsReset, run_resets
 from sensors.runner import RetryPolicy
 from sensors.spec import ConditionsResetByTime, ConditionsResetCriteria
 from sensors.triggers.base import TriggerContext
@@ -244,7 +247,14 @@ class Harness(SensorHarness):
 
 
 async def stored(bus: Bus) -> list[str]:
-    return sorted(await (await bus.state_store(f"sensor-ns1-{SENSOR}")).items())
+    """``trigger__dependency`` of every event the bucket holds, as a new replica reads it."""
+    state = ConditionState(
+        await bus.state_store(f"sensor-ns1-{SENSOR}"),
+        {"make-job": Condition.compile(None, ["a", "b"])},
+        ["a", "b"],
+    )
+    await state.load()
+    return [f"make-job__{d}" for d in state.present("make-job")]
 
 
 def reset_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.kernel.events import Event
-from sensors.filters import CompiledFilters, FilterVerdict, event_source_filter
+from app.languages.source_filter import event_source_filter
+from sensors.filters import CompiledFilters, FilterVerdict
 from sensors.spec import DataFilter, EventDependencyFilter, ExprFilter, PayloadField, TimeFilter
 
 DAY = "2024-07-15"

@@ -11,14 +11,16 @@ import pytest
 import yaml
 
 from app.compose.manifests import LoadResult, ManifestInvalid, load_file, load_one, load_paths
-from app.kernel.eventbus import EventBus, parse_go_duration
+from app.kernel.argo import parse_go_duration
+from app.kernel.eventbus import EventBus
 from app.kernel.spec import SpecModel, dump
 from eventsources.spec import EventSource
 from eventsources.webhook import WebhookConfig
 from sensors.spec import ARGO_TRIGGER_TYPES, Backoff, Sensor
-from sensors.triggers.k8s_config import K8sTriggerConfig
-from sensors.triggers.log_config import LogTriggerConfig
-from sensors.triggers.registry import TRIGGER_CONFIGS
+from sensors.triggers.base import Invocation, Trigger, TriggerResult
+from sensors.triggers.k8s import K8sTriggerConfig
+from sensors.triggers.log import LogTriggerConfig
+from sensors.triggers.registry import TRIGGERS
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
 
@@ -277,7 +279,7 @@ def test_every_argo_trigger_key_is_known() -> None:
         "k8s", "argoWorkflow", "http", "awsLambda", "custom", "kafka", "nats", "slack",
         "openWhisk", "log", "azureEventHubs", "pulsar", "azureServiceBus", "email",
     } == ARGO_TRIGGER_TYPES  # fmt: skip
-    assert set(TRIGGER_CONFIGS) <= ARGO_TRIGGER_TYPES
+    assert set(TRIGGERS) <= ARGO_TRIGGER_TYPES
 
 
 def test_unknown_trigger_key_is_an_unknown_field() -> None:
@@ -537,12 +539,21 @@ def test_source_plugin_cross_event_checks_run() -> None:
     assert line.startswith("spec.webhook.again")
 
 
-def test_registering_a_trigger_type_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    class SlackConfig(SpecModel):
-        channel: str
-        message: str = ""
+class _SlackConfig(SpecModel):
+    channel: str
+    message: str = ""
 
-    monkeypatch.setitem(TRIGGER_CONFIGS, "slack", SlackConfig)
+
+class _SlackTrigger(Trigger):
+    type_name = "slack"
+    config_model = _SlackConfig
+
+    async def execute(self, inv: Invocation) -> TriggerResult:
+        return TriggerResult(action="posted")
+
+
+def test_registering_a_trigger_type_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(TRIGGERS._entries, "slack", f"{__name__}:_SlackTrigger")
     doc = sensor_doc()
     doc["spec"]["triggers"][0]["template"] = {"name": "s", "slack": {"channel": "general"}}
     sensor = load_one(doc)

@@ -90,3 +90,65 @@ spec:
     assert code == 0, out.getvalue()
     assert "dependency b" in out.getvalue() and "dependency a" in out.getvalue()
     assert "trigger both: succeeded (logged" in out.getvalue()
+
+
+FILTERED_SENSOR = """
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {name: only-resnet, namespace: ns}
+spec:
+  dependencies:
+    - name: train
+      eventSourceName: webhook
+      eventName: trigger
+      filters:
+        data:
+          - {path: body.model, type: string, value: ["^resnet$"]}
+  triggers:
+    - template:
+        name: go
+        log: {}
+"""
+
+
+def test_a_filtered_event_shows_every_verdict_and_why_nothing_fired(tmp_path: Path) -> None:
+    sensor = tmp_path / "s.yaml"
+    sensor.write_text(FILTERED_SENSOR)
+    (tmp_path / "vgg.json").write_text(json.dumps({"model": "vgg"}))
+    out = io.StringIO()
+    assert run_offline_sync(str(sensor), [str(tmp_path / "vgg.json")], out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "  filters: rejected"
+    assert lines[2].startswith("    - ") and "body.model" in lines[2]
+    assert "  no trigger fired: the event did not pass the filters of dependency train" in lines
+
+
+def test_waiting_conditions_are_explained(tmp_path: Path) -> None:
+    sensor = tmp_path / "s.yaml"
+    sensor.write_text(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata: {name: two}\nspec:\n"
+        "  dependencies:\n    - {name: a, eventSourceName: src, eventName: a}\n"
+        "    - {name: b, eventSourceName: src, eventName: b}\n"
+        "  triggers:\n    - template: {name: both, conditions: a && b, log: {}}\n"
+    )
+    (tmp_path / "a.json").write_text("{}")
+    out = io.StringIO()
+    assert run_offline_sync(str(sensor), [f"a={tmp_path / 'a.json'}"], out) == 1
+    assert "  no trigger fired: conditions not met yet: trigger both waits for 'a && b'" in (
+        out.getvalue().splitlines()
+    )
+
+
+def test_json_output_for_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sensor = tmp_path / "s.yaml"
+    sensor.write_text(FILTERED_SENSOR)
+    (tmp_path / "ok.json").write_text(json.dumps({"model": "resnet"}))
+    (tmp_path / "no.json").write_text(json.dumps({"model": "vgg"}))
+    code = main(["test", str(sensor), "--event", str(tmp_path / "ok.json"),
+                 "--event", str(tmp_path / "no.json"), "--output", "json"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["sensor"] == "ns/only-resnet" and doc["firings"] == 1
+    first, second = doc["events"]
+    assert first["fired"] and first["triggers"][0]["status"] == "succeeded"
+    assert second["filtered"] and "notFired" in second and second["filters"]

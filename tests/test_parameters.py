@@ -4,6 +4,7 @@ with a missing key always an error unless a default is given."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from app.kernel.events import Event
 from sensors.parameters import (
     CompiledParameter,
     ParameterSpecError,
+    Resolved,
     apply_parameters,
     compile_parameters,
     construct_payload,
@@ -58,6 +60,26 @@ def param(
     return TriggerParameter.model_validate(
         {"src": {"dependencyName": dep, **src}, "dest": dest, "operation": operation}
     )
+
+
+@dataclass
+class RawSource:
+    """A parameter source that no pydantic model checked (the ParameterLike shape)."""
+
+    dependency_name: str = "training-event"
+    data_key: str | None = None
+    data_template: str | None = None
+    context_key: str | None = None
+    context_template: str | None = None
+    value: str | None = None
+    use_raw_data: bool = False
+
+
+@dataclass
+class RawParam:
+    src: RawSource = field(default_factory=RawSource)
+    dest: str = "x"
+    operation: str = ""
 
 
 def resolve(events: Any = None, **src: Any) -> Any:
@@ -191,9 +213,51 @@ def test_absent_dependency_is_skipped_or_defaulted() -> None:
     assert (r.value, r.source) == ("dflt", "default")
 
 
+NO_VALUE = "dataTemplate rendered <no value>"
+
+
+@pytest.mark.parametrize(
+    ("src", "expected"),
+    [
+        ({"dataKey": "body.model"}, Resolved("resnet", "resnet", "dataKey")),
+        ({"dataKey": "body.model", "useRawData": True}, Resolved("resnet", "resnet", "dataKey")),
+        ({"dataKey": "body.epochs"}, Resolved("10", "10", "dataKey")),
+        ({"dataKey": "body.epochs", "useRawData": True}, Resolved(10, "10", "dataKey", True)),
+        ({"dataKey": "body.nothing", "useRawData": True}, Resolved(None, "null", "dataKey", True)),
+        ({"contextKey": "type"}, Resolved("webhook", "webhook", "contextKey")),
+        (
+            {"dataTemplate": "{{ .Input.body.nope }}", "dataKey": "body.model"},
+            Resolved("resnet", "resnet", "dataKey", False, (NO_VALUE,)),
+        ),
+        (
+            {"dataTemplate": "{{ .Input.body.nope }}", "dataKey": "body.tags", "useRawData": True},
+            Resolved(["a", "b"], '["a","b"]', "dataKey", True, (NO_VALUE,)),
+        ),
+        (
+            {"dataTemplate": "{{ .Input.body.nope }}", "dataKey": "body.flag"},
+            Resolved("true", "true", "dataKey", False, (NO_VALUE,)),
+        ),
+        (
+            {"dataTemplate": "{{ .Input.body.empty }}", "value": "d"},
+            Resolved("d", "d", "default", False, ("dataTemplate rendered an empty string",)),
+        ),
+        (
+            {"dataKey": "body.nope", "value": "d", "useRawData": True},
+            Resolved("d", "d", "default", False, ("dataKey 'body.nope' not found in event data",)),
+        ),
+        ({"value": "d"}, Resolved("d", "d", "default")),
+    ],
+)
+def test_resolved_value_text_source_rawness_and_notes(
+    src: dict[str, Any], expected: Resolved
+) -> None:
+    # text is what append/prepend use; raw says the value kept its JSON type
+    assert resolve(**src) == expected
+
+
 def test_no_key_no_template_gives_the_whole_event() -> None:
     r = resolve()
-    assert r.source == "event"
+    assert r.source == "event" and r.text == r.value and not r.raw
     assert r.value.startswith('{"context":{"id":"0123456789abcdef0123456789abcdef"')
     assert '"data":{"header":{"X-Run":["7"]}' in r.value
 
@@ -336,6 +400,36 @@ def test_skipped_parameters_are_recorded() -> None:
     assert records[1]["dependency"] == "other"
 
 
+def test_records_say_what_each_parameter_did() -> None:
+    params = compile_parameters(
+        [
+            param(dest="a", dep="other", dataKey="x"),  # skipped, and the next still applies
+            param(dest="b", dataTemplate="{{ .Input.body.nope }}", dataKey="body.epochs",
+                  useRawData=True),
+            param(dest="b", operation="append", value="-x"),
+        ],
+        where="k8s.parameters",
+    )  # fmt: skip
+    out, records = apply_parameters({}, params, EVENTS)
+    assert out == {"b": "10-x"}
+    common = {"where": "k8s.parameters"}
+    assert records == [
+        {**common, "index": 0, "dependency": "other", "dest": "a", "operation": "overwrite",
+         "source": "skipped", "value": None, "notes": []},
+        {**common, "index": 1, "dependency": "training-event", "dest": "b",
+         "operation": "overwrite", "source": "dataKey", "value": 10, "notes": [NO_VALUE]},
+        {**common, "index": 2, "dependency": "training-event", "dest": "b",
+         "operation": "append", "source": "default", "value": "10-x", "notes": []},
+    ]  # fmt: skip
+
+
+def test_parameter_compiled_with_an_empty_dest_cannot_be_applied() -> None:
+    p = CompiledParameter.compile(RawParam(RawSource(value="v"), dest=""), allow_empty_dest=True)
+    with pytest.raises(ParameterError) as info:
+        apply_parameters({}, [p], EVENTS)
+    assert str(info.value) == "parameter 0 (training-event): dest is empty"
+
+
 def test_unsettable_dest_is_a_parameter_error() -> None:
     p = CompiledParameter.compile(param(dest="list.name", dataKey="body.model"))
     with pytest.raises(ParameterError, match="cannot set dest"):
@@ -354,6 +448,37 @@ def test_construct_payload() -> None:
     assert body == b'{"model":"resnet","epochs":10,"meta":{"tags":["a","b"]}}'
     assert len(records) == 3
     assert construct_payload([], EVENTS)[0] == b""
+
+
+def test_construct_payload_ignores_operation_skips_absent_events_and_records() -> None:
+    params = compile_parameters(
+        [
+            param(dest="skipped", dep="other", dataKey="x"),
+            param(dest="a", dataKey="body.model"),
+            param(dest="a", operation="append", dataKey="body.dataset"),  # Argo: overwrite
+        ]
+    )
+    body, records = construct_payload(params, EVENTS)
+    assert body == b'{"a":"imagenet"}'
+    assert [(r["source"], r["value"]) for r in records] == [
+        ("skipped", None),
+        ("dataKey", "resnet"),
+        ("dataKey", "imagenet"),
+    ]
+
+
+def test_construct_payload_with_an_empty_dest_sends_the_value_as_the_body() -> None:
+    params = compile_parameters(
+        [
+            RawParam(RawSource(data_key="body.config"), dest=""),
+            param(dest="never", dataKey="body.model"),
+        ],
+        allow_empty_dest=True,
+    )
+    body, records = construct_payload(params, EVENTS)
+    assert body == b'{"layers":[1,2],"name":"x"}'
+    assert len(records) == 1
+    assert (records[0]["source"], records[0]["value"]) == ("dataKey", '{"layers":[1,2],"name":"x"}')
 
 
 # --------------------------------------------------------------------------- compile errors
@@ -378,6 +503,46 @@ def test_compile_errors_name_the_field(src: dict[str, Any], dest: str, field: st
     assert str(err).startswith(field + ": ")
     assert isinstance(err, ValueError)
     assert isinstance(err, ConfigError)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (RawParam(RawSource(data_key="a"), operation="bogus"),
+         "parameters[0].operation: unsupported operation 'bogus'"),
+        (RawParam(RawSource(dependency_name="", data_key="a")),
+         "parameters[0].src.dependencyName: dependency name can't be empty"),
+        (RawParam(RawSource(data_key="a"), dest=""),
+         "parameters[0].dest: destination can't be empty"),
+        (RawParam(RawSource(data_key="friends.@pretty")),
+         "parameters[0].src.dataKey: invalid path 'friends.@pretty': "),
+        (RawParam(RawSource(context_template="{{ nope }}")),
+         "parameters[0].src.contextTemplate: invalid template: "),
+        (RawParam(RawSource(data_key="a"), dest="a..b"), "parameters[0].dest: invalid path: "),
+    ],
+)  # fmt: skip
+def test_compile_error_messages(spec: RawParam, message: str) -> None:
+    # the same message from the constructor, compile() and compile_parameters() defaults
+    for compile_one in (CompiledParameter, CompiledParameter.compile, _compile_first):
+        with pytest.raises(ParameterSpecError) as info:
+            compile_one(spec)
+        text = str(info.value)
+        if message.endswith(": "):  # the parser's own reason follows
+            assert text.startswith(message) and len(text) > len(message), text
+        else:
+            assert text == message
+
+
+def _compile_first(p: RawParam) -> CompiledParameter:
+    return compile_parameters([p])[0]
+
+
+def test_empty_dest_is_allowed_only_when_asked() -> None:
+    spec = RawParam(RawSource(value="v"), dest="")
+    assert compile_parameters([spec], allow_empty_dest=True)[0].dest == ""
+    p = CompiledParameter.compile(spec, allow_empty_dest=True)
+    assert p.dest == "" and p.label == "parameter 0 (training-event)"
+    assert CompiledParameter(spec, allow_empty_dest=True).dest == ""
 
 
 def test_compile_parameters_uses_list_positions() -> None:

@@ -180,3 +180,16 @@ def test_two_sensor_replicas_share_the_work(roles: Any, kube_api: Any) -> None:
     wfs = list_workflows(kube_api)
     assert len(wfs) == n, a.log() + b.log()
     assert sorted(params_of(w)["model"] for w in wfs) == sorted(f"m{i}" for i in range(n))
+
+
+@pytest.mark.slow
+def test_pod_metrics_require_the_api_token_when_one_is_set(roles: Any) -> None:
+    source = roles("eventsource", "webhook", TRIGGERFISH_API_TOKEN="pod-t0ken")
+    base = f"http://127.0.0.1:{source.api_port}"
+    assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200  # probes stay open
+    assert httpx.get(f"{base}/metrics", timeout=5).status_code == 401
+    wrong = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer no"}, timeout=5)
+    assert wrong.status_code == 401
+    good = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer pod-t0ken"}, timeout=5)
+    assert good.status_code == 200
+    assert "argo_events_events_sent" in good.text

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.adapters.bus import Bus
+from app.adapters.bus import Bus, StreamLimits
 from app.adapters.natsserver import EmbeddedNats
-from app.kernel.errors import BusUnavailableError, ConfigError
+from app.kernel.errors import BusUnavailableError, ConfigError, StreamFullError
 from app.kernel.events import Event, event_id_from
 from app.kernel.spec import format_validation_error
 from eventsources.base import SourceContext
@@ -37,6 +37,8 @@ SOURCE = "aws-sqs"
 ARGO_EXAMPLE = (
     Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources/aws-sqs.yaml"
 )
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -191,6 +193,7 @@ async def test_message_becomes_event_then_is_deleted(
             MessageAttributes={
                 "team": {"DataType": "String", "StringValue": "ml"},
                 "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+                "traceparent": {"DataType": "String", "StringValue": TRACEPARENT},
             },
         )
         text = await sqs.send_message(QueueUrl=text_url, MessageBody="hello, world")
@@ -206,6 +209,8 @@ async def test_message_becomes_event_then_is_deleted(
 
     by_subject = dict(await stream.messages())
     event = by_subject[f"default.{SOURCE}.example"]
+    assert event["traceparent"] == TRACEPARENT  # the sender's trace continues
+    assert "traceparent" not in by_subject[f"default.{SOURCE}.notes"]
     assert event["type"] == "sqs"
     assert event["source"] == SOURCE
     assert event["subject"] == "example"
@@ -273,6 +278,48 @@ async def test_bus_down_deletes_nothing_then_every_message_is_one_event(
     assert len(stored) == n
     assert sorted(e["data"]["messageId"] for _, e in stored) == sorted(ids)
     assert {e["id"] for _, e in stored} == {event_id_from("sqs", url, i) for i in ids}
+
+
+async def test_full_stream_leaves_messages_in_the_queue_until_there_is_room(
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+) -> None:
+    room, n = 5, 12
+    await bus.ensure_stream("default", StreamLimits(max_msgs=room))  # discard new
+    url = await _create_queue(sqs, "backlog")
+    full = 0
+    real = _publisher(bus)
+
+    async def publish(event: Event) -> None:
+        nonlocal full
+        try:
+            await real(event)
+        except StreamFullError:
+            full += 1
+            raise
+
+    source = _source(publish, {"example": _cfg(sqs_endpoint, "backlog", visibilityTimeout=1)})
+    async with _running(source):
+        ids = await _send_many(sqs, url, [orjson.dumps({"i": i}).decode() for i in range(n)])
+
+        async def refused_at_the_limit() -> bool:
+            return full >= n - room and await stream.count() == room
+
+        await _eventually(refused_at_the_limit, "stream full, further publishes refused")
+
+        async def rest_still_queued() -> bool:
+            return await _in_queue(sqs, url) == n - room
+
+        await _eventually(rest_still_queued, f"{n - room} messages left in the queue", timeout=5)
+
+        await bus.ensure_stream("default", StreamLimits(max_msgs=0))  # room again
+
+        async def all_through() -> bool:
+            return await _in_queue(sqs, url) == 0 and await stream.count() >= n
+
+        await _eventually(all_through, f"{n} events stored and the queue empty", timeout=40)
+
+    stored = await stream.messages()
+    assert sorted(e["data"]["messageId"] for _, e in stored) == sorted(ids)  # none dropped
 
 
 async def test_publish_slower_than_visibility_timeout_is_one_event(

@@ -23,8 +23,7 @@ from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import TraceStore
-from sensors.triggers.argo_workflow import ArgoWorkflowTrigger
-from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig
+from sensors.triggers.argo_workflow import ArgoWorkflowTrigger, ArgoWorkflowTriggerConfig
 from sensors.triggers.base import Invocation, TriggerContext
 from tests.fakekube.harness import KubeApi
 
@@ -382,8 +381,20 @@ def test_load_time_errors_name_the_field(argo: dict[str, Any], line: str) -> Non
 
 def test_every_supported_operation_loads() -> None:
     for op in ("", "submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"):
-        _obj, lines = check_one(sensor_doc({"operation": op, "source": named("x")}))
+        source = named("x")
+        if op == "submit-from":
+            source["resource"]["kind"] = "WorkflowTemplate"
+        _obj, lines = check_one(sensor_doc({"operation": op, "source": source}))
         assert lines == [], (op, lines)
+
+
+def test_a_source_the_operation_cannot_use_fails_validation() -> None:
+    """What ``run`` refuses when it builds the trigger, ``validate`` refuses too."""
+    _obj, lines = check_one(sensor_doc({"operation": "submit-from", "source": named("x")}))
+    assert lines == [
+        "spec.triggers[0].template.argoWorkflow.source: submit-from needs a WorkflowTemplate, "
+        "ClusterWorkflowTemplate or CronWorkflow, got kind 'Workflow'"
+    ]
 
 
 # --------------------------------------------------------------------------- end to end

@@ -32,8 +32,7 @@ from app.kernel.events import Event, new_event_id
 from sensors.runner import RetryPolicy
 from sensors.spec import TriggerPolicy
 from sensors.triggers.base import Invocation, TriggerContext
-from sensors.triggers.http import HttpTrigger, safe_url
-from sensors.triggers.http_config import HttpTriggerConfig
+from sensors.triggers.http import HttpTrigger, HttpTriggerConfig, safe_url
 from tests.support.net import free_port
 from tests.support.sensors import SensorHarness, dead_letters, eventually
 

@@ -20,9 +20,8 @@ from app.kernel.errors import PermanentError, TransientError
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.triggers.base import Invocation, SharedCache, TriggerContext
-from sensors.triggers.k8s import K8sTrigger
-from sensors.triggers.k8s_config import ArtifactLocation, K8sTriggerConfig
-from sensors.triggers.sources import URL_MAX_BYTES, ResourceSource
+from sensors.triggers.k8s import K8sTrigger, K8sTriggerConfig
+from sensors.triggers.sources import URL_MAX_BYTES, ArtifactLocation, ResourceSource
 from tests.fakekube.harness import KubeApi
 from tests.support.net import free_port
 from tests.test_trigger_http import RecordingServer, Reply

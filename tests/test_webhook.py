@@ -8,7 +8,10 @@ sockets and the real bus are in ``test_webhook_bus.py``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
+import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -17,9 +20,15 @@ import pytest
 
 from app.kernel.errors import BusUnavailableError, ConfigError, TransientError
 from app.kernel.events import Event
+from app.kernel.jsoncodec import PARSER_MAX_DEPTH
+from app.kernel.settings import HttpServerSettings
 from eventsources.base import SourceContext
 from eventsources.webhook import WebhookConfig, WebhookSource
-from eventsources.webhook_http import MASKED_AUTHORIZATION, canonical_header_name
+from eventsources.webhook_http import (
+    MASKED_AUTHORIZATION,
+    MAX_BODY_DEPTH,
+    canonical_header_name,
+)
 
 TOKEN = "s3cr3t-t0ken"
 
@@ -41,6 +50,7 @@ class RecordingMetrics:
         self.sent: list[tuple[str, str]] = []
         self.failed: list[tuple[str, str]] = []
         self.filtered: list[tuple[str, str]] = []
+        self.statuses: list[int] = []
 
     def event_sent(self, source: str, event_name: str) -> None:
         self.sent.append((source, event_name))
@@ -50,6 +60,9 @@ class RecordingMetrics:
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.filtered.append((source, event_name))
+
+    def http_request(self, source: str, status: int) -> None:
+        self.statuses.append(status)
 
 
 class Publisher:
@@ -94,6 +107,7 @@ async def make_client() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
         events: Mapping[str, WebhookConfig] | None = None,
         port: int = 12000,
         secrets: FakeSecrets | None = None,
+        http: HttpServerSettings | None = None,
     ) -> Harness:
         publisher = Publisher()
         metrics = RecordingMetrics()
@@ -106,6 +120,7 @@ async def make_client() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
                 secrets=secrets or FakeSecrets({}),
                 metrics=metrics,
                 log=logging.getLogger("test.webhook"),
+                http=http or HttpServerSettings(),
             ),
         )
         apps = await source.prepare()
@@ -265,6 +280,42 @@ async def test_body_over_limit_by_chunked_stream_is_413(make_client):
     r = await client.send(request)
     assert r.status_code == 413
     assert pub.events == []
+
+
+def _body_of(size: int) -> bytes:
+    """A JSON body of exactly ``size`` bytes."""
+    body = b'{"x":"' + b"y" * (size - 8) + b'"}'
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_body_of_exactly_the_limit_is_200_and_one_byte_more_is_413(make_client, chunked):
+    limit = 64
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=limit)})
+
+    async def post(body: bytes) -> httpx.Response:
+        if not chunked:
+            request = client.build_request("POST", "/trigger", content=body)
+            assert request.headers["content-length"] == str(len(body))
+            return await client.send(request)
+        # several chunks, so the running count is checked, not only the first chunk
+        request = client.build_request(
+            "POST", "/trigger", content=_chunks(body[:10], body[10:40], body[40:])
+        )
+        assert "content-length" not in request.headers
+        return await client.send(request)
+
+    at_limit = await post(_body_of(limit))
+    assert at_limit.status_code == 200, at_limit.text
+    assert pub.events[0].data["body"] == {"x": "y" * (limit - 8)}
+    over = await post(_body_of(limit + 1))
+    assert over.status_code == 413
+    assert len(pub.events) == 1
+    # one big chunk over the limit is refused as well
+    if chunked:
+        request = client.build_request("POST", "/trigger", content=_chunks(_body_of(limit + 1)))
+        assert (await client.send(request)).status_code == 413
 
 
 async def test_chunked_body_under_limit_is_accepted(make_client):
@@ -572,3 +623,361 @@ async def test_token_never_appears_in_reprs():
     )
     apps = await source.prepare()
     assert TOKEN not in repr(apps[12000].routes)
+
+
+# -- hostile input: 200 or a documented 4xx, never a 500 --------------------------------
+
+
+def _nested(levels: int) -> bytes:
+    """A valid JSON document ``levels`` deep, alternating objects and arrays."""
+    opens = b"".join(b'{"k":' if i % 2 == 0 else b"[" for i in range(levels))
+    closes = b"".join(b"}" if i % 2 == 0 else b"]" for i in reversed(range(levels)))
+    return opens + b"1" + closes
+
+
+@pytest.mark.parametrize("levels", [1, 253, 254, 255, 600, MAX_BODY_DEPTH])
+async def test_nested_json_is_accepted_up_to_the_parser_limit(make_client, levels):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1 << 16)})
+    body = _nested(levels)
+    r = await client.post("/trigger", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.text) == (200, "success")
+    event = pub.events[0]
+    encoded = event.to_json()
+    # The body is in the envelope as sent, and the envelope round-trips with the parser
+    # every consumer uses (compared as bytes: deep values overflow Python's ``==``).
+    assert b'"body":' + body + b',"metadata":' in encoded
+    assert Event.from_json(encoded).to_json() == encoded
+
+
+@pytest.mark.parametrize("levels", [MAX_BODY_DEPTH + 1, PARSER_MAX_DEPTH + 1, 50_000])
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+async def test_json_nested_deeper_than_the_limit_is_400_saying_so(
+    make_client, levels, content_type
+):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1 << 20)})
+    r = await client.post(
+        "/trigger", content=_nested(levels), headers={"content-type": content_type}
+    )
+    assert r.status_code == 400
+    assert r.text == f"request body is nested deeper than {MAX_BODY_DEPTH} levels"
+    assert pub.events == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        (b'{"s": "\xff\xfe"}', 400, None),  # invalid UTF-8
+        (b'{"s": "\xed\xa0\x80"}', 400, None),  # a UTF-8-encoded surrogate
+        (b'{"s": "\\ud800"}', 400, None),  # a lone surrogate escape
+        (b'{"s": "\\ud83d\\ude00"}', 200, {"s": "\U0001f600"}),  # a valid pair
+        (b'{"n": 1e400}', 400, None),  # beyond the float range
+        (b'{"n": -1e400}', 400, None),
+        (b'{"n": 123456789012345678901234567890}', 200, {"n": 1.2345678901234568e29}),
+        (b'{"n": NaN}', 400, None),
+        (b'{"n": Infinity}', 400, None),
+        (b'{"a": 1, "a": 2}', 200, {"a": 2}),  # duplicate keys: the last one wins
+        (b'{"s": "a\x00b"}', 400, None),  # a raw NUL inside a string
+        (b'{"s": "a\\u0000b"}', 200, {"s": "a\x00b"}),  # an escaped NUL
+        (b"\x00", 400, None),
+        (b"\xef\xbb\xbf{}", 400, None),  # a byte order mark
+        (b"   ", 200, None),  # blank: no body
+        (b"", 200, None),
+    ],
+)
+async def test_hostile_json_bodies_get_the_contract(make_client, body, status, expected):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert pub.events[0].data["body"] == expected
+        assert Event.from_json(pub.events[0].to_json()).data == pub.events[0].data
+    else:
+        assert r.text.startswith("request body is not valid JSON")
+        assert pub.events == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        (None, 200),
+        ("text/plain", 200),
+        ("application/xml", 200),
+        ("multipart/form-data; boundary=x", 200),
+        (b"\xff/\xfe", 200),
+        ("application/x-www-form-urlencoded", 200),
+    ],
+)
+async def test_any_content_type_with_a_json_body_is_accepted(make_client, content_type, status):
+    client, pub, _ = await make_client()
+    headers = {"content-type": content_type} if content_type else {}
+    r = await client.post("/trigger", content=b'{"a": [1]}', headers=headers)
+    assert r.status_code == status
+    assert pub.events[0].data["body"] == {"a": [1]}
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+async def test_gzip_body_is_decoded(make_client):
+    client, pub, _ = await make_client()
+    body = b'{"model": "resnet"}'
+    for encoding, encoded in [
+        ("gzip", _gzip(body)),
+        ("x-gzip", _gzip(body)),
+        ("GZIP", _gzip(body)),
+        ("deflate", zlib.compress(body)),
+        ("identity", body),
+        ("gzip, identity", _gzip(body)),
+        ("deflate, gzip", _gzip(zlib.compress(body))),
+        ("gzip", _gzip(body[:5]) + _gzip(body[5:])),  # two gzip members
+    ]:
+        r = await client.post("/trigger", content=encoded, headers={"content-encoding": encoding})
+        assert (r.status_code, r.text) == (200, "success"), encoding
+        assert pub.events[-1].data["body"] == {"model": "resnet"}
+        assert pub.events[-1].data["header"]["Content-Encoding"] == [encoding]
+
+
+async def test_size_limit_applies_to_the_decoded_body(make_client):
+    client, pub, _ = await make_client({"trigger": cfg(maxPayloadSize=1024)})
+    fits = b'{"x": "' + b"y" * 1000 + b'"}'
+    r = await client.post("/trigger", content=_gzip(fits), headers={"content-encoding": "gzip"})
+    assert r.status_code == 200
+    too_big = b'{"x": "' + b"y" * 1100 + b'"}'
+    assert len(_gzip(too_big)) < 1024
+    r = await client.post("/trigger", content=_gzip(too_big), headers={"content-encoding": "gzip"})
+    assert r.status_code == 413
+    # A bomb: 64 MiB of zeros in ~64 KiB, nested twice; refused after 1 KiB of output.
+    bomb = _gzip(_gzip(b"\0" * (64 << 20)))
+    r = await client.post("/trigger", content=bomb, headers={"content-encoding": "gzip, gzip"})
+    assert r.status_code == 413
+    assert len(pub.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "message"),
+    [
+        ("gzip", b"not gzip at all", "request body is not valid gzip"),
+        ("gzip", gzip.compress(b'{"a": 1}')[:-6], "request body is truncated gzip data"),
+        ("deflate", b"\x00\x01", "request body is not valid deflate"),
+        (
+            "deflate",
+            zlib.compress(b"{}") + b"junk",
+            "request body has data after the end of the deflate",
+        ),
+        ("gzip", gzip.compress(b"{}") + b"junk", "request body is not valid gzip"),
+        ("gzip", gzip.compress(b"\xff"), "request body is not valid JSON"),
+    ],
+)
+async def test_corrupt_compressed_body_is_400(make_client, encoding, body, message):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=body, headers={"content-encoding": encoding})
+    assert r.status_code == 400
+    assert r.text.startswith(message), r.text
+    assert pub.events == []
+
+
+@pytest.mark.parametrize("encoding", ["br", "compress", "zstd", "gzip, br", b"\xff"])
+async def test_unknown_content_encoding_is_415_with_accept_encoding(make_client, encoding):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=b"{}", headers={"content-encoding": encoding})
+    assert r.status_code == 415
+    assert r.headers["accept-encoding"] == "gzip, deflate"
+    assert pub.events == []
+
+
+async def test_requests_in_flight_are_bounded_with_503_and_retry_after(make_client):
+    client, pub, _ = await make_client(http=HttpServerSettings(max_in_flight_requests=2))
+    pub.gate = asyncio.Event()
+    held = [asyncio.create_task(client.post("/trigger", json={"i": i})) for i in range(2)]
+    while pub.in_flight < 2:
+        await asyncio.sleep(0.01)
+    over = await client.post("/trigger", json={"i": 2})
+    assert over.status_code == 503
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["connection"] == "close"  # its body was never read
+    assert (await client.get("/health")).status_code == 200  # probes are not refused
+    pub.gate.set()
+    assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+    assert (await client.post("/trigger", json={"i": 3})).status_code == 200
+    assert sorted(e.data["body"]["i"] for e in pub.events) == [0, 1, 3]
+
+
+# -- the edges of the contract ---------------------------------------------------------
+
+
+async def test_invalid_content_length_is_400(make_client):
+    client, pub, _ = await make_client()
+    request = client.build_request("POST", "/trigger", content=b"{}")
+    request.headers["content-length"] = "two"
+    r = await client.send(request)
+    assert (r.status_code, r.text) == (400, "invalid Content-Length")
+    assert pub.events == []
+
+
+async def test_error_answers_carry_their_text_and_length(make_client):
+    client, _, _ = await make_client({"trigger": cfg(maxPayloadSize=8)})
+    for method, path, body, status, text in [
+        ("PUT", "/trigger", b"", 405, "method not allowed"),
+        ("POST", "/nope", b"", 404, "404 page not found"),
+        ("POST", "/trigger", b"[1, 2, 3, 4, 5]", 413, "request body too large"),
+        ("POST", "/trigger", b"[1", 400, None),
+        ("POST", "/trigger", b"[1]", 200, "success"),
+    ]:
+        r = await client.request(method, path, content=body)
+        assert r.status_code == status, (method, path)
+        if text is not None:
+            assert r.text == text
+        assert r.headers["content-length"] == str(len(r.content))
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (await client.put("/trigger")).headers["allow"] == "POST"
+
+
+async def test_401_without_a_body_keeps_the_connection(make_client):
+    events, secrets = _auth_source()
+    client, _, _ = await make_client(events, secrets=secrets)
+    r = await client.post("/trigger", headers={"content-length": "0"})
+    assert r.status_code == 401 and "connection" not in r.headers
+    wrong = await client.post("/trigger", headers={"authorization": "Bearer x"})
+    assert wrong.status_code == 401 and "connection" not in wrong.headers
+    chunked = await client.post("/trigger", content=_chunks(b"{}"))
+    assert chunked.status_code == 401 and chunked.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("headers", "closes"),
+    [
+        ([(b"content-length", b"0")], False),
+        ([(b"content-length", b"2")], True),
+        ([(b"transfer-encoding", b"chunked")], True),
+        ([(b"x-other", b"1")], False),
+    ],
+)
+async def test_rejection_closes_only_when_a_body_was_announced(headers, closes):
+    app = await _app()
+    for path, method in (("/nope", "POST"), ("/trigger", "PUT")):
+        sent = await _call(app, path, method, headers, [{"type": "http.request"}])
+        start_headers = dict(sent[0]["headers"])
+        assert (start_headers.get(b"connection") == b"close") is closes, (path, headers)
+
+
+async def test_asgi_messages_without_optional_keys(make_client):
+    # ASGI lets a server leave out "body" and "more_body" (defaults b"" and False)
+    app, pub = await _app_and_publisher()
+    sent = await _call(app, "/trigger", "POST", [], [{"type": "http.request"}])
+    assert sent[0]["status"] == 200 and pub.events[0].data["body"] is None
+    parts = [
+        {"type": "http.request", "body": b"[1", "more_body": True},
+        {"type": "http.request", "more_body": True},
+        {"type": "http.request", "body": b"]"},
+    ]
+    sent = await _call(app, "/trigger", "POST", [], parts)
+    assert sent[0]["status"] == 200 and pub.events[1].data["body"] == [1]
+
+
+async def test_lifespan_is_answered():
+    app = await _app()
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app({"type": "lifespan"}, receive, send), 5)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    await asyncio.wait_for(app({"type": "websocket"}, receive, send), 5)  # ignored
+    assert len(sent) == 2
+
+
+async def test_header_never_seen_before_is_canonicalised_every_time(make_client):
+    client, pub, _ = await make_client()
+    name = f"x-probe-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):  # the second time from the name cache
+        assert (await client.post("/trigger", json={}, headers={name: "v"})).status_code == 200
+    canonical = canonical_header_name(name)
+    assert [e.data["header"][canonical] for e in pub.events] == [["v"], ["v"]]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded; charset=utf-8",
+        "Application/X-WWW-Form-Urlencoded ; charset=utf-8; x=y",
+    ],
+)
+async def test_form_content_type_with_parameters_is_a_form(make_client, content_type):
+    client, pub, _ = await make_client()
+    r = await client.post("/trigger", content=b"a=1", headers={"content-type": content_type})
+    assert r.status_code == 200 and pub.events[0].data["body"] == {"a": ["1"]}
+    r = await client.post("/trigger", content=b"[1,2]", headers={"content-type": content_type})
+    assert r.status_code == 200 and pub.events[1].data["body"] == [1, 2]
+
+
+async def test_bytes_that_are_not_utf8_are_replaced_in_forms_and_queries(make_client):
+    client, pub, _ = await make_client()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = await client.post("/trigger", content=b"a=\xff\xfe", headers=form)
+    assert r.status_code == 200 and pub.events[0].data["body"] == {"a": ["\ufffd\ufffd"]}
+    app, pub2 = await _app_and_publisher({"get": cfg(endpoint="/g", method="GET")})
+    sent = await _call(app, "/g", "GET", [], [{"type": "http.request"}], query=b"a=\xff")
+    assert sent[0]["status"] == 200 and pub2.events[0].data["body"] == {"a": ["\ufffd"]}
+
+
+async def test_503_warnings_are_rate_limited(make_client, caplog):
+    client, pub, _ = await make_client()
+    pub.fail_with = BusUnavailableError("down")
+    with caplog.at_level(logging.WARNING, logger="test.webhook"):
+        for _ in range(3):
+            assert (await client.post("/trigger", json={})).status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.webhook"]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("answered 503: down")
+
+
+async def _app_and_publisher(
+    events: Mapping[str, WebhookConfig] | None = None,
+) -> tuple[Any, Publisher]:
+    publisher = Publisher()
+    source = WebhookSource(
+        "webhook",
+        "argo-events",
+        events or {"trigger": cfg()},
+        SourceContext(publish=publisher, secrets=FakeSecrets({}), metrics=RecordingMetrics(),
+                      log=logging.getLogger("test.webhook")),
+    )  # fmt: skip
+    apps = await source.prepare()
+    return apps[12000], publisher
+
+
+async def _app() -> Any:
+    return (await _app_and_publisher())[0]
+
+
+async def _call(
+    app: Any,
+    path: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    incoming: list[dict[str, Any]],
+    query: bytes = b"",
+) -> list[dict[str, Any]]:
+    """Drive the ASGI app directly with the given request messages; what it sent."""
+    sent: list[dict[str, Any]] = []
+    pending = list(incoming)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers,
+             "query_string": query}  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    return sent

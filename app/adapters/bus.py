@@ -8,7 +8,13 @@ handler coroutine; event sources through :meth:`Bus.publish`.
 
 Failure contract: :meth:`Bus.publish` raises :class:`BusUnavailableError` when the event
 is not known to be durable (not connected, no PubAck within
-``publish_timeout_seconds``, stream error). Callers must then not ack upstream.
+``publish_timeout_seconds``, stream error), :class:`StreamFullError` (a subclass) when
+the stream is at its ``maxMsgs``/``maxBytes`` limit. Callers must then not ack upstream.
+
+Streams discard *new* messages at their limits unless the EventBus asks for *old*
+(``discard: 0``): a full stream refuses the publisher, which can answer 503 or leave
+the message upstream, instead of silently dropping its oldest events, which may be
+events a sensor has not consumed yet.
 """
 
 from __future__ import annotations
@@ -37,25 +43,66 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.kernel.errors import BusUnavailableError, TransientError
+from app.kernel.errors import (
+    BusUnavailableError,
+    StateConflictError,
+    StreamFullError,
+    TransientError,
+)
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
 
-__all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
+__all__ = [
+    "Bus",
+    "BusMessage",
+    "StateRecord",
+    "StateStore",
+    "StreamLimits",
+    "event_subject",
+    "subject_token",
+]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
-    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited)."""
+    """Stream limits taken from the EventBus ``streamConfig`` (0 = unlimited).
+
+    ``discard_new``: at a limit, refuse new messages (default) rather than drop the
+    oldest (``streamConfig`` ``discard: 0``). ``retention``: 0 limits (every stored
+    message counts until ``max_age``), 1 interest (a message goes once every consumer
+    has acked it, so the limits count only unconsumed events), 2 work queue.
+    """
 
     max_msgs: int = 1_000_000
     max_bytes: int = 1024 * 1024 * 1024
     max_age_seconds: float = 72 * 3600
     replicas: int = 1
     duplicates_seconds: float = 300.0
+    discard_new: bool = True
+    retention: int = 0
+
+
+_RETENTION = {
+    0: RetentionPolicy.LIMITS,
+    1: RetentionPolicy.INTEREST,
+    2: RetentionPolicy.WORK_QUEUE,
+}
+
+_STREAM_STORE_FAILED = 10077
+"""JetStream's err_code for a store refusal; with discard *new* the description says
+"maximum messages exceeded" / "maximum bytes exceeded"."""
+_INSUFFICIENT_RESOURCES = 10023
+
+
+def _is_stream_full(e: nats.js.errors.APIError) -> bool:
+    code = getattr(e, "err_code", None)
+    text = str(getattr(e, "description", "") or "")
+    if code == _INSUFFICIENT_RESOURCES:
+        return True
+    return code == _STREAM_STORE_FAILED and "exceeded" in text
 
 
 class BusMessage:
@@ -90,44 +137,96 @@ class BusMessage:
 Handler = Callable[[BusMessage], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One message of a state bucket, in bucket order: ``revision`` is its position,
+    ``value`` is ``None`` for a deletion marker."""
+
+    revision: int
+    key: str
+    value: bytes | None
+
+
+_STATE_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError)
+
+
 class StateStore:
-    """Durable key → bytes state (a JetStream KV bucket); errors become TransientError."""
+    """Durable key → bytes state in one JetStream KV bucket, read as an ordered log.
 
-    def __init__(self, kv: Any) -> None:
+    Every call is one JetStream API request (a publish, a message get, a purge): none
+    creates a consumer, so per-event use stays O(1) in server resources. Errors become
+    :class:`BusUnavailableError`; a lost revision check becomes
+    :class:`StateConflictError`.
+    """
+
+    def __init__(self, js: JetStreamContext, kv: Any, bucket: str) -> None:
+        self._js = js
         self._kv = kv
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
 
-    async def put(self, key: str, value: bytes) -> None:
+    async def put(self, key: str, value: bytes) -> int:
+        """Store ``value`` under ``key``; returns its revision."""
         try:
-            await self._kv.put(subject_token(key), value)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            return int(await self._kv.put(key, value))
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state put {key!r} failed: {e}") from e
 
-    async def delete(self, key: str) -> None:
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Store ``value`` only if ``key``'s latest revision is ``last`` (0: absent)."""
         try:
-            await self._kv.delete(subject_token(key))
+            return int(await self._kv.update(key, value, last=last))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise StateConflictError(f"state {key!r} changed since revision {last}") from e
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state update {key!r} failed: {e}") from e
+
+    async def delete(self, key: str) -> None:
+        """Write a deletion marker for ``key`` (readers of the log see it)."""
+        try:
+            await self._kv.delete(key)
         except nats.js.errors.KeyNotFoundError:
             return
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state delete {key!r} failed: {e}") from e
 
-    async def items(self) -> dict[str, bytes]:
-        """All live keys and values."""
+    async def next_record(self, after: int) -> StateRecord | None:
+        """The first record with a revision above ``after``; ``None`` past the end."""
         try:
-            try:
-                keys = await self._kv.keys()
-            except nats.js.errors.NoKeysError:
-                return {}
-            out: dict[str, bytes] = {}
-            for k in keys:
-                try:
-                    entry = await self._kv.get(k)
-                except nats.js.errors.KeyNotFoundError:
-                    continue
-                if entry.value is not None:
-                    out[k] = entry.value
-            return out
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            msg = await self._js.get_msg(
+                self._stream, seq=after + 1, subject=f"{self._prefix}>", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state read failed: {e}") from e
+        return self._record(msg)
+
+    async def latest(self, key: str) -> StateRecord | None:
+        """The newest record of ``key`` (a deletion marker included); ``None`` if none."""
+        try:
+            msg = await self._js.get_msg(self._stream, subject=f"{self._prefix}{key}")
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state read of {key!r} failed: {e}") from e
+        return self._record(msg)
+
+    async def purge(self, key_filter: str, before: int | None = None) -> None:
+        """Remove, without leaving markers, the records whose key matches ``key_filter``
+        (a key, or a prefix ending in ``.>``), only those below revision ``before``
+        when given."""
+        try:
+            await self._js.purge_stream(
+                self._stream, seq=before, subject=f"{self._prefix}{key_filter}"
+            )
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state purge {key_filter!r} failed: {e}") from e
+
+    def _record(self, msg: Any) -> StateRecord:
+        op = (msg.headers or {}).get("KV-Operation")
+        value = None if op in ("DEL", "PURGE") else (msg.data or b"")
+        return StateRecord(int(msg.seq), str(msg.subject).removeprefix(self._prefix), value)
 
 
 class Bus:
@@ -181,6 +280,16 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
+    def set_url(self, url: str) -> None:
+        """Reconnect to ``url`` from now on (the embedded server moved to a new port).
+
+        The connection object stays, so subscriptions, durable consumers and KV
+        handles carry over: the client's next reconnect attempt goes to ``url``.
+        """
+        self.url = url
+        if self._nc is not None and not self._nc.is_closed:
+            self._nc.set_server_pool([url])
+
     async def close(self) -> None:
         self._closed = True
         if self._nc is not None:
@@ -203,9 +312,9 @@ class Bus:
         cfg = StreamConfig(
             name=name,
             subjects=[f"{name}.>"],
-            retention=RetentionPolicy.LIMITS,
+            retention=_RETENTION[limits.retention],
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.NEW if limits.discard_new else DiscardPolicy.OLD,
             max_msgs=limits.max_msgs or -1,
             max_bytes=limits.max_bytes or -1,
             max_age=limits.max_age_seconds or 0,
@@ -245,6 +354,11 @@ class Bus:
                 timeout=self.settings.publish_timeout_seconds,
                 headers={"Nats-Msg-Id": msg_id},
             )
+        except nats.js.errors.APIError as e:
+            if _is_stream_full(e):
+                raise StreamFullError(f"stream full, publish to {subject} refused: "
+                                      f"{e.description}") from e  # fmt: skip
+            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
             raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
 
@@ -262,7 +376,16 @@ class Bus:
                 )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
-        return StateStore(kv)
+        return StateStore(js, kv, bucket)
+
+    async def consumer_lag(self, bus: str, durable: str) -> tuple[int, int] | None:
+        """``(pending, ack_pending)`` of a durable consumer: events not yet delivered and
+        events delivered but not acked; ``None`` when the bus or the consumer is not there."""
+        try:
+            info = await self._jetstream().consumer_info(subject_token(bus), subject_token(durable))
+        except (BusUnavailableError, TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            return None
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     # -- consume ----------------------------------------------------------------------
     async def consume(

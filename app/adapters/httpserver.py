@@ -1,16 +1,37 @@
-"""A uvicorn server that leaves the process's signal handlers alone.
+"""uvicorn, as every Triggerfish HTTP server runs it: no signal handlers, slow clients cut off.
 
 ``uvicorn.Server.serve`` installs SIGINT/SIGTERM handlers and re-raises the signal when
 it stops; inside Triggerfish the runtime owns signals and stops servers by cancelling
-their tasks. Used by the operations API and the webhook source.
+their tasks (:class:`QuietServer`). Used by the operations API and the webhook source.
+
+uvicorn bounds idle keep-alive connections but not a request that is being read: a
+client that opens a connection and sends nothing, sends its head a byte at a time, or
+announces a body and stalls holds a connection (and, for a growing head, memory)
+forever. :func:`guarded_protocol` returns uvicorn's httptools protocol with the limits of
+:class:`app.kernel.settings.HttpServerSettings`:
+
+* the head (request line + headers) must be complete ``header_timeout_seconds`` after
+  the connection opened or the request's first byte arrived, else 408 and the
+  connection is closed (a connection that sent nothing is closed without an answer);
+* the head may hold at most ``max_header_bytes``, else 431 and close;
+* the body must be complete ``body_timeout_seconds`` after the head, else 408 and close
+  (or only the close, when the app has already started its answer).
+
+One timer per request, armed and cancelled from the parser's callbacks: the cost on the
+hot path is one ``call_later`` and one ``cancel``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.kernel.settings import HttpServerSettings
 
 
 class QuietServer(uvicorn.Server):
@@ -22,3 +43,145 @@ class QuietServer(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # the same hook in older uvicorn releases
         return None
+
+
+def _plain(status: bytes, text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
+    )
+
+
+_HEAD_TIMEOUT = _plain(b"408 Request Timeout", b"request head not received in time")
+_BODY_TIMEOUT = _plain(b"408 Request Timeout", b"request body not received in time")
+_HEAD_TOO_LARGE = _plain(
+    b"431 Request Header Fields Too Large", b"request line and headers too large"
+)
+
+_IDLE, _HEAD, _BODY = range(3)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head/body read deadlines and a head size cap.
+
+    Subclassed per server by :func:`guarded_protocol`, which sets the limits.
+    """
+
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = _IDLE
+        self._head_received = 0  # bytes received while the head was incomplete
+        self._head_parsed = 0  # request line + header bytes the parser reported
+        self._saw_bytes = False
+        self._refused = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- timer --------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._phase == _BODY:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                self.transport.write(_BODY_TIMEOUT)
+            if cycle is not None:  # the app's receive() now gets http.disconnect
+                cycle.disconnected = True
+                cycle.message_event.set()
+        elif self._saw_bytes:
+            self.transport.write(_HEAD_TIMEOUT)
+        self.transport.close()
+
+    # -- protocol hooks -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._phase = _HEAD
+        self._arm(self.header_timeout_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._saw_bytes = True
+        super().data_received(data)
+        if self._phase == _HEAD and not self._refused and self.parser is not None:
+            # Still reading the head after this chunk: all of it belonged to the head
+            # (one long header arrives in pieces the parser reports only when complete).
+            self._head_received += len(data)
+            if self._head_received > self.max_header_bytes:
+                self._refuse(_HEAD_TOO_LARGE)
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer ``answer`` and close; the parser's further callbacks are ignored."""
+        self._refused = True
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        if self._phase != _HEAD:  # a keep-alive connection's next request: first byte
+            self._phase = _HEAD
+            self._arm(self.header_timeout_seconds)
+        self._head_received = 0
+        self._head_parsed = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        if self._head_parsed > self.max_header_bytes:
+            self._refuse(_HEAD_TOO_LARGE)
+            return
+        self._phase = _BODY
+        self._arm(self.body_timeout_seconds)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._phase = _IDLE
+        self._disarm()
+        super().on_message_complete()
+
+
+def guarded_protocol(limits: HttpServerSettings) -> type[GuardedProtocol]:
+    """A :class:`GuardedProtocol` class with ``limits``, for ``uvicorn.Config(http=...)``."""
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {
+            "header_timeout_seconds": limits.header_timeout_seconds,
+            "body_timeout_seconds": limits.body_timeout_seconds,
+            "max_header_bytes": limits.max_header_bytes,
+        },
+    )

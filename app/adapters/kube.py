@@ -14,10 +14,10 @@ Two implementations of :class:`sensors.triggers.base.KubeApi`:
 
 Errors are mapped at this boundary (STYLE §6): 409 AlreadyExists → :class:`AlreadyExists`,
 404 → :class:`NotFound`, 409 Conflict / 429 / 5xx / connection errors →
-:class:`~app.kernel.errors.TransientError`, any other 4xx →
-:class:`~app.kernel.errors.PermanentError`. A 429 (or 5xx) carrying ``Retry-After`` is
-retried here after the wait the server asked for, a bounded number of times, before it
-surfaces as transient.
+:class:`~app.kernel.errors.TransientError` (carrying the response's ``Retry-After`` in
+seconds, which the runner waits at least before its next attempt), any other 4xx →
+:class:`~app.kernel.errors.PermanentError`. A 401 refreshes the credentials once and
+retries once (a token file or exec plugin may have rotated them).
 """
 
 from __future__ import annotations
@@ -101,6 +101,20 @@ def _split_api_version(api_version: str) -> tuple[str, str]:
     return "", api_version
 
 
+def _retry_after(headers: Any) -> float | None:
+    """A ``Retry-After`` header given in seconds (the form the API server sends)."""
+    value = None
+    with contextlib.suppress(Exception):
+        value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
+
+
 def _object_ref(obj: dict[str, Any]) -> tuple[str, str, str]:
     api_version = str(obj.get("apiVersion", ""))
     kind = str(obj.get("kind", ""))
@@ -169,15 +183,6 @@ def _ssl_context(configuration: Any) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"Kubernetes TLS settings: {e}") from e
     return ctx
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from API servers; the caller's backoff applies
 
 
 class ApiKube:
@@ -346,7 +351,6 @@ class ApiKube:
         url = self._base + path + (f"?{urlencode(query)}" if query else "")
         data = orjson.dumps(body) if body is not None else None
         refreshed = False
-        attempt = 0
         while True:
             headers: dict[str, str] = {}
             if data is not None:
@@ -368,7 +372,7 @@ class ApiKube:
                     ) as resp:
                         raw = await resp.read()
                         status = resp.status
-                        retry_after = resp.headers.get("Retry-After")
+                        resp_headers = resp.headers
                 except (aiohttp.ClientError, TimeoutError, OSError) as e:
                     raise KubeTransientError(f"{method} {path}: {type(e).__name__}: {e}") from e
             if 200 <= status <= 299:
@@ -377,20 +381,12 @@ class ApiKube:
                 refreshed = True  # credentials may have rotated: refresh once, retry once
                 if await self._auth(force=True) != auth:
                     continue
-            delay = _retry_after_seconds(retry_after)
-            if (
-                (status == 429 or status >= 500)
-                and delay is not None
-                and attempt < self._settings.throttle_retries
-            ):
-                attempt += 1
-                log.debug("%s %s: %d, retrying after %.1fs", method, path, status, delay)
-                await asyncio.sleep(min(delay, self._settings.max_retry_after_seconds))
-                continue
-            raise self._error(status, raw, method, path)
+            raise self._error(status, raw, method, path, resp_headers)
 
     @staticmethod
-    def _error(status: int, data: bytes | str, method: str, path: str) -> KubeError:
+    def _error(
+        status: int, data: bytes | str, method: str, path: str, headers: Any = None
+    ) -> KubeError:
         reason, message = "", ""
         with contextlib.suppress(Exception):
             st = orjson.loads(data)
@@ -402,7 +398,9 @@ class ApiKube:
         if status == 404:
             return NotFound(text, status, reason)
         if status in (409, 429) or status >= 500:
-            return KubeTransientError(text, status, reason)
+            err = KubeTransientError(text, status, reason)
+            err.retry_after_seconds = _retry_after(headers)
+            return err
         return KubePermanentError(text, status, reason)
 
     # -- discovery ----------------------------------------------------------------------

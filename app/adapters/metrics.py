@@ -1,53 +1,104 @@
-"""Prometheus metrics under Argo Events' names and labels, so existing dashboards work.
+"""Prometheus metrics under Argo Events' names and labels, so existing dashboards work,
+plus Triggerfish's own (``triggerfish_*``).
 
-One :class:`Metrics` object per process, passed explicitly; it satisfies the
-``SourceMetrics`` protocol of event sources and is used by the sensor runner.
-Durations are histograms in milliseconds, as Argo names them.
+One :class:`Metrics` object per process, passed explicitly. Event sources see it through
+:meth:`Metrics.for_namespace` (a view bound to their EventSource's namespace, the
+``namespace`` label Argo sets); the sensor runner and the runtime use it directly.
+Durations are histograms in milliseconds under Argo's names (Argo has summaries; a
+histogram aggregates across pods). No ``*_created`` series are exported.
+
+Argo's series (``pkg/metrics/metrics.go``):
+
+* ``argo_events_event_service_running_total{namespace,eventsource_name}``: events of an
+  EventSource that are being served;
+* ``argo_events_events_sent_total`` / ``..._events_sent_failed_total`` /
+  ``..._events_processing_failed_total`` /
+  ``..._event_processing_duration_milliseconds``
+  ``{namespace,eventsource_name,event_name}``: what sources published;
+* ``argo_events_action_triggered_total`` / ``..._action_failed_total`` (every failed
+  attempt) / ``..._action_retries_failed_total`` (failed for good) /
+  ``..._action_duration_milliseconds`` ``{namespace,sensor_name,trigger_name}``;
+* ``build_info{version,goversion,goarch,commit}`` (``goversion`` carries the Python
+  version).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import platform
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 _MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
     """The process's metric families in their own registry (tests get a fresh one)."""
 
-    def __init__(self, namespace: str = "") -> None:
+    def __init__(self, namespace: str = "", version: str = "") -> None:
         self.registry = CollectorRegistry()
         self.namespace = namespace
         src = ["namespace", "eventsource_name", "event_name"]
         sen = ["namespace", "sensor_name", "trigger_name"]
+        dep = ["namespace", "sensor_name", "dependency"]
         r = self.registry
+        self.build_info = Gauge(
+            "build_info",
+            "A metric with a constant '1' value labeled by the version Triggerfish was built from",
+            ["version", "goversion", "goarch", "commit"],
+            registry=r,
+        )
+        self.build_info.labels(
+            version or "unknown", f"python{platform.python_version()}", platform.machine(), ""
+        ).set(1)
+        self.event_service_running = Gauge(
+            "argo_events_event_service_running_total",
+            "How many configured events in the EventSource object are actively running",
+            ["namespace", "eventsource_name"],
+            registry=r,
+        )
         self.events_sent = Counter(
             "argo_events_events_sent", "Events published to the bus", src, registry=r
         )
         self.events_sent_failed = Counter(
             "argo_events_events_sent_failed", "Events the bus did not accept", src, registry=r
         )
-        self.events_filtered = Counter(
-            "argo_events_events_filtered", "Events dropped by the source filter", src, registry=r
-        )
         self.events_processing_failed = Counter(
             "argo_events_events_processing_failed",
-            "Events a sensor could not process",
-            ["namespace", "sensor_name"],
+            "Events a source failed to process (includes events_sent_failed)",
+            src,
             registry=r,
         )
         self.event_processing_duration = Histogram(
             "argo_events_event_processing_duration_milliseconds",
-            "Time a sensor spent on one event",
-            ["namespace", "sensor_name"],
+            "Time a source took to publish one event (until the bus acknowledged it)",
+            src,
             buckets=_MS_BUCKETS,
             registry=r,
+        )
+        self.events_filtered = Counter(
+            "argo_events_events_filtered", "Events dropped by the source filter", src, registry=r
         )
         self.action_triggered = Counter(
             "argo_events_action_triggered", "Triggers that succeeded", sen, registry=r
         )
         self.action_failed = Counter(
-            "argo_events_action_failed", "Triggers that failed", sen, registry=r
+            "argo_events_action_failed", "Trigger attempts that failed", sen, registry=r
+        )
+        self.action_retries_failed = Counter(
+            "argo_events_action_retries_failed",
+            "Triggers that failed for good (retries exhausted or a permanent error)",
+            sen,
+            registry=r,
         )
         self.action_duration = Histogram(
             "argo_events_action_duration_milliseconds",
@@ -59,8 +110,73 @@ class Metrics:
         self.dead_lettered = Counter(
             "triggerfish_dead_lettered", "Firings sent to the dead-letter path", sen, registry=r
         )
+        self.sensor_events_received = Counter(
+            "triggerfish_sensor_events_received",
+            "Events a sensor received, per dependency",
+            dep,
+            registry=r,
+        )
+        self.sensor_events_filtered = Counter(
+            "triggerfish_sensor_events_filtered",
+            "Events a dependency's filters rejected",
+            dep,
+            registry=r,
+        )
+        self.sensor_events_processing_failed = Counter(
+            "triggerfish_sensor_events_processing_failed",
+            "Events a sensor could not finish (left unacked, redelivered)",
+            ["namespace", "sensor_name"],
+            registry=r,
+        )
+        self.sensor_event_processing_duration = Histogram(
+            "triggerfish_sensor_event_processing_duration_milliseconds",
+            "Time a sensor spent on one event",
+            ["namespace", "sensor_name"],
+            buckets=_MS_BUCKETS,
+            registry=r,
+        )
+        self.sensor_consumer_pending = Gauge(
+            "triggerfish_sensor_consumer_pending",
+            "Events waiting on the bus for a sensor dependency (consumer lag)",
+            dep,
+            registry=r,
+        )
+        self.sensor_consumer_ack_pending = Gauge(
+            "triggerfish_sensor_consumer_ack_pending",
+            "Events delivered to a sensor dependency and not yet acknowledged",
+            dep,
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "triggerfish_webhook_requests",
+            "Webhook requests answered, by status code",
+            ["namespace", "eventsource_name", "code"],
+            registry=r,
+        )
+        self.bus_connected = Gauge(
+            "triggerfish_bus_connected", "1 while the bus connection is up", registry=r
+        )
+        self.bus_publish_rejected = Counter(
+            "triggerfish_bus_publish_rejected",
+            "Publishes the bus refused (reason: stream_full, unavailable); nothing was stored",
+            ["eventbus_name", "reason"],
+            registry=r,
+        )
+        self.bus_server_restarts = Counter(
+            "triggerfish_bus_server_restarts",
+            "Times the embedded nats-server exited and was started again",
+            registry=r,
+        )
 
-    # SourceMetrics protocol
+    def for_namespace(self, namespace: str) -> SourceMetrics:
+        """What an event source of an EventSource in ``namespace`` counts with."""
+        return SourceMetrics(self, namespace)
+
+    def watch_bus(self, connected: Callable[[], bool]) -> None:
+        """Report the bus connection state at every scrape."""
+        self.bus_connected.set_function(lambda: 1.0 if connected() else 0.0)
+
+    # The SourceMetrics protocol, for callers without a namespace (tests, benches).
     def event_sent(self, source: str, event_name: str) -> None:
         self.events_sent.labels(self.namespace, source, event_name).inc()
 
@@ -70,6 +186,42 @@ class Metrics:
     def event_filtered(self, source: str, event_name: str) -> None:
         self.events_filtered.labels(self.namespace, source, event_name).inc()
 
+    def http_request(self, source: str, status: int) -> None:
+        self.webhook_requests.labels(self.namespace, source, str(status)).inc()
+
+    def publish_rejected(self, bus: str, reason: str) -> None:
+        self.bus_publish_rejected.labels(bus, reason).inc()
+
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""
         return bytes(generate_latest(self.registry))
+
+
+class SourceMetrics:
+    """:class:`Metrics` as one EventSource's namespace sees it (the ``namespace`` label)."""
+
+    __slots__ = ("_m", "namespace")
+
+    def __init__(self, metrics: Metrics, namespace: str) -> None:
+        self._m = metrics
+        self.namespace = namespace
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self._m.events_sent.labels(self.namespace, source, event_name).inc()
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        m = self._m
+        m.events_sent_failed.labels(self.namespace, source, event_name).inc()
+        m.events_processing_failed.labels(self.namespace, source, event_name).inc()
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self._m.events_filtered.labels(self.namespace, source, event_name).inc()
+
+    def http_request(self, source: str, status: int) -> None:
+        self._m.webhook_requests.labels(self.namespace, source, str(status)).inc()
+
+    def publish_duration(self, source: str, event_name: str, ms: float) -> None:
+        self._m.event_processing_duration.labels(self.namespace, source, event_name).observe(ms)
+
+    def running(self, source: str, events: int) -> None:
+        self._m.event_service_running.labels(self.namespace, source).inc(events)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.kernel.errors import ConfigError
+from app.kernel.logs import register_secret
 
 
 class ManifestSecrets:
@@ -31,14 +32,16 @@ class ManifestSecrets:
                 self._values[(ns, name, k)] = str(v)
 
     async def get(self, namespace: str, name: str, key: str) -> str:
+        """The value; it is registered for redaction from every log line."""
         val = self._values.get((namespace, name, key))
-        if val is not None:
-            return val
-        if self._kube is not None and hasattr(self._kube, "get"):
+        if val is None and self._kube is not None and hasattr(self._kube, "get"):
             obj = await self._kube.get("v1", "Secret", name, namespace)
             if obj is not None:
                 if key in (obj.get("data") or {}):
-                    return base64.b64decode(obj["data"][key]).decode()
-                if key in (obj.get("stringData") or {}):
-                    return str(obj["stringData"][key])
+                    val = base64.b64decode(obj["data"][key]).decode()
+                elif key in (obj.get("stringData") or {}):
+                    val = str(obj["stringData"][key])
+        if val is not None:
+            register_secret(val)
+            return val
         raise ConfigError(f"secret {namespace}/{name} has no key {key!r} (or does not exist)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
+from app.adapters import tracing
 from app.kernel.errors import ConfigError, TriggerfishError
 from app.kernel.logs import setup_logging
 from app.kernel.settings import Settings, load_settings
@@ -31,8 +32,13 @@ log = logging.getLogger("triggerfish")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triggerfish", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(
+        prog="triggerfish",
+        description="Run Argo Events manifests (EventBus, EventSource, Sensor) on NATS "
+        "JetStream. Settings come from TRIGGERFISH_* environment variables.",
+    )
+    p.add_argument("--version", action="version", version=f"triggerfish {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
 
     run = sub.add_parser("run", help="run EventSources and Sensors in one process")
     run.add_argument(
@@ -62,8 +68,22 @@ def _parser() -> argparse.ArgumentParser:
         help="never use a cluster: record objects under the state dir",
     )
 
-    val = sub.add_parser("validate", help="validate manifests")
-    val.add_argument("-f", "--file", dest="files", action="append", required=True)
+    val = sub.add_parser(
+        "validate", help="check manifests without running them (one line per manifest)"
+    )
+    val.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        required=True,
+        help="manifest file or directory (repeatable)",
+    )
+    val.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (a dependency no given EventSource serves, a shared port) as errors",
+    )
 
     tst = sub.add_parser("test", help="run a Sensor offline against events, print the trace")
     tst.add_argument("sensor", help="Sensor manifest file")
@@ -74,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         metavar="[DEPENDENCY=]FILE",
         help="event JSON: webhook-shaped data, a body, or a CloudEvent (repeatable)",
+    )
+    tst.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or one JSON document for scripts",
     )
 
     crds = sub.add_parser(
@@ -139,14 +165,27 @@ def _settings_for_run(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from app.adapters.dirlock import DirLock
+
+    settings = _settings_for_run(args)
+    # One instance per state directory, held until this process ends (the OS drops it
+    # on any death); a second instance stops here, before it touches anything.
+    lock = DirLock(settings.state_dir)
+    lock.acquire("state directory")
+    try:
+        return await _run_standalone(args, settings)
+    finally:
+        lock.release()
+
+
+async def _run_standalone(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.adapters.httpserver import QuietServer
+    from app.adapters.httpserver import QuietServer, guarded_protocol
     from app.compose.loading import load_for_run
     from app.compose.runtime import Standalone
     from app.compose.server import build_app
 
-    settings = _settings_for_run(args)
     manifests = load_for_run(args.files)
     rt = Standalone(manifests, settings)
     stop = asyncio.Event()
@@ -158,6 +197,8 @@ async def _serve(args: argparse.Namespace) -> int:
         cfg = uvicorn.Config(
             build_app(rt), host=settings.api_host, port=settings.api_port,
             log_level="warning", access_log=False, lifespan="off",
+            http=guarded_protocol(settings.http),
+            timeout_keep_alive=settings.http.keep_alive_timeout_seconds,
         )  # fmt: skip
         server = QuietServer(cfg)
         api_task = asyncio.create_task(server.serve())
@@ -226,49 +267,77 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, as ``validate`` reports a problem: no timestamp, no traceback."""
+    sys.stderr.write(f"triggerfish: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = load_settings()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        _fail(f"bad setting: {e}")
+        return 2
     quiet = args.cmd in ("test", "validate") and "TRIGGERFISH_LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings.log_format)
+    if args.cmd in ("run", "eventsource", "sensor", "controller") and tracing.configure(
+        f"triggerfish-{args.cmd}"
+    ):
+        log.info("OpenTelemetry: exporting spans over OTLP")
     try:
-        if args.cmd == "version":
-            print(__version__)
-            return 0
-        if args.cmd == "validate":
-            from app.compose.validate import validate_paths
-
-            return validate_paths(args.files, sys.stdout)
-        if args.cmd == "crds":
-            from app.compose.crds import render_all, write_crd_files
-
-            if args.output_dir is not None:
-                for path in write_crd_files(Path(args.output_dir)):
-                    print(path)
-            else:
-                sys.stdout.write(render_all())
-            return 0
-        if args.cmd == "test":
-            from app.compose.offline import run_offline_sync
-
-            return run_offline_sync(args.sensor, args.event, sys.stdout)
-        if args.cmd == "controller":
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_controller(args))
-        if args.cmd in ("eventsource", "sensor"):
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_pod_role(args))
-        if args.cmd == "run":
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(_serve(args))
+        return _dispatch(args)
     except ConfigError as e:
-        log.error("configuration error: %s", e)
+        _fail(str(e))
+        return 2
+    except OSError as e:  # a path the user gave: unwritable, missing, a file not a dir
+        where = f": {e.filename}" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}")
         return 2
     except TriggerfishError as e:
-        log.error("%s", e)
+        _fail(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args.cmd``; user mistakes raise ConfigError or OSError."""
+    if args.cmd == "version":
+        print(__version__)
+        return 0
+    if args.cmd == "validate":
+        from app.compose.validate import validate_paths
+
+        return validate_paths(args.files, sys.stdout, strict=args.strict)
+    if args.cmd == "crds":
+        from app.compose.crds import render_all, write_crd_files
+
+        if args.output_dir is not None:
+            for path in write_crd_files(Path(args.output_dir)):
+                print(path)
+        else:
+            sys.stdout.write(render_all())
+        return 0
+    if args.cmd == "test":
+        from app.compose.offline import run_offline_sync
+
+        return run_offline_sync(args.sensor, args.event, sys.stdout, args.output)
+    if args.cmd == "controller":
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_controller(args))
+    if args.cmd in ("eventsource", "sensor"):
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_pod_role(args))
+    if args.cmd == "run":
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(args))
     return 2
 
 

@@ -28,8 +28,9 @@ import yaml
 from pydantic import ValidationError
 
 from app.compose.support import unsupported
+from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError
-from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.eventbus import EventBus
 from app.kernel.spec import SpecModel, format_validation_error
 from eventsources.spec import EventSource
 from sensors.spec import Sensor
@@ -37,6 +38,18 @@ from sensors.spec import Sensor
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 SAMPLE_EVENT_SUFFIX = ".event.json"
 """Sample event payloads (for ``triggerfish test``) may sit beside manifests."""
+
+OTHER_ARGO_KINDS: frozenset[str] = frozenset({
+    # Argo Workflows
+    "Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow",
+    "WorkflowEventBinding", "WorkflowTaskSet", "WorkflowTaskResult",
+    "WorkflowArtifactGCTask",
+    # Argo CD and Argo Rollouts
+    "Application", "ApplicationSet", "AppProject", "Rollout", "AnalysisTemplate",
+    "ClusterAnalysisTemplate", "AnalysisRun", "Experiment",
+})  # fmt: skip
+"""argoproj.io kinds of the other Argo projects: applied or recorded like any object.
+Any other argoproj.io kind is refused, so a typo (``Sensr``) is not taken for one."""
 
 MODELS: dict[str, type[SpecModel]] = {
     "EventBus": EventBus,
@@ -117,9 +130,10 @@ class ManifestError:
     name: str
     path: str
     message: str
+    namespace: str = ""
 
     def __str__(self) -> str:
-        what = f" {self.kind}/{self.name}" if self.kind else ""
+        what = f" {object_label(self.kind, self.namespace, self.name)}" if self.kind else ""
         where = f"{self.path}: " if self.path else ""
         return f"{self.origin}{what}: {where}{self.message}"
 
@@ -133,6 +147,12 @@ class Document:
     name: str
     obj: Manifest | dict[str, Any] | None
     errors: list[ManifestError] = field(default_factory=list)
+    namespace: str = ""
+
+    @property
+    def label(self) -> str:
+        """``Kind namespace/name`` (``Kind name`` without a namespace), as messages say it."""
+        return object_label(self.kind, self.namespace, self.name)
 
 
 @dataclass
@@ -179,6 +199,20 @@ class ManifestInvalid(ConfigError):
         self.lines = lines
 
 
+def object_label(kind: str, namespace: str, name: str) -> str:
+    """How messages name an object: ``Sensor argo-events/ml-pipeline-sensor``."""
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _namespace(obj: Any) -> str:
+    meta = getattr(obj, "metadata", None)
+    if meta is not None and not isinstance(obj, Mapping):
+        return str(getattr(meta, "namespace", "") or "")
+    if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping):
+        return str(obj["metadata"].get("namespace") or "")
+    return ""
+
+
 def _kind_name(obj: Any) -> tuple[str, str]:
     if isinstance(obj, SpecModel):
         meta = getattr(obj, "metadata", None)
@@ -215,6 +249,12 @@ def check_one(doc: Mapping[str, Any]) -> tuple[Manifest | dict[str, Any] | None,
         return None, ["apiVersion and kind must be strings"]
     group = api_version.split("/", 1)[0] if "/" in api_version else ""
     model = MODELS.get(kind)
+    if group == "argoproj.io" and model is None and kind not in OTHER_ARGO_KINDS:
+        return None, [
+            f"kind: unknown argoproj.io kind {kind!r} (Triggerfish runs "
+            f"{', '.join(MODELS)}; other Argo kinds such as Workflow and WorkflowTemplate "
+            "are applied as they are)"
+        ]
     if model is None or group != "argoproj.io":
         return dict(doc), []
     if api_version != API_VERSION:
@@ -224,7 +264,20 @@ def check_one(doc: Mapping[str, Any]) -> tuple[Manifest | dict[str, Any] | None,
     except ValidationError as e:
         return None, format_validation_error(e)
     problems = unsupported(obj)
+    if not problems and isinstance(obj, Sensor):
+        problems = _compile_problems(obj)
     return (None if problems else cast(Manifest, obj)), problems
+
+
+def _compile_problems(sensor: Sensor) -> list[str]:
+    """What ``run`` would refuse when it builds this Sensor's runner (the same code)."""
+    from app.compose.dryrun import offline_runner  # the runner imports the trigger modules
+
+    try:
+        offline_runner(sensor, read_files=False)
+    except (ConfigError, ValueError) as e:
+        return [str(e)]
+    return []
 
 
 def load_one(doc: Mapping[str, Any]) -> Manifest | dict[str, Any]:
@@ -302,9 +355,13 @@ def _expand_list(content: Any) -> list[Any]:
 
 def _add_object(result: LoadResult, origin: Origin, content: Any) -> None:
     kind, name = _kind_name(content)
+    namespace = _namespace(content)
     obj, problems = check_one(content)
-    errors = [ManifestError(origin, kind, name, *_split_line(line)) for line in problems]
-    result.add(Document(origin, kind, name, obj, errors))
+    errors = [
+        ManifestError(origin, kind, name, *_split_line(line), namespace=namespace)
+        for line in problems
+    ]
+    result.add(Document(origin, kind, name, obj, errors, namespace))
 
 
 def manifest_files(path: str | Path) -> list[Path]:

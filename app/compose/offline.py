@@ -12,120 +12,17 @@ invalid input.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from app.adapters.kube import AlreadyExists, NotFound
-from app.adapters.metrics import Metrics
+from app.compose.dryrun import OfflineBus, OfflineMessage, RecordingKube, offline_runner
 from app.compose.manifests import load_paths
 from app.kernel.errors import ConfigError
 from app.kernel.events import Event, new_event_id
-from sensors.runner import RetryPolicy, SensorRunner
 from sensors.trace import Trace, TraceStore
-from sensors.triggers.base import TriggerContext
-
-
-class RecordingKube:
-    """A KubeApi that records what would be done instead of doing it."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, dict[str, Any]]] = []
-        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-
-    def _key(self, obj: dict[str, Any], ns: str) -> tuple[str, str, str]:
-        meta = obj.get("metadata") or {}
-        return (str(obj.get("kind")), meta.get("namespace") or ns, str(meta.get("name", "")))
-
-    async def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        if not meta.get("name"):
-            meta["name"] = meta.pop("generateName", "obj-") + uuid.uuid4().hex[:5]
-        key = self._key(obj, namespace)
-        if key in self._objects:
-            raise AlreadyExists(f"{key} exists", 409, "AlreadyExists")
-        self._objects[key] = obj
-        self.actions.append(("create", obj))
-        return obj
-
-    async def get(
-        self, api_version: str, kind: str, name: str, namespace: str
-    ) -> dict[str, Any] | None:
-        return self._objects.get((kind, namespace, name))
-
-    async def update(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        self.actions.append(("update", copy.deepcopy(obj)))
-        return obj
-
-    async def patch(self, obj: dict[str, Any], namespace: str, patch_type: str) -> dict[str, Any]:
-        self.actions.append((f"patch ({patch_type})", copy.deepcopy(obj)))
-        return obj
-
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        if (kind, namespace, name) in self._objects:
-            del self._objects[(kind, namespace, name)]
-        elif not name:
-            raise NotFound("no name", 404, "NotFound")
-        self.actions.append(
-            ("delete", {"kind": kind, "metadata": {"name": name, "namespace": namespace}})
-        )
-
-
-class MemoryState:
-    """In-memory stand-in for the JetStream KV bucket of a multi-dependency sensor."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-    async def items(self) -> dict[str, bytes]:
-        return dict(self.data)
-
-
-class OfflineBus:
-    """What the runner needs from a bus, offline: state, and a dead-letter log."""
-
-    def __init__(self) -> None:
-        self.state = MemoryState()
-        self.dead_letters: list[dict[str, Any]] = []
-
-    async def consume(self, *args: Any, **kwargs: Any) -> None:
-        raise ConfigError("offline runs hand events to the runner directly")
-
-    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
-        self.dead_letters.append({"subject": subject, **json.loads(payload)})
-
-    async def state_store(self, name: str) -> MemoryState:
-        return self.state
-
-
-@dataclass
-class OfflineMessage:
-    """A delivered message with nothing behind its ack verbs."""
-
-    event: Event
-    num_delivered: int = 1
-    acked: bool = field(default=False)
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay_seconds: float | None = None) -> None:
-        self.acked = False
-
-    async def in_progress(self) -> None:
-        return None
 
 
 def read_event(path: str, dependencies: list[Any]) -> tuple[str | None, Event]:
@@ -174,14 +71,42 @@ def _match(ev: Event, dep: str | None, deps: list[Any], used: set[str]) -> str:
     return str(deps[0].name)
 
 
+def why_not_fired(t: Trace) -> str:
+    """One sentence: why no trigger fired for the event of ``t``."""
+    if t.error:
+        return f"the event could not be processed: {t.error}"
+    if t.filtered:
+        return f"the event did not pass the filters of dependency {t.dependency}"
+    waiting = t.conditions.get("waiting") if isinstance(t.conditions, dict) else None
+    if waiting:
+        return "conditions not met yet: " + "; ".join(
+            f"trigger {name} waits for {cond!r}" for name, cond in sorted(waiting.items())
+        )
+    return "no trigger depends on this dependency"
+
+
 def _print_trace(out: TextIO, n: int, t: Trace) -> None:
     out.write(
         f"event {n}: {t.event_source}/{t.event_name} id={t.event_id} → dependency {t.dependency}\n"
     )
-    if t.conditions:
-        out.write(f"  conditions: {json.dumps(t.conditions)}\n")
+    verdict = "rejected" if t.filtered else "passed"
+    if t.filters:
+        out.write(f"  filters: {verdict}\n")
+        for reason in t.filters:
+            out.write(f"    - {reason}\n")
+    else:
+        out.write(f"  filters: {verdict} (no filters)\n")
+    if t.conditions and not t.filtered:
+        state = t.conditions.get("state")
+        if t.conditions.get("satisfied") is True:
+            out.write("  conditions: satisfied\n")
+        elif isinstance(state, dict):
+            for name, have in sorted(state.items()):
+                out.write(f"  conditions of {name}: have {', '.join(have) or 'nothing'}\n")
+        else:
+            out.write(f"  conditions: {json.dumps(t.conditions)}\n")
     if not t.fired:
-        out.write("  no trigger fired\n")
+        out.write(f"  no trigger fired: {why_not_fired(t)}\n")
     for o in t.triggers:
         d = o.detail
         what = f"{o.action} {d.get('kind', '')} {d.get('namespace', '')}/{d.get('name', '')}"
@@ -195,31 +120,33 @@ def _print_trace(out: TextIO, n: int, t: Trace) -> None:
             )
         if o.error:
             out.write(f"    error: {o.error}\n")
-    if t.error:
+    if t.error and t.fired:
         out.write(f"  error: {t.error}\n")
 
 
-async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> int:
+async def run_offline(
+    sensor_file: str, event_files: list[str], out: TextIO, output: str = "text"
+) -> int:
+    """Run the Sensor in ``sensor_file`` against ``event_files`` and report to ``out``
+    (``output``: ``text`` for people, ``json`` for scripts). Exit code: 0 when a trigger
+    fired, 1 when none would, 2 for invalid input."""
     res = load_paths([sensor_file])
     if res.errors:
         for e in res.errors:
             out.write(f"error {e}\n")
         return 2
     if len(res.sensors) != 1:
-        out.write(f"error {sensor_file}: expected exactly one Sensor, found {len(res.sensors)}\n")
-        return 2
+        raise ConfigError(f"{sensor_file}: expected exactly one Sensor, found {len(res.sensors)}")
     sensor = res.sensors[0].obj
     kube = RecordingKube()
     bus = OfflineBus()
     traces = TraceStore()
-    runner = SensorRunner(
-        sensor, bus, TriggerContext(kube=kube), traces, Metrics(), concurrency=1,
-        default_retry=RetryPolicy(steps=1),
-    )  # fmt: skip
+    runner = offline_runner(sensor, kube, bus, traces)
     await runner.prepare()
     deps = list(sensor.spec.dependencies)
     used: set[str] = set()
     fired = 0
+    seen: list[Trace] = []
     for n, path in enumerate(event_files, 1):
         dep_hint, ev = read_event(path, deps)
         dep = _match(ev, dep_hint, deps, used)
@@ -229,8 +156,22 @@ async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> 
             ev.source, ev.subject = d.event_source_name, d.event_name
         await runner.handle(dep, OfflineMessage(ev))
         trace = traces.recent(1)[0]
-        _print_trace(out, n, trace)
+        seen.append(trace)
+        if output == "text":
+            _print_trace(out, n, trace)
         fired += sum(1 for o in trace.triggers if o.status == "succeeded")
+    if output == "json":
+        doc = {
+            "sensor": f"{sensor.metadata.namespace or 'default'}/{sensor.metadata.name}",
+            "events": [
+                {**t.to_dict(), **({} if t.fired else {"notFired": why_not_fired(t)})} for t in seen
+            ],
+            "actions": [{"action": verb, "object": obj} for verb, obj in kube.actions],
+            "deadLetters": bus.dead_letters,
+            "firings": fired,
+        }
+        out.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return 0 if fired else 1
     for verb, obj in kube.actions:
         out.write(f"--- would {verb}:\n")
         out.write(yaml.safe_dump(obj, sort_keys=False))
@@ -240,5 +181,7 @@ async def run_offline(sensor_file: str, event_files: list[str], out: TextIO) -> 
     return 0 if fired else 1
 
 
-def run_offline_sync(sensor_file: str, event_files: list[str], out: TextIO) -> int:
-    return asyncio.run(run_offline(sensor_file, event_files, out))
+def run_offline_sync(
+    sensor_file: str, event_files: list[str], out: TextIO, output: str = "text"
+) -> int:
+    return asyncio.run(run_offline(sensor_file, event_files, out, output))

@@ -31,18 +31,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import PlainTextResponse
 
 from app import __version__
-from app.adapters.httpserver import QuietServer
+from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.adapters.kube import ApiKube, KubeError, current_namespace
 from app.adapters.metrics import Metrics
 from app.adapters.secrets import ManifestSecrets
 from app.compose.controller.builders import bus_url
 from app.compose.manifests import ManifestInvalid, load_one
 from app.compose.runtime import Manifests, Standalone
+from app.compose.server import bearer_guard
+from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError, TriggerfishError
-from app.kernel.eventbus import API_VERSION, EventBus
+from app.kernel.eventbus import EventBus
 from app.kernel.settings import Settings
 
 log = logging.getLogger("triggerfish.podrole")
@@ -103,7 +106,7 @@ class PodRole:
         self.kube = kube
         self.namespace = namespace
         self.nats_url = nats_url
-        self.metrics = Metrics(namespace)
+        self.metrics = Metrics(namespace, version=__version__)
         self.rt: Standalone | None = None
         self.served: dict[str, Any] = {}
         """The object the running runtime was built from."""
@@ -232,7 +235,10 @@ class PodRole:
             return {"ready": ok, "generation": meta.get("generation"),
                     "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
 
-        @api.get("/metrics")
+        token = self.settings.api_token.get_secret_value().encode()
+        guard = [Depends(bearer_guard(token))] if token else []
+
+        @api.get("/metrics", dependencies=guard, response_class=PlainTextResponse)
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -251,6 +257,8 @@ class PodRole:
                 cfg = uvicorn.Config(
                     self.app(), host=self.settings.api_host, port=self.settings.api_port,
                     log_level="warning", access_log=False, lifespan="off",
+                    http=guarded_protocol(self.settings.http),
+                    timeout_keep_alive=self.settings.http.keep_alive_timeout_seconds,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(QuietServer(cfg).serve(), name="pod-api"))
             await self._start(obj)

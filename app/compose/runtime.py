@@ -8,6 +8,14 @@ is the reverse: sources stop accepting, sensors stop consuming (unacked work is
 redelivered on the next start and is idempotent), the bus closes, the embedded server
 stops.
 
+The embedded server is supervised: when it exits on its own it is started again on the
+same store (same port when still free, else a new one the connection follows). The
+connection, streams, KV buckets and durable consumers resume on it, so events already
+answered 200 are still delivered. Meanwhile publishes fail (webhooks answer 503) and
+``/readyz`` says not ready; if the server stays down longer than
+``bus.unhealthy_after_seconds``, ``/healthz`` fails too, so a process supervisor can
+replace the whole process.
+
 With no cluster configured, objects are recorded under ``<state>/objects`` and the log
 says so; manifests of other kinds (WorkflowTemplate, RBAC, ...) are applied to the
 cluster when there is one, recorded otherwise.
@@ -19,15 +27,24 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import __version__
+from app.adapters import tracing
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.kube import ApiKube, FileKube
-from app.adapters.metrics import Metrics
-from app.adapters.natsserver import EmbeddedNats
+from app.adapters.metrics import Metrics, SourceMetrics
+from app.adapters.natsserver import EmbeddedNats, last_line
 from app.adapters.secrets import ManifestSecrets
-from app.kernel.errors import BusUnavailableError, ConfigError, TriggerfishError
+from app.kernel.errors import (
+    BusUnavailableError,
+    ConfigError,
+    StreamFullError,
+    TransientError,
+    TriggerfishError,
+)
 from app.kernel.settings import Settings
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.registry import REGISTRY
@@ -59,7 +76,8 @@ class Standalone:
     def __init__(self, manifests: Manifests, settings: Settings) -> None:
         self.m = manifests
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(version=__version__)
+        self._lag_task: asyncio.Task[None] | None = None
         self.traces = TraceStore()
         self.nats: EmbeddedNats | None = None
         self.bus: Bus | None = None
@@ -69,6 +87,10 @@ class Standalone:
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._tctx: TriggerContext | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.bus_down_since: float | None = None
+        """monotonic time the embedded server was found dead; None while it runs."""
 
     # -- start --------------------------------------------------------------------------
     def _bus_names(self) -> set[str]:
@@ -99,6 +121,8 @@ class Standalone:
                 if lim.duplicates_seconds is not None
                 else d.duplicates_seconds
             ),
+            discard_new=lim.discard != 0,
+            retention=lim.retention or 0,
         )
 
     def _exotic_url(self) -> str:
@@ -117,6 +141,8 @@ class Standalone:
             log.info("embedded nats-server (JetStream) on %s, store %s", url, self.nats.store_dir)
         self.bus = Bus(self.settings.bus, url)
         await self.bus.connect()
+        bus = self.bus
+        self.metrics.watch_bus(lambda: bus.connected)
         for name in sorted(self._bus_names()):
             limits = self._limits(name)
             try:
@@ -130,6 +156,59 @@ class Standalone:
                             name, limits.replicas, e)  # fmt: skip
                 await self.bus.ensure_stream(name, dataclasses.replace(limits, replicas=1))
             log.info("bus stream %r ready", name)
+        if self.nats is not None:
+            self._supervisor = asyncio.create_task(self._supervise_nats(), name="bus-server")
+
+    # -- embedded server supervision --------------------------------------------------
+    async def _supervise_nats(self) -> None:
+        """Restart the embedded nats-server whenever it exits, until :meth:`stop`."""
+        nats = self.nats
+        assert nats is not None
+        while not await self._stopping_within(0.1):
+            if nats.running:
+                continue
+            code = nats.process.returncode if nats.process is not None else None
+            self.bus_down_since = time.monotonic()
+            log.error("embedded nats-server (pid %s) exited with %s; restarting it on %s",
+                      nats.pid, code, nats.store_dir)  # fmt: skip
+            delay = 0.1
+            while not self._stopping.is_set():
+                try:
+                    await asyncio.to_thread(nats.restart)
+                except TransientError as e:
+                    log.error("embedded nats-server did not restart (%s); retrying in %.1fs",
+                              last_line(str(e)), delay)  # fmt: skip
+                    await self._stopping_within(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if self.bus is not None and self.bus.url != nats.url:
+                    # a port was taken meanwhile (maybe attempts ago): follow the server
+                    self.bus.set_url(nats.url)
+                self.metrics.bus_server_restarts.inc()
+                log.warning("embedded nats-server restarted (pid %s) on %s after %.1fs",
+                            nats.pid, nats.url, time.monotonic() - self.bus_down_since)  # fmt: skip
+                self.bus_down_since = None
+                break
+
+    async def _stopping_within(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when :meth:`stop` begins; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def bus_server_state(self) -> str:
+        """``external``, ``running`` or ``restarting`` (the embedded server is down)."""
+        if self.nats is None:
+            return "external"
+        return "restarting" if self.bus_down_since is not None else "running"
+
+    def healthy(self) -> bool:
+        """False once the embedded server has been down for ``unhealthy_after_seconds``
+        (a process that cannot serve and does not recover on its own)."""
+        since = self.bus_down_since
+        if since is None:
+            return True
+        return time.monotonic() - since < self.settings.bus.unhealthy_after_seconds
 
     def _namespaces(self) -> set[str]:
         out = {x.metadata.namespace or "default" for x in self.m.event_sources + self.m.sensors}
@@ -179,8 +258,9 @@ class Standalone:
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
         )
+        kube: Any = tracing.Traced(self.kube, "k8s") if tracing.enabled() else self.kube
         tctx = TriggerContext(
-            kube=self.kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
+            kube=kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
         )
         self._tctx = tctx
         ss = self.settings.sensor
@@ -212,25 +292,46 @@ class Standalone:
             bus_name = getattr(es.spec, "event_bus_name", None) or "default"
             for key, events in source_plugins(es):
                 events = self._remap_ports(events)
+                namespace = es.metadata.namespace or "default"
+                source_metrics = self.metrics.for_namespace(namespace)
                 ctx = SourceContext(
-                    publish=self._publisher(bus_name),
+                    publish=self._publisher(bus_name, source_metrics),
                     secrets=secrets,
                     log=logging.getLogger(f"triggerfish.source.{key}"),
-                    metrics=self.metrics,
+                    metrics=source_metrics,
                     bind_host=self.settings.bind_host,
+                    http=self.settings.http,
                 )
-                plugin = REGISTRY[key](
+                plugin = REGISTRY.load(key)(
                     es.metadata.name, es.metadata.namespace or "default", events, ctx
                 )
                 self.sources.append(plugin)
+                source_metrics.running(es.metadata.name, len(events))
                 task = asyncio.create_task(plugin.run(), name=f"source:{es.metadata.name}:{key}")
                 self._tasks.append(task)
         for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
             await self._wait_until(plugin.ready, task, f"event source {plugin.source_name}")
+        self._lag_task = asyncio.create_task(self._report_lag(), name="consumer-lag")
         self.ready.set()
         log.info(
             "ready: %d event source(s), %d sensor(s)", len(self.m.event_sources), len(self.runners)
         )
+
+    async def _report_lag(self) -> None:
+        """Keep the consumer-lag gauges of every sensor dependency current (a scrape must
+        not wait on the bus, so they are polled here)."""
+        bus = self.bus
+        assert bus is not None
+        while True:
+            for runner in self.runners:
+                for dep in runner.deps:
+                    lag = await bus.consumer_lag(runner.bus_name, runner.durable_for(dep.name))
+                    if lag is None:
+                        continue
+                    labels = (runner.namespace, runner.name, dep.name)
+                    self.metrics.sensor_consumer_pending.labels(*labels).set(lag[0])
+                    self.metrics.sensor_consumer_ack_pending.labels(*labels).set(lag[1])
+            await asyncio.sleep(self.settings.bus.lag_poll_seconds)
 
     def _remap_ports(self, events: dict[str, Any]) -> dict[str, Any]:
         """Apply ``--port-map`` to configs that listen on a port (webhook-like)."""
@@ -245,12 +346,32 @@ class Standalone:
             out[name] = cfg
         return out
 
-    def _publisher(self, bus_name: str) -> Any:
+    def _publisher(self, bus_name: str, source_metrics: SourceMetrics) -> Any:
         bus = self.bus
         assert bus is not None
 
+        metrics = self.metrics
+
         async def publish(event: Any) -> None:
-            await bus.publish(bus_name, event)
+            t0 = time.perf_counter()
+            try:
+                with tracing.span(
+                    f"publish {event.source}/{event.subject}",
+                    parent=event.traceparent,
+                    kind="producer",
+                    attributes={"triggerfish.event_id": event.id, "messaging.system": "nats"},
+                ) as sp:
+                    event.traceparent = sp.traceparent
+                    await bus.publish(bus_name, event)
+                source_metrics.publish_duration(
+                    event.source, event.subject, (time.perf_counter() - t0) * 1000
+                )
+            except StreamFullError:
+                metrics.publish_rejected(bus_name, "stream_full")
+                raise
+            except BusUnavailableError:
+                metrics.publish_rejected(bus_name, "unavailable")
+                raise
             log.debug("event published %s/%s id=%s", event.source, event.subject, event.id)
 
         return publish
@@ -286,9 +407,10 @@ class Standalone:
         try:
             await self.start()
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait(
-                {stopper, *self._tasks}, return_when=asyncio.FIRST_COMPLETED
-            )
+            watched = {stopper, *self._tasks}
+            if self._supervisor is not None:
+                watched.add(self._supervisor)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             for t in done:
                 if t is not stopper and not t.cancelled() and t.exception() is not None:
@@ -298,6 +420,17 @@ class Standalone:
 
     async def stop(self) -> None:
         # sources first (stop accepting), then sensors, then the bus and the server
+        self._stopping.set()
+        if self._supervisor is not None:
+            # not cancelled: a restart in progress must finish before the server stops
+            with contextlib.suppress(BaseException):
+                await self._supervisor
+            self._supervisor = None
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lag_task
+            self._lag_task = None
         n_sensors = len(self.runners)
         for t in self._tasks[n_sensors:] + self._tasks[:n_sensors]:
             t.cancel()

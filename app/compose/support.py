@@ -17,7 +17,7 @@ A field with no entry of its own takes its parent's answer; a field whose ancest
 no entry either is not supported (new Argo fields are refused until someone says
 otherwise). Fields left at their zero value (``false``, ``""``, ``[]``, ``{}``, null)
 count as not used. Registered plugins (:data:`eventsources.registry.REGISTRY`,
-:data:`sensors.triggers.registry.TRIGGER_CONFIGS`) are supported unless an entry
+:data:`sensors.triggers.registry.TRIGGERS`) are supported unless an entry
 narrows them, so registering a type needs no edit here.
 """
 
@@ -145,9 +145,9 @@ def _with_plugins(kind: str, table: dict[str, Rule]) -> dict[str, Rule]:
         for key in REGISTRY:
             out.setdefault(f"spec.{key}", True)
     elif kind == "Sensor":
-        from sensors.triggers.registry import TRIGGER_CONFIGS
+        from sensors.triggers.registry import TRIGGERS
 
-        for key in TRIGGER_CONFIGS:
+        for key in TRIGGERS:
             base = f"spec.triggers[].template.{key}"
             if base not in out:
                 out[base] = True

@@ -28,11 +28,30 @@ class ConfigError(TriggerfishError):
 
 
 class TransientError(TriggerfishError):
-    """A failure that may succeed when retried later (network, bus, API availability)."""
+    """A failure that may succeed when retried later (network, bus, API availability).
+
+    ``retry_after_seconds``: how long the peer asked us to wait (an HTTP 429/503
+    ``Retry-After``); retries wait at least that long, within the retry policy's cap.
+    """
+
+    retry_after_seconds: float | None = None
 
 
 class BusUnavailableError(TransientError):
     """The event bus did not accept a publish (not connected, no PubAck in time)."""
+
+
+class StreamFullError(BusUnavailableError):
+    """The bus stream is at its ``maxMsgs``/``maxBytes`` limit and refuses new events
+    (discard policy *new*): retry later, once sensors have caught up or events aged out."""
+
+
+class InstanceLockedError(TriggerfishError):
+    """Another live process owns the directory (state dir, bus store); names its PID."""
+
+
+class StateConflictError(TransientError):
+    """A revision-checked state write lost to a concurrent writer: re-read, then retry."""
 
 
 class PermanentError(TriggerfishError):

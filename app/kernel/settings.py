@@ -8,10 +8,14 @@ the environment later. Nested groups use a double underscore:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.kernel.errors import ConfigError
 
 
 class BusSettings(BaseModel):
@@ -30,8 +34,15 @@ class BusSettings(BaseModel):
         30.0, description="redelivery delay for an unacked sensor message"
     )
     fetch_batch: int = Field(256, description="messages pulled per fetch by a sensor")
+    lag_poll_seconds: float = Field(
+        5.0, description="how often the consumer-lag metrics of sensors are refreshed"
+    )
     max_ack_pending: int = Field(
         4096, description="unacked messages a sensor consumer may hold at once"
+    )
+    unhealthy_after_seconds: float = Field(
+        60.0,
+        description="/healthz fails once the embedded nats-server has been down this long",
     )
 
 
@@ -47,12 +58,6 @@ class KubeSettings(BaseModel):
         64, description="API requests in flight at once (and pooled connections)"
     )
     request_timeout_seconds: float = Field(10.0, description="per API request")
-    throttle_retries: int = Field(
-        5, description="times a 429 (or 5xx) with Retry-After is retried before failing"
-    )
-    max_retry_after_seconds: float = Field(
-        30.0, description="cap on one Retry-After wait the server asks for"
-    )
     credential_refresh_seconds: float = Field(
         1.0, description="how often credential plugins / expiring tokens are checked"
     )
@@ -74,6 +79,34 @@ class SensorSettings(BaseModel):
     max_retry_delay_seconds: float = Field(30.0, description="cap on a single backoff")
 
 
+class HttpServerSettings(BaseModel):
+    """Limits of the HTTP servers a process runs (webhook ports, operations API).
+
+    They keep one hostile or slow client from holding memory or connections: the request
+    head must arrive within ``header_timeout_seconds`` and fit in ``max_header_bytes``
+    (else 408 / 431 and the connection is closed), the body within
+    ``body_timeout_seconds`` once the head is in (else 408), and a webhook port handles
+    at most ``max_in_flight_requests`` event requests at once (more get 503 +
+    ``Retry-After`` before their body is read).
+    """
+
+    header_timeout_seconds: float = Field(
+        10.0, description="from a request's first byte (or the connection) to its last header"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, description="from the last header to the body's last byte"
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, description="request line plus headers; larger heads get 431"
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, description="idle keep-alive connections are closed after this"
+    )
+    max_in_flight_requests: int = Field(
+        1024, description="event requests one webhook port handles at once; more get 503"
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one Triggerfish process."""
 
@@ -93,13 +126,44 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="address of the API/metrics server")
     api_port: int = Field(8080, description="port of the API/metrics server; 0 = off")
-    log_format: str = Field("text", description="'text' or 'json'")
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="when set, /metrics and /api/v1/* require 'Authorization: Bearer <token>'"
+        " (/healthz and /readyz stay open for probes)",
+    )
+    log_format: Literal["text", "json"] = Field("text", description="'text' or 'json'")
     log_level: str = Field("INFO", description="Python logging level name")
     bus: BusSettings = Field(default_factory=BusSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings field: ``("bus", "publish_timeout_seconds")``
+    → ``TRIGGERFISH_BUS__PUBLISH_TIMEOUT_SECONDS``."""
+    return "TRIGGERFISH_" + "__".join(str(part).upper() for part in loc)
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment once; CLI flags arrive as ``overrides``."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read the environment once; CLI flags arrive as ``overrides``.
+
+    Raises :class:`ConfigError` with one line per bad variable, naming the variable,
+    what it holds and what it should hold."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "literal")))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{env_name(loc)}={err.get('input')!r}: {msg}")
+        raise ConfigError("; ".join(lines)) from None

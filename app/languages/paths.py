@@ -46,6 +46,8 @@ from typing import Any, Final
 
 import orjson
 
+from app.kernel import jsoncodec
+
 __all__ = [
     "GetPath",
     "SetPath",
@@ -125,7 +127,7 @@ def to_string(value: Any) -> str:
 def raw(value: Any) -> str:
     """Render a value as compact JSON text, as gjson's ``Result.Raw`` holds it."""
     try:
-        return orjson.dumps(value).decode()
+        return jsoncodec.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
         # Integers beyond 64 bits and other values orjson refuses.
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)

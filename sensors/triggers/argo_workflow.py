@@ -1,11 +1,11 @@
 """The ``argoWorkflow`` trigger: submit and control Argo Workflows through the
 Kubernetes API (Argo ``ArgoWorkflowTrigger``; never the ``argo`` CLI).
 
-Fields (:class:`~sensors.triggers.argo_workflow_config.ArgoWorkflowTriggerConfig`):
+Fields (:class:`~sensors.triggers.argo_workflow.ArgoWorkflowTriggerConfig`):
 ``source`` (resource | inline | file | url | configmap, see
 :mod:`sensors.triggers.sources`), ``operation``, ``parameters`` (applied to the source
 object), ``args`` (the ``argo submit`` flags that map to the Workflow object, read at
-load; any other is refused then, see :func:`~sensors.triggers.argo_workflow_config.parse_args`).
+load; any other is refused then, see :func:`~sensors.triggers.argo_workflow.parse_args`).
 The namespace is the source object's, else the Sensor's.
 
 Operations, as Argo Workflows performs them:
@@ -52,24 +52,170 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from app.adapters.kube import AlreadyExists
 from app.kernel.errors import PermanentError
 from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
-from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig, SubmitOptions
+from sensors.spec import TriggerParameter
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s import (
     ANNOTATION_KEY,
+    ANNOTATION_TRACE_ID,
     LABEL_ACTION_TS,
     LABEL_SENSOR,
     LABEL_TRIGGER,
     NAME_HASH_CHARS,
 )
 from sensors.triggers.policy import wait_for_labels
-from sensors.triggers.sources import ResourceSource
+from sensors.triggers.sources import ArtifactLocation, ResourceSource
+
+ArgoWorkflowOperation = Literal[
+    "submit", "submit-from", "suspend", "resubmit", "retry", "resume", "terminate", "stop"
+]
+"""Every operation Argo accepts (which ones run is declared in :mod:`app.compose.support`)."""
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What ``args`` map to, as the ``argo submit`` flags of the same names do.
+
+    ``parameters`` (``-p``/``--parameter NAME=VALUE``, repeatable) replace the
+    Workflow's ``spec.arguments.parameters`` of the same names and come first;
+    ``entrypoint`` (``--entrypoint``), ``service_account`` (``--serviceaccount``) and
+    ``priority`` (``--priority``) set those spec fields; ``labels`` (``-l``/``--labels
+    k=v,k2=v2``) are added to the metadata; ``instance_id`` (``--instanceid``) sets the
+    controller instance label; ``generate_name`` (``--generate-name``) and ``name``
+    (``--name``) set the metadata names.
+    """
+
+    parameters: tuple[tuple[str, str], ...] = ()
+    entrypoint: str = ""
+    service_account: str = ""
+    priority: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    instance_id: str = ""
+    generate_name: str = ""
+    name: str = ""
+
+
+_FLAGS: dict[str, str] = {
+    "-p": "parameters",
+    "--parameter": "parameters",
+    "--entrypoint": "entrypoint",
+    "--serviceaccount": "service_account",
+    "--priority": "priority",
+    "-l": "labels",
+    "--labels": "labels",
+    "--instanceid": "instance_id",
+    "--generate-name": "generate_name",
+    "--name": "name",
+}
+"""Flag → :class:`SubmitOptions` field."""
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    "submit": frozenset(_FLAGS),
+    "submit-from": frozenset(_FLAGS),
+    "resubmit": frozenset({"-p", "--parameter"}),
+}
+
+
+def _pair(flag: str, item: str) -> tuple[str, str]:
+    name, sep, val = item.partition("=")
+    if not sep or not name:
+        raise ValueError(f"args: {flag} expects NAME=VALUE, got {item!r}")
+    return name, val
+
+
+def parse_args(args: list[str], operation: str) -> SubmitOptions:
+    """Read ``args`` for ``operation``; ``ValueError`` naming the first argument that
+    has no equivalent (``... is not supported``) or a malformed value.
+
+    Accepted forms: ``--flag value``, ``--flag=value``, ``-p value``, ``-pvalue``.
+    """
+    allowed = _ALLOWED.get(operation, frozenset())
+    strings: dict[str, str] = {}
+    params: list[tuple[str, str]] = []
+    labels: list[tuple[str, str]] = []
+    priority: int | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg[:2] in ("-p", "-l") and len(arg) > 2:  # -pNAME=VALUE, -p=NAME=VALUE
+            flag, eq, value = arg[:2], "=", arg[2:].removeprefix("=")
+        else:
+            flag, eq, value = arg.partition("=")
+        if flag not in allowed:
+            supported = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(
+                f"args: {flag!r} is not supported for operation {operation} (Triggerfish "
+                f"uses the Kubernetes API, not the argo CLI; args it maps: {supported})"
+            )
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"args: {flag} needs a value")
+            i += 1
+            value = args[i]
+        option = _FLAGS[flag]
+        if option == "parameters":
+            params.append(_pair(flag, value))
+        elif option == "labels":
+            labels.extend(_pair(flag, item) for item in value.split(","))
+        elif option == "priority":
+            try:
+                priority = int(value)
+            except ValueError:
+                raise ValueError(f"args: {flag} expects an integer, got {value!r}") from None
+        else:
+            strings[option] = value
+        i += 1
+    return SubmitOptions(
+        parameters=tuple(params),
+        entrypoint=strings.get("entrypoint", ""),
+        service_account=strings.get("service_account", ""),
+        priority=priority,
+        labels=tuple(labels),
+        instance_id=strings.get("instance_id", ""),
+        generate_name=strings.get("generate_name", ""),
+        name=strings.get("name", ""),
+    )
+
+
+class ArgoWorkflowTriggerConfig(SpecModel):
+    """``template.argoWorkflow``: act on an Argo Workflow through the Kubernetes API.
+
+    ``source`` (as for ``k8s``: the Workflow to submit, or for the other operations an
+    object whose ``metadata.name`` names the Workflow / WorkflowTemplate /
+    ClusterWorkflowTemplate / CronWorkflow), ``operation`` (default ``submit``; an
+    empty string means the same), ``parameters`` (applied to the source object),
+    ``args`` (see :func:`parse_args`).
+    """
+
+    source: ArtifactLocation
+    operation: ArgoWorkflowOperation = "submit"
+    parameters: list[TriggerParameter] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+
+    @field_validator("operation", mode="before")
+    @classmethod
+    def _empty_means_submit(cls, v: object) -> object:
+        return "submit" if v in ("", None) else v
+
+    @model_validator(mode="after")
+    def _args_map(self) -> ArgoWorkflowTriggerConfig:
+        parse_args(self.args, self.operation)
+        return self
+
+    @property
+    def submit_options(self) -> SubmitOptions:
+        """``args`` read for ``operation`` (validated at load)."""
+        return parse_args(self.args, self.operation)
+
 
 API_VERSION = "argoproj.io/v1alpha1"
 WORKFLOW = "Workflow"
@@ -112,7 +258,9 @@ class ArgoWorkflowTrigger(Trigger):
         if self.operation == "retry":
             raise PermanentError("argoWorkflow operation retry is not supported")
         self.options: SubmitOptions = config.submit_options
-        self.source = ResourceSource(config.source, where="argoWorkflow.source")
+        self.source = ResourceSource(
+            config.source, where="argoWorkflow.source", read_files=ctx.read_files
+        )
         self.params = compile_parameters(config.parameters, where="argoWorkflow.parameters")
         if self.source.static is not None and not self.params:
             self._check(self.source.static)  # a wrong kind fails when the trigger is built
@@ -186,6 +334,8 @@ class ArgoWorkflowTrigger(Trigger):
         annotations = meta.get("annotations") or {}
         meta["annotations"] = annotations
         annotations[ANNOTATION_KEY] = inv.key
+        if inv.trace_id:
+            annotations[ANNOTATION_TRACE_ID] = inv.trace_id
         if not meta.get("name"):
             prefix = meta.pop("generateName", "")
             if not prefix:

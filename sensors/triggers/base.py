@@ -150,6 +150,9 @@ class TriggerContext:
     secrets: SecretResolver | None = None
     policy: TriggerPolicy | None = None
     shared: SharedCache = field(default_factory=SharedCache)
+    read_files: bool = True
+    """Read ``source.file`` objects when a trigger is built (false when only validating
+    manifests, where the sensor's files are not)."""
 
 
 @dataclass
@@ -166,6 +169,8 @@ class Invocation:
     trigger_name: str
     events: Mapping[str, Event]
     key: str
+    trace_id: str = ""
+    """The W3C trace id of this firing (written on created objects); "" when unknown."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The ``http`` trigger: send one HTTP request per firing (Argo ``HTTPTrigger``).
 
-Fields (:class:`~sensors.triggers.http_config.HttpTriggerConfig`): ``url``; ``method``
+Fields (:class:`~sensors.triggers.http.HttpTriggerConfig`): ``url``; ``method``
 (GET | DELETE | PATCH | POST | PUT, default POST); ``payload`` (parameters set into an
 empty JSON document, which becomes the body, sent as ``application/json``; an entry
 with an empty ``dest`` makes its value the whole body, sent without a content type, as
@@ -45,11 +45,12 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from app.kernel.argo import ConfigMapKeySelector, SecretKeySelector, TLSConfig
 from app.kernel.errors import ConfigError, PermanentError, TransientError
 from app.kernel.spec import SpecModel, dump
 from sensors.parameters import (
@@ -58,16 +59,117 @@ from sensors.parameters import (
     compile_parameters,
     construct_payload,
 )
-from sensors.spec import TriggerParameterSource
+from sensors.spec import TriggerParameter, TriggerParameterSource
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.http_config import HttpTriggerConfig
 from sensors.triggers.sources import http_session
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from app.kernel.eventbus import TLSConfig
+    from app.kernel.argo import TLSConfig
     from app.kernel.events import Event
+
+
+HttpMethod = Literal["GET", "DELETE", "PATCH", "POST", "PUT"]
+"""The methods Argo's validation accepts (case-sensitive, as there)."""
+
+DEFAULT_TIMEOUT_SECONDS = 60
+"""Argo's default request timeout."""
+
+
+class PayloadParameter(TriggerParameter):
+    """A ``payload`` entry: a parameter whose ``dest`` may be empty, in which case its
+    value is the whole request body (Argo's rule for HTTP payloads)."""
+
+    dest: str = ""
+
+    @field_validator("dest")
+    @classmethod
+    def _dest_given(cls, v: str) -> str:  # overrides TriggerParameter's non-empty rule
+        return v
+
+
+class ValueFromSource(SpecModel):
+    """``valueFrom``: exactly one of a Secret key or a ConfigMap key."""
+
+    secret_key_ref: SecretKeySelector | None = None
+    config_map_key_ref: ConfigMapKeySelector | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ValueFromSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("exactly one of secretKeyRef or configMapKeyRef must be given")
+        return self
+
+
+class SecureHeader(SpecModel):
+    """``secureHeaders[]``: a header whose value is read from a Secret or ConfigMap."""
+
+    name: str
+    value_from: ValueFromSource
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class BasicAuth(SpecModel):
+    """``basicAuth``: username and password, each from a Secret key (either may be
+    omitted: it is then empty, as in Argo)."""
+
+    username: SecretKeySelector | None = None
+    password: SecretKeySelector | None = None
+
+
+class HttpTriggerConfig(SpecModel):
+    """``template.http``: send one HTTP request per firing.
+
+    ``url`` (required), ``method`` (GET | DELETE | PATCH | POST | PUT, default POST),
+    ``payload`` (parameters building the JSON body), ``parameters`` (applied to this
+    config before the request, e.g. ``dest: url``), ``headers``, ``secureHeaders``,
+    ``dynamicHeaders`` (parameters whose ``dest`` is the header name), ``basicAuth``,
+    ``tls``, ``timeout`` (seconds, default 60), ``host`` (the ``Host`` header).
+    """
+
+    url: str
+    payload: list[PayloadParameter] = Field(default_factory=list)
+    tls: TLSConfig | None = None
+    method: HttpMethod = "POST"
+    parameters: list[TriggerParameter] = Field(default_factory=list)
+    timeout: int = Field(0, ge=0)
+    basic_auth: BasicAuth | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    secure_headers: list[SecureHeader] = Field(default_factory=list)
+    dynamic_headers: list[TriggerParameter] = Field(default_factory=list)
+    host: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url_given(cls, v: str) -> str:
+        if not v:
+            raise ValueError("server URL is not specified")
+        return v
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _empty_means_post(cls, v: object) -> object:
+        return "POST" if v in ("", None) else v
+
+    @field_validator("tls")
+    @classmethod
+    def _client_pair(cls, v: TLSConfig | None) -> TLSConfig | None:
+        if v is not None and (v.client_cert_secret is None) != (v.client_key_secret is None):
+            raise ValueError("clientCertSecret and clientKeySecret must be given together")
+        return v
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The request timeout in seconds (``timeout``, or Argo's default of 60)."""
+        return float(self.timeout or DEFAULT_TIMEOUT_SECONDS)
+
 
 CREDENTIAL_TTL_SECONDS = 60.0
 """How long a Secret or ConfigMap value read for a header is reused before re-reading."""

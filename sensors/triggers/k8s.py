@@ -11,10 +11,10 @@ Semantics:
 * Created objects carry the labels ``events.argoproj.io/sensor``, ``/trigger`` and
   ``/action-timestamp``.
 * Idempotent creates (a deliberate fix over Argo): with ``generateName`` the name is the
-  prefix plus a short hash of (sensor, trigger, event ids), and the full key is stored
-  in an annotation. A redelivered event therefore hits 409 AlreadyExists; when the
-  existing object carries the same key that counts as success, otherwise (a real name
-  clash) it is an error.
+  prefix plus a short hash of (sensor, trigger, event ids); the full key is stored in an
+  annotation of every created object. A redelivered event therefore hits 409
+  AlreadyExists; when the existing object carries the same key that counts as success,
+  otherwise (another firing's key or none: a real name clash) it is a PermanentError.
 * Failure: API 409 Conflict / 429 / 5xx / network → TransientError (retried); other 4xx
   → PermanentError (dead-lettered); a missing parameter key → ParameterError.
 """
@@ -23,28 +23,74 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
 
 from app.adapters.kube import AlreadyExists
 from app.kernel.errors import PermanentError
 from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
+from sensors.spec import TriggerParameter
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.k8s_config import K8sTriggerConfig
 from sensors.triggers.policy import wait_for_labels
-from sensors.triggers.sources import ResourceSource
+from sensors.triggers.sources import ArtifactLocation, ResourceSource
+
+K8sOperation = Literal["create", "update", "patch", "delete"]
+
+PATCH_STRATEGIES: frozenset[str] = frozenset(
+    {
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/apply-patch+yaml",
+    }
+)
+
+
+class K8sTriggerConfig(SpecModel):
+    """``template.k8s``: create, update, patch or delete one Kubernetes object.
+
+    ``operation`` defaults to ``create`` (an empty string means the same, as in Argo);
+    ``parameters`` are applied to the object after the template-level ones;
+    ``patchStrategy`` is one of the four Kubernetes patch media types (default merge);
+    ``liveObject`` (update only) fetches the live object instead of the template.
+    """
+
+    source: ArtifactLocation
+    operation: K8sOperation = "create"
+    parameters: list[TriggerParameter] = Field(default_factory=list)
+    patch_strategy: str = ""
+    live_object: bool = False
+
+    @field_validator("operation", mode="before")
+    @classmethod
+    def _empty_means_create(cls, v: object) -> object:
+        return "create" if v == "" else v
+
+    @field_validator("patch_strategy")
+    @classmethod
+    def _known_patch_strategy(cls, v: str) -> str:
+        if v and v not in PATCH_STRATEGIES:
+            raise ValueError(
+                f"unknown patch strategy {v!r} (one of {', '.join(sorted(PATCH_STRATEGIES))})"
+            )
+        return v
+
 
 LABEL_SENSOR = "events.argoproj.io/sensor"
 LABEL_TRIGGER = "events.argoproj.io/trigger"
 LABEL_ACTION_TS = "events.argoproj.io/action-timestamp"
 ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
+ANNOTATION_TRACE_ID = "events.triggerfish.io/trace-id"
+"""The W3C trace id of the firing that created the object (OpenTelemetry)."""
 NAME_HASH_CHARS = 10
 
 
-def load_resource(config: K8sTriggerConfig) -> ResourceSource:
+def load_resource(config: K8sTriggerConfig, read_files: bool = True) -> ResourceSource:
     """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
     ``configmap`` (see :mod:`sensors.triggers.sources`)."""
-    return ResourceSource(config.source, where="k8s.source")
+    return ResourceSource(config.source, where="k8s.source", read_files=read_files)
 
 
 class K8sTrigger(Trigger):
@@ -55,7 +101,7 @@ class K8sTrigger(Trigger):
 
     def __init__(self, config: K8sTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.source = load_resource(config)
+        self.source = load_resource(config, ctx.read_files)
         self.operation = (config.operation or "create").lower()
         self.params = compile_parameters(config.parameters, where="k8s.parameters")
 
@@ -78,7 +124,10 @@ class K8sTrigger(Trigger):
         if self.operation == "create":
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta.pop("generateName") + inv.key[:NAME_HASH_CHARS]
-                meta.setdefault("annotations", {})[ANNOTATION_KEY] = inv.key
+            meta["annotations"] = meta.get("annotations") or {}
+            meta["annotations"][ANNOTATION_KEY] = inv.key
+            if inv.trace_id:
+                meta["annotations"][ANNOTATION_TRACE_ID] = inv.trace_id
             try:
                 created = await kube.create(obj, namespace)
             except AlreadyExists:
@@ -92,12 +141,10 @@ class K8sTrigger(Trigger):
                         _ref(live, kind, namespace),
                         records,
                     )
-                if ANNOTATION_KEY in (meta.get("annotations") or {}):
-                    raise PermanentError(
-                        f"{kind} {namespace}/{meta.get('name')} exists but was created "
-                        "for other events (name clash)"
-                    ) from None
-                raise
+                raise PermanentError(
+                    f"{kind} {namespace}/{meta.get('name')} exists but was not created "
+                    "for these events (name clash)"
+                ) from None
             return await self._with_policy(
                 "created", created, kind, namespace, records, api_version
             )

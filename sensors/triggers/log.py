@@ -9,9 +9,17 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from pydantic import Field
+
 from app.kernel.spec import SpecModel
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
-from sensors.triggers.log_config import LogTriggerConfig
+
+
+class LogTriggerConfig(SpecModel):
+    """``template.log``: log each firing; ``intervalSeconds`` is the minimum number of
+    seconds between two log lines (0: every firing)."""
+
+    interval_seconds: int = Field(0, ge=0)
 
 
 class LogTrigger(Trigger):

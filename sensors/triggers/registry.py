@@ -1,25 +1,27 @@
 """The registry of trigger types: one line per type (STYLE §2).
 
-``TRIGGER_CONFIGS`` maps the key under a trigger's ``template`` to the config model of
-that type; the Sensor model validates the key's value with it. A template key Argo knows
-but not listed here fails with ``trigger type '<key>' is not supported``
-(``ARGO_TRIGGER_TYPES`` is derived from the Sensor model, which declares every Argo key).
+Maps the key under a trigger's ``template`` to its class (``module:Class``, imported on
+first use: :class:`~app.kernel.plugins.PluginRegistry`). The class carries its config
+model (``config_model``), which the Sensor model validates the key's value with; the
+runner builds the trigger from the same entry. A template key Argo knows but not listed
+here fails with ``trigger type '<key>' is not supported``.
 """
 
 from __future__ import annotations
 
-from app.kernel.spec import SpecModel
-from sensors.spec import ARGO_TRIGGER_TYPES
-from sensors.triggers.argo_workflow_config import ArgoWorkflowTriggerConfig
-from sensors.triggers.http_config import HttpTriggerConfig
-from sensors.triggers.k8s_config import K8sTriggerConfig
-from sensors.triggers.log_config import LogTriggerConfig
+from typing import TYPE_CHECKING
 
-TRIGGER_CONFIGS: dict[str, type[SpecModel]] = {
-    "k8s": K8sTriggerConfig,
-    "log": LogTriggerConfig,
-    "http": HttpTriggerConfig,
-    "argoWorkflow": ArgoWorkflowTriggerConfig,
-}
+from app.kernel.plugins import PluginRegistry
 
-__all__ = ["ARGO_TRIGGER_TYPES", "TRIGGER_CONFIGS"]
+if TYPE_CHECKING:
+    from sensors.triggers.base import Trigger
+
+TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
+    "trigger",
+    {
+        "k8s": "sensors.triggers.k8s:K8sTrigger",
+        "log": "sensors.triggers.log:LogTrigger",
+        "http": "sensors.triggers.http:HttpTrigger",
+        "argoWorkflow": "sensors.triggers.argo_workflow:ArgoWorkflowTrigger",
+    },
+)

@@ -34,14 +34,124 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import Field, model_validator
 
+from app.kernel.argo import ConfigMapKeySelector, SecretKeySelector
 from app.kernel.errors import PermanentError, TransientError
+from app.kernel.spec import SpecModel
 
 if TYPE_CHECKING:
     import aiohttp
 
     from sensors.triggers.base import TriggerContext
-    from sensors.triggers.k8s_config import ArtifactLocation
+
+
+class FileArtifact(SpecModel):
+    """``source.file``: the object is read from a file in the sensor pod."""
+
+    path: str = ""
+
+
+class URLArtifact(SpecModel):
+    """``source.url``: the object is fetched over HTTP(S)."""
+
+    path: str
+    verify_cert: bool = False
+
+
+class GitCreds(SpecModel):
+    """Username and password secrets for a Git checkout."""
+
+    username: SecretKeySelector | None = None
+    password: SecretKeySelector | None = None
+
+
+class GitRemoteConfig(SpecModel):
+    """A named Git remote with its URLs."""
+
+    name: str
+    urls: list[str]
+
+
+class GithubAppCreds(SpecModel):
+    """GitHub App credentials for a Git checkout."""
+
+    private_key: SecretKeySelector
+    app_id: int = Field(alias="appID")
+    installation_id: int = Field(alias="installationID")
+
+
+class GitArtifact(SpecModel):
+    """``source.git``: the object is a file in a Git repository."""
+
+    url: str
+    clone_directory: str
+    creds: GitCreds | None = None
+    ssh_key_secret: SecretKeySelector | None = None
+    file_path: str
+    branch: str = ""
+    tag: str = ""
+    ref: str = ""
+    remote: GitRemoteConfig | None = None
+    insecure_ignore_host_key: bool = False
+    github_app: GithubAppCreds | None = None
+
+
+class S3Bucket(SpecModel):
+    """An S3 bucket and object key."""
+
+    key: str = ""
+    name: str
+
+
+class S3Filter(SpecModel):
+    """Object key prefix/suffix constraints."""
+
+    prefix: str = ""
+    suffix: str = ""
+
+
+class S3Artifact(SpecModel):
+    """``source.s3``: the object is read from an S3-compatible bucket."""
+
+    endpoint: str
+    bucket: S3Bucket
+    region: str = ""
+    insecure: bool = False
+    access_key: SecretKeySelector | None = None
+    secret_key: SecretKeySelector | None = None
+    events: list[str] = Field(default_factory=list)
+    filter: S3Filter | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    ca_certificate: SecretKeySelector | None = None
+
+
+class ArtifactLocation(SpecModel):
+    """Where the object a trigger acts on comes from: exactly one location.
+
+    ``resource`` is the object itself (any mapping), ``inline`` its YAML/JSON text.
+    """
+
+    s3: S3Artifact | None = None
+    inline: str | None = None
+    file: FileArtifact | None = None
+    url: URLArtifact | None = None
+    configmap: ConfigMapKeySelector | None = None
+    git: GitArtifact | None = None
+    resource: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ArtifactLocation:
+        given = [k for k in ("s3", "inline", "file", "url", "configmap", "git", "resource")
+                 if getattr(self, k) is not None]  # fmt: skip
+        if not given:
+            raise ValueError(
+                "no source given (one of resource, inline, file, url, configmap, git, s3)"
+            )
+        if len(given) > 1:
+            raise ValueError(f"only one source may be given, found {', '.join(given)}")
+        return self
+
 
 URL_TIMEOUT_SECONDS = 30.0
 """Total time allowed to fetch a ``url`` source."""
@@ -85,11 +195,15 @@ class ResourceSource:
 
     ``where`` names the field in messages (``k8s.source``). The static kinds
     (resource, inline, file) are read here, so a bad one fails when the trigger is
-    built; :attr:`static` is then the object. :meth:`load` returns the object, which
-    callers must not modify (``apply_parameters`` copies it).
+    built (a file only with ``read_files``: validating manifests away from the pod that
+    runs them leaves it for the first firing); :attr:`static` is then the object.
+    :meth:`load` returns the object, which callers must not modify (``apply_parameters``
+    copies it).
     """
 
-    def __init__(self, location: ArtifactLocation | None, *, where: str) -> None:
+    def __init__(
+        self, location: ArtifactLocation | None, *, where: str, read_files: bool = True
+    ) -> None:
         self.where = where
         if location is None:
             raise PermanentError(f"{where} is not given")
@@ -108,7 +222,10 @@ class ResourceSource:
         elif location.inline is not None:
             self.static = parse_object(location.inline, f"{where}.inline")
         elif location.file is not None:
-            self.static = self._read_file(location.file.path)
+            if not location.file.path:
+                raise PermanentError(f"{where}.file.path is empty")
+            if read_files:
+                self.static = self._read_file(location.file.path)
 
     def _read_file(self, path: str) -> dict[str, Any]:
         if not path:
@@ -129,6 +246,9 @@ class ResourceSource:
             return await ctx.shared.get(
                 ("source.url", url, verify), lambda: self._fetch_url(ctx, url, verify)
             )
+        if loc.file is not None:  # not read when built (manifest validation): read it now
+            self.static = self._read_file(loc.file.path)
+            return self.static
         if loc.configmap is not None:
             name, key = loc.configmap.name, loc.configmap.key
             return await ctx.shared.get(

@@ -19,6 +19,7 @@ import sys
 
 import uvicorn
 
+from tests.fakekube.faults import ConnectionAccess
 from tests.fakekube.process import READY_PREFIX
 from tests.fakekube.server import create_app
 
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     url = f"{'https' if args.tls_cert else 'http'}://{host}:{port}"
 
-    app = create_app(history_limit=args.history, tokens_file=args.tokens_file or None)
+    app = ConnectionAccess(
+        create_app(history_limit=args.history, tokens_file=args.tokens_file or None)
+    )
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:

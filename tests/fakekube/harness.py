@@ -129,6 +129,21 @@ class KubeApi:
     def state(self) -> dict[str, Any]:
         return self.server.state()
 
+    def fault(self, method: str, path: str, **rule: Any) -> int:
+        """Add a fault rule (see ``faults.py``: ``status``, ``reason``, ``retryAfter``,
+        ``times``, ``hold``, ``delay``, ``reset``); returns its id. :meth:`reset` drops
+        every rule."""
+        body = {"method": method, "path": path, **rule}
+        return int(self.server.request("POST", "/fake/faults", body)["id"])
+
+    def faults(self) -> dict[str, Any]:
+        """The fault rules (``hits``, ``held``) and the requests that matched them."""
+        return dict(self.server.request("GET", "/fake/faults"))
+
+    def release(self) -> int:
+        """Let every held request go on; the number released."""
+        return int(self.server.request("POST", "/fake/faults/release")["released"])
+
     def close(self) -> None:
         for api in self._clients:
             api.close()  # type: ignore[no-untyped-call]

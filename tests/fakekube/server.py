@@ -26,9 +26,9 @@ scale, eviction), controllers (nothing runs pods or fills Deployment status), an
 graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
-``GET /fake/state``, and ``POST /fake/faults`` / ``GET /fake/requests`` from ``gate.py``,
-which also checks bearer tokens when given a tokens file); run it with
-``python -m tests.fakekube``.
+``GET /fake/state``, the fault rules of ``faults.py``: ``/fake/faults``, and
+``GET /fake/requests`` from ``gate.py``, which also checks bearer tokens when given a
+tokens file); run it with ``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -46,6 +47,7 @@ from starlette.routing import Route
 from tests.fakekube import discovery, errors, openapi
 from tests.fakekube.api import ResourceHandler, json_response
 from tests.fakekube.errors import ApiError
+from tests.fakekube.faults import FaultMiddleware, Faults
 from tests.fakekube.gate import Gate
 from tests.fakekube.resources import ResourceRegistry
 from tests.fakekube.store import Store
@@ -60,6 +62,7 @@ def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> 
     registry = ResourceRegistry()
     store = Store(registry, history_limit=history_limit)
     resources = ResourceHandler(store)
+    faults = Faults()
 
     def _get_only(request: Request) -> None:
         if request.method != "GET":
@@ -143,8 +146,23 @@ def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> 
         return PlainTextResponse("ok")
 
     async def fake_reset(request: Request) -> Response:
+        faults.clear()
         store.reset()
         return json_response(store.stats())
+
+    async def fake_faults(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                rule = faults.add(await request.json())
+            except (KeyError, TypeError, ValueError) as e:
+                raise ApiError(400, "BadRequest", f"invalid fault rule: {e}") from e
+            return json_response({"id": rule.id})
+        if request.method == "DELETE":
+            faults.clear()
+        return json_response(faults.view())
+
+    async def fake_faults_release(request: Request) -> Response:
+        return json_response({"released": faults.release()})
 
     async def fake_compact(request: Request) -> Response:
         keep = int(request.query_params.get("keep", "0"))
@@ -190,12 +208,15 @@ def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> 
         Route("/fake/reset", fake_reset, methods=["POST"]),
         Route("/fake/compact", fake_compact, methods=["POST"]),
         Route("/fake/state", fake_state, methods=["GET"]),
+        Route("/fake/faults", fake_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/fake/faults/release", fake_faults_release, methods=["POST"]),
         Route("/{path:path}", not_found, methods=METHODS),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={ApiError: api_error, Exception: internal_error},
         lifespan=lifespan,
+        middleware=[Middleware(FaultMiddleware, faults=faults)],
     )
     app.state.store = store
     return Gate(app, tokens_file)

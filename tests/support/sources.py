@@ -23,6 +23,7 @@ class CountingMetrics:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.statuses: Counter[int] = Counter()
 
     def event_sent(self, source: str, event_name: str) -> None:
         self.counts["sent", event_name] += 1
@@ -32,3 +33,6 @@ class CountingMetrics:
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.counts["filtered", event_name] += 1
+
+    def http_request(self, source: str, status: int) -> None:
+        self.statuses[status] += 1

@@ -165,13 +165,15 @@ async def run_controller(
     if api_port:
         import uvicorn
 
-        from app.adapters.httpserver import QuietServer
+        from app.adapters.httpserver import QuietServer, guarded_protocol
         from app.compose.controller.health import build_health_app
+        from app.kernel.settings import HttpServerSettings
 
         app = build_health_app(lambda: ctl.synced.is_set() and not task.done())
         server = QuietServer(
             uvicorn.Config(app, host=api_host, port=api_port, log_level="warning",
-                           access_log=False, lifespan="off")
+                           access_log=False, lifespan="off",
+                           http=guarded_protocol(HttpServerSettings()))
         )  # fmt: skip
         tasks.append(asyncio.create_task(server.serve()))
     try:

@@ -1,0 +1,270 @@
+"""Mutation testing of the modules that carry Triggerfish's promises (mutmut 3).
+
+A passing suite says the code does what the tests check; a mutation run says whether
+the tests would notice if it did not. mutmut changes one thing at a time (``>`` into
+``>=``, ``and`` into ``or``, a constant, a dropped call), runs the tests that reach the
+changed function, and counts the mutants no test failed on: each is a gap in the tests
+or a change that cannot be observed (an *equivalent* mutant).
+
+Each module is mapped to the test files that guard it, so a run costs minutes, not the
+whole suite per mutant. For the queue sources only the functions on the ack path are
+mutated. Usage::
+
+    python -m bench.mutation --list
+    python -m bench.mutation --module sensors/conditions.py [--module ...] [--max-children 2]
+    python -m bench.mutation --all
+
+Every module runs in its own scratch copy under ``.mutation/<module>/`` (mutmut works
+on a copy of the sources in the current directory and keeps its results there, so a
+second run only re-tests what changed). The table printed at the end counts, per
+module: mutants, killed, survived, equivalent (survivors listed with their reason in
+``bench/mutation-equivalents.json``; see ``docs/mutation.md``), and the score
+killed / (mutants - equivalent). Survivors not listed as equivalent are printed with
+their diff; the exit status is 1 when there is any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENTS_FILE = ROOT / "bench" / "mutation-equivalents.json"
+COPIED = ("app", "eventsources", "sensors", "tests")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate, the tests that guard it, and optionally which functions."""
+
+    module: str
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    """mutmut mutant-name globs (``x_func`` / ``xǁClassǁmethod``); empty = all."""
+
+
+def _methods(cls: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"x\u01c1{cls}\u01c1{n}" for n in names)
+
+
+TARGETS: dict[str, Target] = {
+    t.module: t
+    for t in (
+        Target("sensors/conditions.py", ("tests/test_conditions.py",)),
+        Target("sensors/parameters.py", ("tests/test_parameters.py",)),
+        Target(
+            "eventsources/webhook_http.py",
+            (
+                "tests/test_webhook.py",
+                "tests/test_source_filters.py::test_webhook_publishes_what_passes_and_marks_what_is_filtered",
+                "tests/test_source_filters.py::test_webhook_filter_sees_the_argo_shaped_data",
+            ),
+        ),
+        Target(
+            "sensors/runner.py",
+            (
+                "tests/test_runner.py",
+                "tests/test_runner_delivery.py",
+                "tests/test_conditions_reset.py",
+            ),
+        ),
+        Target("sensors/filters.py", ("tests/test_filters.py", "tests/test_source_filters.py")),
+        Target(
+            "sensors/triggers/k8s.py",
+            ("tests/test_trigger_k8s.py", "tests/test_runner.py", "tests/test_trigger_sources.py"),
+        ),
+        Target("sensors/triggers/argo_workflow.py", ("tests/test_trigger_argo_workflow.py",)),
+        Target("app/adapters/bus.py", ("tests/test_bus.py", "tests/test_runner_delivery.py")),
+        Target(
+            "eventsources/sqs.py",
+            ("tests/test_sqs.py",),
+            _methods(
+                "_QueueConsumer",
+                "_process_batch",
+                "_handle",
+                "_delete",
+                "_change_visibility",
+                "_release_in_flight",
+                "_settle_on_shutdown",
+            ),
+        ),
+        Target(
+            "eventsources/azure_service_bus.py",
+            ("tests/test_azure_service_bus.py",),
+            _methods(
+                "AzureServiceBusSource",
+                "_consume",
+                "_process",
+                "_to_bus",
+                "_settle",
+                "_abandon_on_shutdown",
+            ),
+        ),
+    )
+}
+
+
+NOT_MUTATED = r"^\s*(?:[\w.]+\.)?(?:log|trace_log)\.(?:debug|info|warning|error|exception|log)\("
+"""Logging statements are not mutated: their wording is read, not promised (a whole
+statement is skipped when its first line matches)."""
+
+
+def slug(module: str) -> str:
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def _mutmut_config(target: Target) -> str:
+    def arr(items: tuple[str, ...] | list[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {arr(['app', 'eventsources', 'sensors'])}\n"
+        f"only_mutate = {arr([target.module])}\n"
+        f"pytest_add_cli_args_test_selection = {arr(target.tests)}\n"
+        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-q'])}\n"
+        f"do_not_mutate_patterns = {arr([NOT_MUTATED])}\n"
+    )
+
+
+def prepare(target: Target, workdir: Path) -> None:
+    """Copy the sources and tests into ``workdir`` (mtimes kept, so mutmut's cache
+    stays valid for unchanged files) and write its pyproject with the mutmut table."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in COPIED:
+        dest = workdir / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(ROOT / name, dest, ignore=ignore)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    if "[tool.mutmut]" in pyproject:
+        raise SystemExit("pyproject.toml has its own [tool.mutmut]; bench.mutation writes it")
+    (workdir / "pyproject.toml").write_text(pyproject + _mutmut_config(target))
+
+
+def mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KUBECONFIG")}
+    cmd = [sys.executable, "-m", "mutmut", *args]
+    if log is None:
+        out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if rc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd)} failed (log {log}):\n{tail}")
+    return ""
+
+
+@dataclass
+class Result:
+    module: str
+    statuses: dict[str, str]
+    equivalent: dict[str, str]
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(self.statuses.values())
+
+    @property
+    def unexplained(self) -> list[str]:
+        return sorted(
+            n for n, s in self.statuses.items() if s == "survived" and n not in self.equivalent
+        )
+
+    def row(self) -> tuple[str, int, int, int, int, int, str]:
+        c = self.counts
+        total = len(self.statuses)
+        equiv = sum(1 for n in self.equivalent if self.statuses.get(n) == "survived")
+        killed = c["killed"] + c["timeout"] + c["caught by type check"]
+        survived = c["survived"] - equiv
+        other = total - killed - c["survived"]
+        denominator = total - equiv
+        score = f"{100 * killed / denominator:.1f} %" if denominator else "-"
+        return (self.module, total, killed, survived, equiv, other, score)
+
+
+def run_target(
+    target: Target, base: Path, max_children: int, equivalents: dict[str, str]
+) -> Result:
+    workdir = base / slug(target.module)
+    prepare(target, workdir)
+    mod = slug(target.module)
+    globs = [f"{mod}.{f}__mutmut_*" for f in target.functions]
+    print(f"== {target.module}: mutating, tests {' '.join(target.tests)}", flush=True)
+    mutmut(workdir, "run", "--max-children", str(max_children), *globs,
+           log=workdir / "mutmut-run.log")  # fmt: skip
+    statuses: dict[str, str] = {}
+    for line in mutmut(workdir, "results", "--all", "true").splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep or not name.startswith(mod + "."):
+            continue
+        if globs and not any(fnmatch.fnmatchcase(name, g) for g in globs):
+            continue
+        statuses[name] = status
+    result = Result(target.module, statuses, equivalents)
+    stale = [n for n in equivalents if n.startswith(mod + ".") and statuses.get(n) != "survived"]
+    for name in stale:
+        print(f"   note: {name} is listed as equivalent but is {statuses.get(name, 'gone')}")
+    if result.unexplained:
+        report = workdir / "survivors.txt"
+        with report.open("w") as f:
+            for name in result.unexplained:
+                f.write(mutmut(workdir, "show", name) + "\n")
+        print(f"   {len(result.unexplained)} survivors not listed as equivalent ({report}):")
+        for name in result.unexplained:
+            print(f"     {name}")
+    return result
+
+
+def print_table(results: list[Result]) -> None:
+    head = ("module", "mutants", "killed", "survived", "equivalent", "other", "score")
+    rows = [head, *(tuple(str(x) for x in r.row()) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print("(killed includes timeouts; other = no tests reach it / not checked; "
+          "score = killed / (mutants - equivalent))")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.mutation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--module", action="append", default=[], help="a module path (repeat)")
+    parser.add_argument("--all", action="store_true", help="every mapped module")
+    parser.add_argument("--list", action="store_true", help="print the module → tests map")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel test workers")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".mutation")
+    args = parser.parse_args(argv)
+    if args.list:
+        for t in TARGETS.values():
+            only = f" (functions {', '.join(t.functions)})" if t.functions else ""
+            print(f"{t.module}: {' '.join(t.tests)}{only}")
+        return 0
+    names = list(TARGETS) if args.all else args.module
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        parser.error(f"choose --all or --module from: {', '.join(TARGETS)} (got {unknown})")
+    equivalents: dict[str, str] = json.loads(EQUIVALENTS_FILE.read_text())
+    results = [run_target(TARGETS[n], args.workdir, args.max_children, equivalents) for n in names]
+    print()
+    print_table(results)
+    return 1 if any(r.unexplained for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

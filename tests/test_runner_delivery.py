@@ -1,0 +1,214 @@
+"""The sensor runner's delivery promises, each pinned by a deterministic test.
+
+* A bus message is acked only after its trigger finished: while the Kubernetes API
+  holds the create mid-flight the message is still unacked; the runner is then stopped
+  and a new one gets the message again and leaves exactly one object.
+* The API's answer decides retry or dead letter: 500 / 503 / 429 / 409 Conflict are
+  retried (a 429's ``Retry-After`` is waited), 422 / 403 get one attempt and a dead
+  letter.
+* A dead letter the bus does not take is not swallowed: the message is nak'd and
+  redelivered until the dead letter is stored.
+
+Real peers: a ``nats-server`` and the fake Kubernetes API (its ``/fake/faults`` rules
+answer the statuses and hold the requests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.adapters.bus import Bus
+from app.adapters.kube import ApiKube, FileKube
+from app.compose.manifests import load_one
+from app.kernel.events import Event, new_event_id
+from app.kernel.settings import KubeSettings
+from sensors.runner import RetryPolicy
+from sensors.triggers.base import TriggerContext
+from tests.fakekube.harness import KubeApi
+from tests.support.sensors import SensorHarness, dead_letters, eventually
+
+NS = "ns1"
+CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
+CONSUMER = f"{NS}-s1-a"
+
+
+@pytest.fixture
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
+    kube_api.create_namespace(NS)
+    api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
+    assert api is not None
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+def sensor(data_key: str = "body.v") -> Any:
+    """One dependency ``a``; its trigger creates a ConfigMap named from the firing."""
+    return load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "s1", "namespace": NS},
+            "spec": {
+                "dependencies": [{"name": "a", "eventSourceName": "hook", "eventName": "a"}],
+                "triggers": [{"template": {"name": "make", "k8s": {
+                    "operation": "create",
+                    "source": {"resource": {"apiVersion": "v1", "kind": "ConfigMap",
+                                            "metadata": {"generateName": "job-"}}},
+                    "parameters": [{"src": {"dependencyName": "a", "dataKey": data_key},
+                                    "dest": "data.v"}],
+                }}}],
+            },
+        }
+    )  # fmt: skip
+
+
+def event() -> Event:
+    return Event(id=new_event_id(), source="hook", subject="a", type="webhook",
+                 data={"body": {"v": "x"}})  # fmt: skip
+
+
+def configmaps(kube_api: KubeApi) -> list[str]:
+    doc = kube_api.kubectl_json("get", "configmaps", "-n", NS)
+    return sorted(i["metadata"]["name"] for i in doc["items"])
+
+
+async def ack_pending(bus: Bus) -> int:
+    info = await bus._jetstream().consumer_info("default", CONSUMER)
+    return int(info.num_ack_pending)
+
+
+def posts(kube_api: KubeApi) -> list[dict[str, Any]]:
+    return [r for r in kube_api.faults()["requests"] if r["method"] == "POST"]
+
+
+# -------------------------------------------------------------- ack after the trigger
+
+
+async def test_message_stays_unacked_while_the_trigger_runs_and_survives_a_restart(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, hold=True, times=0)  # every create waits
+    h = SensorHarness(bus, TriggerContext(kube=kube))
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(
+        lambda: kube_api.faults()["rules"][0]["held"] >= 1, "the create is held by the API"
+    )
+    # The trigger is mid-execution: the message must not be acked yet.
+    assert await ack_pending(bus) == 1, "acked before the trigger finished"
+    assert h.traces.recent() == []
+    await h.stop()  # the runner goes away before its trigger finished
+
+    # The create it sent still lands (the crash came after the request, before the ack).
+    kube_api.server.request("DELETE", "/fake/faults")
+    await eventually(lambda: len(configmaps(kube_api)) == 1, "the held create landed")
+
+    h2 = SensorHarness(bus, TriggerContext(kube=kube))
+    await h2.start(sensor())
+    await eventually(lambda: len(h2.traces.recent()) == 1, "the message is redelivered")
+    trace = h2.traces.recent()[0]
+    assert trace.delivery >= 2
+    assert (trace.triggers[0].status, trace.triggers[0].action) == ("succeeded", "already-exists")
+    assert len(configmaps(kube_api)) == 1
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the redelivered message is acked")
+    await h2.stop()
+
+
+async def _is_zero(n: Any) -> bool:
+    return await n == 0
+
+
+# -------------------------------------------------------------- API status → retry or DLQ
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [(500, True), (503, True), (429, True), (409, True), (422, False), (403, False)],
+)
+async def test_api_status_decides_between_retry_and_dead_letter(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube, status: int, retried: bool
+) -> None:
+    # A transient answer is given once (the retry then succeeds); a permanent one always.
+    kube_api.fault("POST", CONFIGMAPS, status=status, times=1 if retried else 0)
+    h = SensorHarness(
+        bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=3, duration_seconds=0.01)
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    got = [r["status"] for r in posts(kube_api)]
+    if retried:
+        assert (out.status, out.attempts) == ("succeeded", 2), out.error
+        assert got == [status, 201]
+        assert len(configmaps(kube_api)) == 1
+        assert await dead_letters(bus) == []
+    else:
+        assert (out.status, out.attempts) == ("dead-lettered", 1)
+        assert got == [status]
+        assert f"{status}" in out.error
+        assert configmaps(kube_api) == []
+        assert len(await dead_letters(bus)) == 1
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    await h.stop()
+
+
+async def test_429_retry_waits_the_retry_after_the_api_asked_for(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, status=429, retryAfter=1, times=1)
+    h = SensorHarness(
+        bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=2, duration_seconds=0.01)
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert (out.status, out.attempts) == ("succeeded", 2), out.error
+    first, second = posts(kube_api)
+    assert (first["status"], second["status"]) == (429, 201)
+    # The planned backoff is 10 ms; the API asked for 1 s (a lower bound, never flaky).
+    assert second["t"] - first["t"] >= 1.0
+    await h.stop()
+
+
+# -------------------------------------------------------------- dead letter not stored
+
+
+async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
+    bus: Bus, tmp_path: Path
+) -> None:
+    js = bus._jetstream()
+    full = (await js.stream_info("default")).config
+    # The stream stops taking the dead-letter subject: its publish gets no PubAck.
+    narrowed = (await js.stream_info("default")).config
+    narrowed.subjects = ["default.hook.>"]
+    await js.update_stream(narrowed)
+    h = SensorHarness(bus, TriggerContext(kube=FileKube(tmp_path / "objects")))
+    await h.start(sensor(data_key="body.missing"))  # fails for good: a missing key
+    await bus.publish("default", event())
+
+    def redelivered() -> bool:
+        return any(t.delivery >= 2 for t in h.traces.recent())
+
+    await eventually(redelivered, "the message is redelivered after the lost dead letter")
+    first = next(t for t in h.traces.recent() if t.delivery == 1)
+    assert "not acknowledged" in first.error
+    assert await dead_letters(bus) == []
+
+    await js.update_stream(full)  # the bus takes dead letters again
+    await eventually(
+        lambda: any(not t.error and t.triggers for t in h.traces.recent()),
+        "the dead letter is stored",
+    )
+    done = next(t for t in h.traces.recent() if not t.error and t.triggers)
+    assert done.triggers[0].status == "dead-lettered" and done.delivery >= 2
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    assert len(await dead_letters(bus)) == 1
+    await h.stop()
