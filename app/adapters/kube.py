@@ -491,11 +491,15 @@ class ApiKube:
         namespace: str = "",
         field_selector: str = "",
         label_selector: str = "",
+        limit: int = 0,
     ) -> dict[str, Any]:
-        """The list object (``items`` and ``metadata.resourceVersion``) of a kind."""
+        """The list object (``items`` and ``metadata.resourceVersion``) of a kind; with
+        ``limit``, its first page only."""
         query = {"fieldSelector": field_selector} if field_selector else {}
         if label_selector:
             query["labelSelector"] = label_selector
+        if limit:
+            query["limit"] = str(limit)
         path = await self._collection(api_version, kind, namespace)
         return dict(await self._request("GET", path, None, query or None))
 
