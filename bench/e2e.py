@@ -11,7 +11,9 @@ One run, against one API server (the fake API by default, any cluster with
   ml-pipeline example, a load generator posting to its webhook above the ceiling
   (``--rate``, default 1.5 x c); t is the rate of objects created over the offered
   window (after its first second), counted by a watch the bench holds on the run's
-  Workflows (also open while (c) runs), and **t/c** the figure to watch;
+  Workflows (also open while (c) runs), and **t/c** the figure to watch; when a
+  backlog was left once the posts stopped, **(d)** its drain rate (the sensor and the
+  API alone, no ingest competing for the cores) and d/c;
   the backlog (accepted posts - created objects) is printed every second;
 - **receipt → create latency** p50/p99 at 30 % of t (a second, lighter run): from the
   event's CloudEvent time (the webhook's receipt; a ``contextKey`` parameter puts it on
@@ -230,12 +232,20 @@ class Run:
     """triggerfish + its nats-server, over the offered window."""
     window_created: int = 0
     window_seconds: float = 0.0
+    drain_created: int = 0
+    """Objects created after the last post was answered (the backlog, sensor alone)."""
+    drain_seconds: float = 0.0
     started_wall: float = 0.0
 
     @property
     def rate(self) -> float:
         """Objects created per second over the offered window (after its first second)."""
         return self.window_created / self.window_seconds if self.window_seconds else 0.0
+
+    @property
+    def drain_rate(self) -> float:
+        """Objects created per second while only the backlog was left (no posts)."""
+        return self.drain_created / self.drain_seconds if self.drain_seconds else 0.0
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -303,6 +313,7 @@ async def _offer(
         for _ in workers:
             queue.put_nowait(-1)
         await asyncio.gather(*workers)
+        posted = (time.monotonic(), watcher.count)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             run.created = watcher.count - base
@@ -310,6 +321,9 @@ async def _offer(
                 break
             await asyncio.sleep(0.1)
         run.drained_seconds = time.monotonic() - t0
+        if run.created - (posted[1] - base) >= 200:  # a backlog worth timing
+            run.drain_created = watcher.count - posted[1]
+            run.drain_seconds = time.monotonic() - posted[0]
         stop.set()
         await st
     return run
@@ -329,7 +343,7 @@ class Watcher:
     async def start(self) -> None:
         sel = f"{RUN_LABEL}={self.target.run_id}"
         ns = self.target.namespace
-        listed = await self._api.list(WF_API, "Workflow", ns, label_selector=sel)
+        listed = await self._api.list(WF_API, "Workflow", ns, label_selector=sel, limit=1)
         rv = listed["metadata"]["resourceVersion"]
 
         async def run() -> None:
@@ -427,6 +441,12 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
             f"drained at {sat.drained_seconds:.1f}s; cpu {sat.cpu_us_per_event:.0f} µs/event)"
         )
         print(f"t/c = {t / c:.2f}" if c else "t/c = n/a", "(c measured again at the end)")
+        if sat.drain_rate:
+            print(
+                f"(d) backlog drain, no posts   {sat.drain_rate:8.0f}/s  "
+                f"({sat.drain_created} objects in {sat.drain_seconds:.1f}s: sensor + API alone)"
+                f"  d/c = {sat.drain_rate / c:.2f}"
+            )
         if sat.accepted - sat.created > 0:
             print(f"  NOT DRAINED: {sat.accepted - sat.created} accepted events not created")
         _backlog(sat)
@@ -445,6 +465,7 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
     print(
         f"(c') raw creates again           {c2:8.0f}/s  "
         f"t/c' = {t / c2:.2f}, t/mean(c, c') = {2 * t / (c + c2):.2f}"
+        + (f", d/mean = {2 * sat.drain_rate / (c + c2):.2f}" if sat.drain_rate else "")
     )
     issued, seen = watcher.latencies()
     print(f"receipt→create at {light:.0f}/s (30 % of t), created {lr.created}/{lr.accepted}:")

@@ -16,8 +16,8 @@ Errors are mapped at this boundary (STYLE §6): 409 AlreadyExists → :class:`Al
 404 → :class:`NotFound`, 409 Conflict / 429 / 5xx / connection errors →
 :class:`~app.kernel.errors.TransientError` (carrying the response's ``Retry-After`` in
 seconds, which the runner waits at least before its next attempt), any other 4xx →
-:class:`~app.kernel.errors.PermanentError`. A 429 (or 5xx) carrying ``Retry-After`` is
-first retried here after the wait the server asked for, a bounded number of times.
+:class:`~app.kernel.errors.PermanentError`. A 401 refreshes the credentials once and
+retries once (a token file or exec plugin may have rotated them).
 """
 
 from __future__ import annotations
@@ -183,15 +183,6 @@ def _ssl_context(configuration: Any) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"Kubernetes TLS settings: {e}") from e
     return ctx
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from API servers; the caller's backoff applies
 
 
 class ApiKube:
@@ -366,7 +357,6 @@ class ApiKube:
         url = self._base + path + (f"?{urlencode(query)}" if query else "")
         data = orjson.dumps(body) if body is not None else None
         refreshed = False
-        attempt = 0
         while True:
             headers: dict[str, str] = {"User-Agent": self._user_agent}
             if data is not None:
@@ -388,7 +378,7 @@ class ApiKube:
                     ) as resp:
                         raw = await resp.read()
                         status = resp.status
-                        retry_after = resp.headers.get("Retry-After")
+                        resp_headers = resp.headers
                 except (aiohttp.ClientError, TimeoutError, OSError) as e:
                     raise KubeTransientError(f"{method} {path}: {type(e).__name__}: {e}") from e
             if 200 <= status <= 299:
@@ -397,18 +387,7 @@ class ApiKube:
                 refreshed = True  # credentials may have rotated: refresh once, retry once
                 if await self._auth(force=True) != auth:
                     continue
-            delay = _retry_after_seconds(retry_after)
-            if (
-                (status == 429 or status >= 500)
-                and delay is not None
-                and attempt < self._settings.throttle_retries
-            ):
-                attempt += 1
-                log.debug("%s %s: %d, retrying after %.1fs", method, path, status, delay)
-                await asyncio.sleep(min(delay, self._settings.max_retry_after_seconds))
-                continue
-            headers_seen = {"Retry-After": retry_after} if retry_after else None
-            raise self._error(status, raw, method, path, headers_seen)
+            raise self._error(status, raw, method, path, resp_headers)
 
     @staticmethod
     def _error(
@@ -518,11 +497,15 @@ class ApiKube:
         namespace: str = "",
         field_selector: str = "",
         label_selector: str = "",
+        limit: int = 0,
     ) -> dict[str, Any]:
-        """The list object (``items`` and ``metadata.resourceVersion``) of a kind."""
+        """The list object (``items`` and ``metadata.resourceVersion``) of a kind; with
+        ``limit``, its first page only."""
         query = {"fieldSelector": field_selector} if field_selector else {}
         if label_selector:
             query["labelSelector"] = label_selector
+        if limit:
+            query["limit"] = str(limit)
         path = await self._collection(api_version, kind, namespace)
         return dict(await self._request("GET", path, None, query or None))
 

@@ -58,12 +58,6 @@ class KubeSettings(BaseModel):
         64, description="API requests in flight at once (and pooled connections)"
     )
     request_timeout_seconds: float = Field(10.0, description="per API request")
-    throttle_retries: int = Field(
-        5, description="times a 429 (or 5xx) with Retry-After is retried before failing"
-    )
-    max_retry_after_seconds: float = Field(
-        30.0, description="cap on one Retry-After wait the server asks for"
-    )
     credential_refresh_seconds: float = Field(
         1.0, description="how often credential plugins / expiring tokens are checked"
     )

@@ -145,15 +145,9 @@ class FakeKubeServer:
     def state(self) -> dict[str, Any]:
         return dict(self.request("GET", "/fake/state"))
 
-    def inject_fault(
-        self, status: int, count: int = 1, headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next ``count`` API requests with ``status`` (see ``gate.py``)."""
-        self.request(
-            "POST",
-            "/fake/gate/faults",
-            {"status": status, "count": count, "headers": headers or {}},
-        )
+    def inject_fault(self, method: str, path: str, **rule: Any) -> None:
+        """Add a fault rule of ``faults.py`` (``status``, ``retryAfter``, ``times``, ...)."""
+        self.request("POST", "/fake/faults", {"method": method, "path": path, **rule})
 
     def seen(self) -> dict[str, Any]:
         """API requests since the last reset and the most in progress at once."""

@@ -28,9 +28,8 @@ graceful pod deletion.
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
 ``GET /fake/state``, ``GET /fake/requests``: the last requests with method, path and
 ``User-Agent``, for tests that ask who did what, the fault rules of ``faults.py``:
-``/fake/faults``, and from ``gate.py`` bearer-token checks (given a tokens file),
-``POST /fake/gate/faults`` and ``GET /fake/gate/requests``); run it with
-``python -m tests.fakekube``.
+``/fake/faults``, and from ``gate.py`` bearer-token checks (given a tokens file) and
+``GET /fake/gate/requests``); run it with ``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
