@@ -48,7 +48,15 @@ from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
 
-__all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
+__all__ = [
+    "Bus",
+    "BusMessage",
+    "StateStore",
+    "StoredMessage",
+    "StreamLimits",
+    "event_subject",
+    "subject_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,17 @@ class BusMessage:
 
 
 Handler = Callable[[BusMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from a stream: its sequence, subject, bytes and store time
+    (epoch seconds; 0 when unknown)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    time: float
 
 
 class StateStore:
@@ -287,6 +306,138 @@ class Bus:
             raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
             raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+
+    # -- bounded logs (traces) and reading a stream back ---------------------------
+    async def ensure_log_stream(
+        self, name: str, subjects: list[str], max_msgs: int, max_age_seconds: float
+    ) -> None:
+        """Create or update a stream that keeps the newest ``max_msgs`` messages for at
+        most ``max_age_seconds`` (discarding the oldest), e.g. the persisted traces."""
+        js = self._jetstream()
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs=max_msgs or -1,
+            max_age=max_age_seconds or 0,
+            num_replicas=1,
+        )
+        try:
+            try:
+                await js.stream_info(name)
+                await js.update_stream(cfg)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(cfg)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot create stream {name!r}: {e}") from e
+
+    async def publish_nowait(self, subject: str, payload: bytes) -> None:
+        """Publish without waiting for the PubAck (best effort: traces, not events)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise BusUnavailableError("bus is not connected")
+        try:
+            await nc.publish(subject, payload)
+        except (nats.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"publish to {subject} failed: {e}") from e
+
+    async def read_stream(
+        self,
+        stream: str,
+        filter_subject: str,
+        last: int,
+        *,
+        before: int | None = None,
+        timeout_seconds: float = 2.0,
+    ) -> list[StoredMessage]:
+        """The stored messages of ``stream`` on ``filter_subject`` among its newest
+        ``last`` sequence numbers (below ``before`` when given), oldest first; read with
+        an ephemeral consumer that acks nothing."""
+        js = self._jetstream()
+        try:
+            info = await js.stream_info(subject_token(stream))
+            state = info.state
+            if not state.messages:
+                return []
+            first_seq, last_seq = int(state.first_seq), int(state.last_seq)
+            if before is not None:
+                last_seq = min(last_seq, before - 1)
+            if last_seq < first_seq:
+                return []
+            start = max(first_seq, last_seq - max(1, last) + 1)
+            psub = await js.pull_subscribe(
+                filter_subject,
+                stream=subject_token(stream),
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=30.0,
+                    filter_subject=filter_subject,
+                    max_ack_pending=-1,
+                ),
+            )
+        except nats.js.errors.NotFoundError:
+            return []
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        out: list[StoredMessage] = []
+        try:
+            while True:
+                try:
+                    pending = (await psub.consumer_info()).num_pending or 0
+                    if pending == 0:
+                        break
+                    msgs = await psub.fetch(min(256, pending), timeout=timeout_seconds)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                done = False
+                for m in msgs:
+                    md = m.metadata
+                    if int(md.sequence.stream) > last_seq:
+                        done = True
+                        break
+                    out.append(
+                        StoredMessage(
+                            seq=int(md.sequence.stream),
+                            subject=m.subject,
+                            data=m.data,
+                            time=md.timestamp.timestamp() if md.timestamp else 0.0,
+                        )
+                    )
+                if done:
+                    break
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        return out
+
+    async def get_stored(self, stream: str, seq: int) -> StoredMessage | None:
+        """One stored message by sequence number; None when it is gone."""
+        try:
+            raw = await self._jetstream().get_msg(subject_token(stream), seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read message {seq} of {stream!r}: {e}") from e
+        return StoredMessage(seq=seq, subject=raw.subject or "", data=raw.data or b"", time=0.0)
+
+    async def delete_stored(self, stream: str, seq: int) -> bool:
+        """Delete one stored message; False when it was already gone."""
+        try:
+            return bool(await self._jetstream().delete_msg(subject_token(stream), seq))
+        except nats.js.errors.NotFoundError:
+            return False
+        except nats.js.errors.APIError as e:
+            if getattr(e, "code", None) == 404 or "not found" in str(e).lower():
+                return False
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:

@@ -7,6 +7,10 @@ Durations are histograms in milliseconds, as Argo names them.
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 _MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -18,6 +22,7 @@ class Metrics:
     def __init__(self, namespace: str = "") -> None:
         self.registry = CollectorRegistry()
         self.namespace = namespace
+        self.recent = RecentCounts()
         src = ["namespace", "eventsource_name", "event_name"]
         sen = ["namespace", "sensor_name", "trigger_name"]
         r = self.registry
@@ -74,12 +79,15 @@ class Metrics:
     # SourceMetrics protocol
     def event_sent(self, source: str, event_name: str) -> None:
         self.events_sent.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "published")
 
     def event_send_failed(self, source: str, event_name: str) -> None:
         self.events_sent_failed.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "failed")
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.events_filtered.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "filtered")
 
     def publish_rejected(self, bus: str, reason: str) -> None:
         self.bus_publish_rejected.labels(bus, reason).inc()
@@ -87,3 +95,56 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""
         return bytes(generate_latest(self.registry))
+
+
+class RecentCounts:
+    """Counts of what went through each part of the flow over the last ``window_seconds``
+    (the event-flow page's edge labels), plus totals since start and the last error.
+
+    Keys are tuples naming a node or edge (``("dependency", ns, sensor, dep)``); each
+    count is kept in ``bucket_seconds`` buckets, so memory is bounded by the number of
+    keys times ``window_seconds / bucket_seconds``. Updated from the event loop only.
+    """
+
+    def __init__(self, window_seconds: float = 300.0, bucket_seconds: float = 5.0) -> None:
+        self.window_seconds = window_seconds
+        self.bucket_seconds = bucket_seconds
+        self._buckets: dict[tuple[str, ...], dict[str, deque[list[float]]]] = {}
+        self._totals: dict[tuple[str, ...], dict[str, int]] = {}
+        self._last: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def inc(self, key: tuple[str, ...], what: str, n: int = 1) -> None:
+        now = time.time()
+        start = now - now % self.bucket_seconds
+        ring = self._buckets.setdefault(key, {}).setdefault(what, deque())
+        if ring and ring[-1][0] == start:
+            ring[-1][1] += n
+        else:
+            ring.append([start, float(n)])
+        while ring and ring[0][0] < now - self.window_seconds - self.bucket_seconds:
+            ring.popleft()
+        totals = self._totals.setdefault(key, {})
+        totals[what] = totals.get(what, 0) + n
+        self._last.setdefault(key, {})["time"] = now
+
+    def note_error(self, key: tuple[str, ...], error: str) -> None:
+        """Remember ``error`` as the last error seen at ``key`` (cleared by :meth:`clear_error`)."""
+        self._last.setdefault(key, {}).update(error=error, errorTime=time.time())
+
+    def clear_error(self, key: tuple[str, ...]) -> None:
+        self._last.get(key, {}).pop("error", None)
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any]:
+        """``{"window": {what: n}, "total": {what: n}, "lastTime": s, "lastError": str}``."""
+        since = time.time() - self.window_seconds
+        window = {
+            what: int(sum(n for start, n in ring if start + self.bucket_seconds > since))
+            for what, ring in self._buckets.get(key, {}).items()
+        }
+        last = self._last.get(key, {})
+        return {
+            "window": window,
+            "total": dict(self._totals.get(key, {})),
+            "lastTime": last.get("time"),
+            "lastError": last.get("error", ""),
+        }

@@ -6,7 +6,11 @@ Separate from the webhook ports (those are the event sources' hot path). Serves
 (bus connected and its embedded server running, sources listening: 503 while the bus
 is down, i.e. while posts would be answered 503), ``/metrics``
 (Prometheus), and ``/api/v1/...``: event sources, sensors, recent traces (what each
-sensor did with each event) and, without a cluster, the recorded objects.
+sensor did with each event, read from the bus), dead letters (list, show, replay,
+discard), the event-flow graph with live counts and, without a cluster, the recorded
+objects. ``/`` is the event-flow page: static HTML, CSS and JavaScript shipped inside
+the package (``app/compose/static``), so it works without any network but loopback;
+it reads the same API (asking for the bearer token when one is set).
 
 It binds ``127.0.0.1`` unless ``TRIGGERFISH_API_HOST`` says otherwise. When
 ``TRIGGERFISH_API_TOKEN`` is set, everything but the probes (``/healthz``, ``/readyz``)
@@ -18,16 +22,27 @@ OpenAPI schema declares it.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response, Security
-from fastapi.responses import PlainTextResponse
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import __version__
 from app.adapters.kube import FileKube
+from app.compose.flow import DeadLetterGone, DeadLetters, flow_graph
 from app.compose.runtime import Standalone, source_plugins
+from app.kernel.errors import BusUnavailableError, ConfigError
+
+STATIC = Path(__file__).with_name("static")
+_GONE: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such dead letter (replayed, discarded or aged out)"}
+}
+_DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "the bus is not reachable"}}
 
 
 def build_app(rt: Standalone) -> FastAPI:
@@ -38,6 +53,12 @@ def build_app(rt: Standalone) -> FastAPI:
         dependencies=[Depends(bearer_guard(token))] if token else [],
         responses={401: {"description": "missing or wrong bearer token"}} if token else {},
     )
+
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @api.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @api.get("/healthz")
     async def healthz(response: Response) -> dict[str, str]:
@@ -92,9 +113,78 @@ def build_app(rt: Standalone) -> FastAPI:
             for r in rt.runners
         ]
 
-    @guarded.get("/api/v1/traces")
+    @guarded.get("/api/v1/traces", responses=_DOWN)
     async def traces(q: TracesQuery = Query()) -> list[dict[str, Any]]:  # noqa: B008
-        return [t.to_dict() for t in rt.traces.recent(q.limit, q.sensor, q.event_id)]
+        try:
+            return await rt.trace_log.query(
+                q.limit,
+                before=q.before,
+                namespace=q.namespace,
+                sensor=q.sensor,
+                event_id=q.event_id,
+                dependency=q.dependency,
+                trigger=q.trigger,
+                outcome=q.outcome,
+            )
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+
+    @guarded.get("/api/v1/flow")
+    async def flow() -> dict[str, Any]:
+        return flow_graph(
+            event_sources=rt.source_states(),
+            runners=rt.runners,
+            runner_errors=rt.runner_errors(),
+            store=rt.traces,
+            bus_connected=rt.bus is not None and rt.bus.connected,
+            argo_workflows_url=rt.settings.ui.argo_workflows_url,
+        )
+
+    def dead_letters() -> DeadLetters:
+        if rt.dead_letters is None:
+            raise HTTPException(503, "the bus is not connected yet")
+        return rt.dead_letters
+
+    @guarded.get("/api/v1/deadletters", responses=_DOWN)
+    async def list_dead_letters(
+        q: DeadLettersQuery = Query(),  # noqa: B008
+    ) -> list[dict[str, Any]]:
+        try:
+            return await dead_letters().list(
+                sensor=q.sensor, trigger=q.trigger, limit=q.limit, before=q.before
+            )
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+
+    @guarded.get("/api/v1/deadletters/{bus}/{seq}", responses={**_GONE, **_DOWN})
+    async def show_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
+        try:
+            return await dead_letters().show(bus, seq)
+        except DeadLetterGone as e:
+            raise HTTPException(404, str(e)) from e
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+
+    @guarded.post("/api/v1/deadletters/{bus}/{seq}/replay", responses={**_GONE, **_DOWN})
+    async def replay_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
+        """Run the trigger again for that firing (same events, same firing key); the
+        dead letter is deleted when the trigger succeeds (``replayed: true``)."""
+        try:
+            return await dead_letters().replay(bus, seq)
+        except (DeadLetterGone, ConfigError) as e:
+            raise HTTPException(404, str(e)) from e
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+
+    @guarded.delete("/api/v1/deadletters/{bus}/{seq}", responses={**_GONE, **_DOWN})
+    async def discard_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
+        try:
+            await dead_letters().discard(bus, seq)
+        except DeadLetterGone as e:
+            raise HTTPException(404, str(e)) from e
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+        return {"discarded": f"{bus}:{seq}"}
 
     @guarded.get("/api/v1/objects")
     async def objects() -> list[dict[str, Any]]:
@@ -113,8 +203,28 @@ class TracesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     sensor: str | None = Field(None, description="only this sensor's traces")
+    namespace: str | None = Field(None, description="only sensors of this namespace")
     event_id: str | None = Field(None, alias="eventId", description="only this event's")
+    dependency: str | None = Field(None, description="only events of this dependency")
+    trigger: str | None = Field(None, description="only firings of this trigger")
+    outcome: Literal["filtered", "fired", "failed", "waiting"] | None = Field(
+        None, description="only traces with this outcome"
+    )
     limit: int = Field(100, ge=1, le=1000, description="at most this many, newest first")
+    before: int | None = Field(
+        None, ge=1, description="only traces stored before this seq (the next page)"
+    )
+
+
+class DeadLettersQuery(BaseModel):
+    """``/api/v1/deadletters`` parameters (unknown ones are a 422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sensor: str | None = Field(None, description="only this sensor's dead letters")
+    trigger: str | None = Field(None, description="only this trigger's")
+    limit: int = Field(100, ge=1, le=1000, description="at most this many, newest first")
+    before: int | None = Field(None, ge=1, description="only those stored before this seq")
 
 
 def bearer_guard(token: bytes) -> Any:
