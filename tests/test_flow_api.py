@@ -1,0 +1,169 @@
+"""The event-flow API of a real ``triggerfish run`` (embedded nats-server, fake
+Kubernetes API): live counts from the process's counters, traces persisted on the bus
+across a restart, dead letters listed, replayed exactly once, and discarded."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.flow import (
+    BERT_DEP,
+    SEED_DEP,
+    SEED_EVENT,
+    SEED_TRIGGER,
+    WORKFLOWS,
+    node,
+    post,
+    start_seed,
+    workflows,
+)
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _get(tf: Any, path: str) -> Any:
+    r = httpx.get(f"http://127.0.0.1:{tf.api_port}{path}", timeout=10)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+def test_counts_statuses_objects_and_traces(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        flow = _get(tf, "/api/v1/flow")
+        assert node(flow, SEED_DEP)["counts"]["window"] == {}
+        assert node(flow, SEED_EVENT)["status"] == {"state": "ready", "reason": ""}
+        post(port, {"model": "resnet", "dataset": "imagenet"})
+        wait_for(lambda: node(_get(tf, "/api/v1/flow"), SEED_TRIGGER)["objects"], timeout=15)
+        flow = _get(tf, "/api/v1/flow")
+        assert node(flow, SEED_EVENT)["counts"]["window"] == {"published": 1}
+        assert node(flow, SEED_DEP)["counts"]["window"] == {"received": 1}
+        assert node(flow, BERT_DEP)["counts"]["window"] == {"received": 1, "filtered": 1}
+        trig = node(flow, SEED_TRIGGER)
+        assert trig["counts"]["window"] == {"fired": 1}
+        assert trig["status"]["state"] == "ready"
+        [obj] = trig["objects"]
+        [wf] = workflows(kube_api)
+        assert (obj["kind"], obj["namespace"], obj["name"]) == (
+            "Workflow",
+            "argo-events",
+            wf["metadata"]["name"],
+        )
+        assert obj["url"] == (
+            f"http://argo.example.invalid:2746/workflows/argo-events/{wf['metadata']['name']}"
+        )
+
+        # the traces behind those counts, with filters by outcome, dependency, trigger
+        [filtered] = _get(tf, "/api/v1/traces?outcome=filtered")
+        assert filtered["sensor"] == "bert-only" and filtered["filtered"] is True
+        assert any("body.model" in r for r in filtered["filters"]), filtered["filters"]
+        [fired] = _get(tf, "/api/v1/traces?trigger=trigger-ml-pipeline")
+        assert fired["outcome"] == "fired"
+        params = {p["dest"]: (p["value"], p["source"]) for p in fired["triggers"][0]["parameters"]}
+        assert params["spec.arguments.parameters.0.value"] == ("resnet", "dataKey")
+        both = _get(tf, f"/api/v1/traces?eventId={fired['event_id']}")
+        assert {t["sensor"] for t in both} == {"bert-only", "ml-pipeline-sensor"}
+        assert _get(tf, "/api/v1/traces?dependency=training-event") == [fired]
+        older = _get(tf, f"/api/v1/traces?before={max(t['seq'] for t in both)}")
+        assert [t["seq"] for t in older] == [min(t["seq"] for t in both)]
+        r = httpx.get(f"http://127.0.0.1:{tf.api_port}/api/v1/traces?outcome=maybe")
+        assert r.status_code == 422
+    finally:
+        tf.stop()
+
+
+def test_traces_survive_a_restart(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        post(port, {"model": "resnet"})
+        wait_for(lambda: len(_get(tf, "/api/v1/traces")) == 2, timeout=15)
+        before = _get(tf, "/api/v1/traces")
+    finally:
+        tf.stop()
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        assert _get(tf, "/api/v1/traces") == before
+        flow = _get(tf, "/api/v1/flow")
+        # counts are this process's own (it has seen nothing yet); the objects are
+        # remembered from the persisted traces
+        assert node(flow, SEED_DEP)["counts"]["window"] == {}
+        assert [o["name"] for o in node(flow, SEED_TRIGGER)["objects"]] == [
+            wf["metadata"]["name"] for wf in workflows(kube_api)
+        ]
+    finally:
+        tf.stop()
+
+
+def test_a_dead_letter_is_listed_then_replayed_once(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        kube_api.fault("POST", WORKFLOWS, status=403, times=1)  # permanent: dead-lettered
+        post(port, {"model": "resnet", "dataset": "coco"})
+        wait_for(lambda: _get(tf, "/api/v1/deadletters"), timeout=15)
+        [dl] = _get(tf, "/api/v1/deadletters")
+        assert (dl["sensor"], dl["trigger"], dl["attempts"]) == (
+            "ml-pipeline-sensor",
+            "trigger-ml-pipeline",
+            1,
+        )
+        assert "403" in dl["error"] or "orbidden" in dl["error"], dl["error"]
+        assert dl["events"]["training-event"]["data"]["body"]["dataset"] == "coco"
+        assert _get(tf, f"/api/v1/deadletters/{dl['bus']}/{dl['seq']}") == dl
+        assert _get(tf, "/api/v1/deadletters?sensor=bert-only") == []
+        flow = _get(tf, "/api/v1/flow")
+        trig = node(flow, SEED_TRIGGER)
+        assert trig["counts"]["window"] == {"failed": 1, "deadLettered": 1}
+        assert trig["status"]["state"] == "error"
+        assert "403" in trig["status"]["reason"] or "orbidden" in trig["status"]["reason"]
+        assert workflows(kube_api) == []
+        [failed] = _get(tf, "/api/v1/traces?outcome=failed")
+        assert failed["triggers"][0]["status"] == "dead-lettered"
+
+        # a double click: two replays at once; one runs the trigger, the other finds the
+        # dead letter gone; one Workflow
+        url = f"{base}/api/v1/deadletters/{dl['bus']}/{dl['seq']}/replay"
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: httpx.post(url, timeout=30), range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 404], [a.text for a in answers]
+        ok = next(a.json() for a in answers if a.status_code == 200)
+        assert ok["replayed"] is True
+        assert ok["trace"]["triggers"][0]["status"] == "succeeded"
+        [wf] = workflows(kube_api)
+        assert wf["spec"]["arguments"]["parameters"][1]["value"] == "coco"
+        assert _get(tf, "/api/v1/deadletters") == []
+        assert httpx.post(url).status_code == 404
+        trig = node(_get(tf, "/api/v1/flow"), SEED_TRIGGER)
+        assert trig["status"]["state"] == "ready"
+        assert trig["counts"]["window"]["fired"] == 1
+    finally:
+        tf.stop()
+
+
+def test_a_dead_letter_can_be_discarded(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        kube_api.fault("POST", WORKFLOWS, status=403, times=1)
+        post(port, {"model": "resnet"})
+        wait_for(lambda: _get(tf, "/api/v1/deadletters"), timeout=15)
+        [dl] = _get(tf, "/api/v1/deadletters")
+        url = f"{base}/api/v1/deadletters/{dl['bus']}/{dl['seq']}"
+        assert httpx.delete(url).json() == {"discarded": dl["id"]}
+        assert httpx.get(url).status_code == 404
+        assert httpx.delete(url).status_code == 404
+        assert httpx.post(f"{url}/replay").status_code == 404
+        assert _get(tf, "/api/v1/deadletters") == []
+        assert workflows(kube_api) == []
+        # not a dead letter: an event's sequence number is refused the same way
+        assert httpx.get(f"{base}/api/v1/deadletters/default/1").status_code == 404
+        assert httpx.get(f"{base}/api/v1/deadletters/nosuchbus/1").status_code == 404
+        assert httpx.get(f"{base}/api/v1/deadletters/default/0").status_code == 422
+    finally:
+        tf.stop()
