@@ -144,7 +144,12 @@ function render() {
   const manySources = f.eventSources.length > 15;
   const manySensors = f.sensors.length > 12;
 
-  const sources = f.eventSources.filter((es) => matchesFilter(es.name, ...es.events.map((e) => e.name)));
+  const sensors = f.sensors.filter((s) => matchesFilter(s.name, ...s.triggers.map((t) => t.name),
+    ...s.dependencies.map((d) => d.eventSourceName + " " + d.name)));
+  const fed = new Set(sensors.flatMap((s) => s.dependencies.map((d) => d.from)));
+  // a source stays when it matches or feeds a sensor that does
+  const sources = f.eventSources.filter((es) => matchesFilter(es.name, ...es.events.map((e) => e.name)) ||
+    (state.filter && es.events.some((e) => fed.has(e.id))));
   for (const [ns, list] of byNamespace(sources)) {
     group(colS, ns, list.length, "event sources", list.map((es) => {
       const worst = es.events.find((e) => e.status.state === "error") ||
@@ -162,8 +167,11 @@ function render() {
   }
   if (!sources.length) colS.append(el("div", { class: "empty" }, "no event sources"));
 
-  const sensors = f.sensors.filter((s) => matchesFilter(s.name, ...s.triggers.map((t) => t.name),
-    ...s.dependencies.map((d) => d.eventSourceName + " " + d.name)));
+  // within a namespace, sensors in the order of the sources they consume: fewer crossings
+  const order = new Map();
+  sources.forEach((es) => es.events.forEach((e) => order.set(e.id, order.size)));
+  const rank = (s) => Math.min(...s.dependencies.map((d) => order.has(d.from) ? order.get(d.from) : 1e9), 1e9);
+  sensors.sort((a, b) => a.namespace.localeCompare(b.namespace) || rank(a) - rank(b) || a.name.localeCompare(b.name));
   for (const [ns, list] of byNamespace(sensors)) {
     group(colN, ns, list.length, "sensors", list.map((s) => {
       const deps = s.dependencies.map((d) => el("div", { class: "row" + (state.selected === d.id ? " sel" : ""),
@@ -177,7 +185,7 @@ function render() {
         "data-node": t.id, onclick: (e) => { e.stopPropagation(); select(t.id); } },
         el("div", { class: "title" }, statusDot(t.status), el("b", {}, t.name), el("span", { class: "meta" }, t.type)),
         el("div", { class: "meta", title: "condition" }, "when " + t.conditions),
-        t.status.reason ? el("div", { class: "reason" }, t.status.reason) : null,
+        t.status.reason ? el("div", { class: "reason", title: t.status.reason }, t.status.reason) : null,
         badges(t.counts.window, TRIGGER_KINDS)));
       const triggerErr = s.triggers.find((t) => t.status.state === "error");
       const status = s.status.state !== "ready" ? s.status : triggerErr ? triggerErr.status : s.status;
@@ -200,14 +208,14 @@ function render() {
       const id = "obj:" + t.id.slice(4);
       colO.append(el("div", { class: "card" + (state.selected === id ? " sel" : ""), "data-node": id },
         el("div", { class: "card-head", onclick: () => select(t.id) },
-          el("span", { class: "name" }, s.name + " / " + t.name)),
+          el("span", { class: "name wrap" }, s.name + " / " + t.name)),
         el("div", {}, t.objects.slice(0, 3).map((o) => el("div", { class: "row obj",
           onclick: (e) => { e.stopPropagation(); showEvent(o.eventId); } },
-          el("div", { class: "title" }, el("b", {}, o.kind), o.url
+          el("div", {}, o.url
             ? el("a", { href: o.url, target: "_blank", rel: "noopener", onclick: (e) => e.stopPropagation() },
               (o.namespace ? o.namespace + "/" : "") + o.name)
-            : el("span", {}, (o.namespace ? o.namespace + "/" : "") + o.name)),
-          el("div", { class: "meta" }, o.action + " · " + when(o.time)))))));
+            : el("b", {}, (o.namespace ? o.namespace + "/" : "") + o.name)),
+          el("div", { class: "meta" }, el("span", { class: "kind" }, o.kind), " " + o.action + " · " + when(o.time)))))));
     }
   }
   if (!anyObjects) colO.append(el("div", { class: "empty" }, "nothing created yet"));
@@ -276,6 +284,7 @@ function drawEdges() {
     p.dataset.edge = first.select;
     p.addEventListener("click", () => select(first.select));
     svg.append(p);
+    if (!hot) continue; // idle edges carry no label: less clutter at 100 sensors
     const text = first.label(m.counts);
     const g = document.createElementNS(NS, "g");
     g.setAttribute("class", "label");
@@ -381,8 +390,9 @@ async function showTraces(title, subtitle, queries, dlqFilter) {
   const body = document.getElementById("panel-body");
   const list = el("div", { id: "traces" }, el("div", { class: "note" }, "loading…"));
   const dlq = dlqFilter ? el("div", { id: "panel-dlq" }) : null;
-  body.replaceChildren(el("h3", {}, title), el("div", { class: "note" }, subtitle),
-    el("button", { type: "button", onclick: () => state.panel && state.panel() }, "Refresh"), dlq, list);
+  body.replaceChildren(...[el("h3", {}, title), el("div", { class: "note" }, subtitle),
+    el("button", { type: "button", onclick: () => state.panel && state.panel() }, "Refresh"), dlq, list]
+    .filter(Boolean));
   if (dlqFilter) renderDeadLetters(dlq, dlqFilter, true);
   try {
     const results = await Promise.all(queries.map((q) => api("/api/v1/traces?" + qs({ ...q, limit: 30 }))));
