@@ -59,6 +59,17 @@ def test_counts_statuses_objects_and_traces(tmp_path: Path, kube_api: Any) -> No
             f"http://argo.example.invalid:2746/workflows/argo-events/{wf['metadata']['name']}"
         )
 
+        # the same per object in the list APIs
+        [seed] = [s for s in _get(tf, "/api/v1/sensors") if s["name"] == "ml-pipeline-sensor"]
+        assert seed["status"] == {"state": "ready", "reason": ""}
+        [t] = seed["triggers"]
+        assert (t["counts"]["window"], t["lastError"]) == ({"fired": 1}, "")
+        assert seed["dependencies"][0]["lastEventTime"].startswith("20")
+        [es] = _get(tf, "/api/v1/eventsources")
+        [ev] = es["events"]
+        assert (ev["name"], ev["type"], ev["status"]["state"]) == ("trigger", "webhook", "ready")
+        assert ev["counts"]["total"] == {"published": 1}
+
         # the traces behind those counts, with filters by outcome, dependency, trigger
         [filtered] = _get(tf, "/api/v1/traces?outcome=filtered")
         assert filtered["sensor"] == "bert-only" and filtered["filtered"] is True
@@ -122,6 +133,8 @@ def test_a_dead_letter_is_listed_then_replayed_once(tmp_path: Path, kube_api: An
         assert trig["counts"]["window"] == {"failed": 1, "deadLettered": 1}
         assert trig["status"]["state"] == "error"
         assert "403" in trig["status"]["reason"] or "orbidden" in trig["status"]["reason"]
+        [seed] = [s for s in _get(tf, "/api/v1/sensors") if s["name"] == "ml-pipeline-sensor"]
+        assert seed["triggers"][0]["lastError"] == trig["status"]["reason"]
         assert workflows(kube_api) == []
         [failed] = _get(tf, "/api/v1/traces?outcome=failed")
         assert failed["triggers"][0]["status"] == "dead-lettered"

@@ -22,6 +22,7 @@ OpenAPI schema declares it.
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,38 +81,75 @@ def build_app(rt: Standalone) -> FastAPI:
     async def metrics() -> Response:
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def graph() -> dict[str, Any]:
+        return flow_graph(
+            event_sources=rt.source_states(),
+            runners=rt.runners,
+            runner_errors=rt.runner_errors(),
+            store=rt.traces,
+            bus_connected=rt.bus is not None and rt.bus.connected,
+            argo_workflows_url=rt.settings.ui.argo_workflows_url,
+        )
+
     @guarded.get("/api/v1/eventsources")
     async def eventsources() -> list[dict[str, Any]]:
-        return [
-            {
-                "name": es.metadata.name,
-                "namespace": es.metadata.namespace or "default",
-                "types": {key: sorted(events) for key, events in source_plugins(es)},
-            }
-            for es in rt.m.event_sources
-        ]
+        """Per EventSource: its types and event names; per event name its status
+        (ready / not ready / error with the reason), counts over the recent window and
+        since start, last event time and last error."""
+        nodes = {(n["namespace"], n["name"]): n for n in graph()["eventSources"]}
+        out = []
+        for es in rt.m.event_sources:
+            ns = es.metadata.namespace or "default"
+            node = nodes.get((ns, es.metadata.name), {"events": []})
+            out.append(
+                {
+                    "name": es.metadata.name,
+                    "namespace": ns,
+                    "types": {key: sorted(events) for key, events in source_plugins(es)},
+                    "events": [
+                        {"name": e["name"], "type": e["type"], **_status_view(e)}
+                        for e in node["events"]
+                    ],
+                }
+            )
+        return out
 
     @guarded.get("/api/v1/sensors")
     async def sensors() -> list[dict[str, Any]]:
-        return [
-            {
-                "name": r.name,
-                "namespace": r.namespace,
-                "dependencies": [
-                    {
-                        "name": d.name,
-                        "eventSourceName": d.event_source_name,
-                        "eventName": d.event_name,
-                    }
-                    for d in r.deps
-                ],
-                "triggers": [
-                    {"name": t.name, "type": t.type_key, "conditions": t.condition.text}
-                    for t in r.triggers
-                ],
-            }
-            for r in rt.runners
-        ]
+        """Per Sensor: status, dependencies and triggers, each with its counts, last
+        event time and last error."""
+        nodes = {(n["namespace"], n["name"]): n for n in graph()["sensors"]}
+        out = []
+        for r in rt.runners:
+            node = nodes[(r.namespace, r.name)]
+            deps = {d["name"]: d for d in node["dependencies"]}
+            trigs = {t["name"]: t for t in node["triggers"]}
+            out.append(
+                {
+                    "name": r.name,
+                    "namespace": r.namespace,
+                    "status": node["status"],
+                    "dependencies": [
+                        {
+                            "name": d.name,
+                            "eventSourceName": d.event_source_name,
+                            "eventName": d.event_name,
+                            **_status_view(deps[d.name]),
+                        }
+                        for d in r.deps
+                    ],
+                    "triggers": [
+                        {
+                            "name": t.name,
+                            "type": t.type_key,
+                            "conditions": t.condition.text,
+                            **_status_view(trigs[t.name]),
+                        }
+                        for t in r.triggers
+                    ],
+                }
+            )
+        return out
 
     @guarded.get("/api/v1/traces", responses=_DOWN)
     async def traces(q: TracesQuery = Query()) -> list[dict[str, Any]]:  # noqa: B008
@@ -131,14 +169,9 @@ def build_app(rt: Standalone) -> FastAPI:
 
     @guarded.get("/api/v1/flow")
     async def flow() -> dict[str, Any]:
-        return flow_graph(
-            event_sources=rt.source_states(),
-            runners=rt.runners,
-            runner_errors=rt.runner_errors(),
-            store=rt.traces,
-            bus_connected=rt.bus is not None and rt.bus.connected,
-            argo_workflows_url=rt.settings.ui.argo_workflows_url,
-        )
+        """The event-flow page's graph: event names → dependencies → sensors → triggers
+        → recently created objects, with statuses and windowed counts."""
+        return graph()
 
     def dead_letters() -> DeadLetters:
         if rt.dead_letters is None:
@@ -194,6 +227,18 @@ def build_app(rt: Standalone) -> FastAPI:
 
     api.include_router(guarded)
     return api
+
+
+def _status_view(node: dict[str, Any]) -> dict[str, Any]:
+    """A flow node's status fields for the list APIs."""
+    c = node["counts"]
+    last = c["lastTime"]
+    return {
+        "status": node["status"],
+        "counts": {"window": c["window"], "total": c["total"]},
+        "lastEventTime": datetime.fromtimestamp(last, UTC).isoformat() if last else None,
+        "lastError": c["lastError"],
+    }
 
 
 class TracesQuery(BaseModel):
