@@ -275,3 +275,18 @@ def test_fifty_sources_and_a_hundred_sensors_stay_readable(
     finally:
         tf.stop()
     wait_for(lambda: tf.proc is None)
+
+
+def test_the_api_docs_render_without_a_network(
+    tmp_path: Path, kube_api: Any, browser: webdriver.Chrome
+) -> None:
+    tf, _ = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        browser.get(base + "/api/docs")
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
+        paths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+        assert "/api/v1/traces" in paths and "/api/v1/deadletters/{bus}/{seq}/replay" in paths
+        only_loopback_was_fetched(browser, base)
+    finally:
+        tf.stop()

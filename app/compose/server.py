@@ -10,7 +10,8 @@ sensor did with each event, read from the bus), dead letters (list, show, replay
 discard), the event-flow graph with live counts and, without a cluster, the recorded
 objects. ``/`` is the event-flow page: static HTML, CSS and JavaScript shipped inside
 the package (``app/compose/static``), so it works without any network but loopback;
-it reads the same API (asking for the bearer token when one is set).
+it reads the same API (asking for the bearer token when one is set). ``/api/docs``
+serves Swagger UI from a package (fastapi-offline) for the same reason.
 
 It binds ``127.0.0.1`` unless ``TRIGGERFISH_API_HOST`` says otherwise. When
 ``TRIGGERFISH_API_TOKEN`` is set, everything but the probes (``/healthz``, ``/readyz``)
@@ -31,6 +32,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import __version__
@@ -48,7 +50,15 @@ _DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "the bus is not r
 
 def build_app(rt: Standalone) -> FastAPI:
     """The FastAPI app for one running :class:`Standalone`."""
-    api = FastAPI(title="Triggerfish", version=__version__, docs_url="/api/docs")
+    # Swagger UI from the fastapi-offline package, not a CDN: /api/docs works air-gapped.
+    api = FastAPIOffline(
+        title="Triggerfish",
+        version=__version__,
+        docs_url="/api/docs",
+        redoc_url=None,
+        static_url="/api/docs/static",
+        favicon_url="/static/logo.svg",
+    )
     token = rt.settings.api_token.get_secret_value().encode()
     guarded = APIRouter(
         dependencies=[Depends(bearer_guard(token))] if token else [],
