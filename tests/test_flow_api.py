@@ -5,6 +5,10 @@ across a restart, dead letters listed, replayed exactly once, and discarded."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import pytest
 
 from tests.support.flow import (
     BERT_DEP,
+    REPO,
     SEED_DEP,
     SEED_EVENT,
     SEED_TRIGGER,
@@ -178,5 +183,51 @@ def test_a_dead_letter_can_be_discarded(tmp_path: Path, kube_api: Any) -> None:
         assert httpx.get(f"{base}/api/v1/deadletters/default/1").status_code == 404
         assert httpx.get(f"{base}/api/v1/deadletters/nosuchbus/1").status_code == 404
         assert httpx.get(f"{base}/api/v1/deadletters/default/0").status_code == 422
+    finally:
+        tf.stop()
+
+
+def _dlq(tf: Any, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERFISH_")}
+    if token:
+        env["TRIGGERFISH_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "app.compose.cli", "dlq", "--api",
+         f"http://127.0.0.1:{tf.api_port}", *args],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_the_dlq_command(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api, TRIGGERFISH_API_TOKEN="cli-t0ken")
+    try:
+        assert _dlq(tf, "list", token="cli-t0ken").stdout == "no dead letters\n"
+        denied = _dlq(tf, "list")
+        assert denied.returncode == 1
+        assert denied.stderr == "triggerfish: error: 401: missing or wrong bearer token\n"
+        kube_api.fault("POST", WORKFLOWS, status=403, times=2)
+        post(port, {"model": "resnet", "dataset": "first"})
+        post(port, {"model": "resnet", "dataset": "second"})
+        wait_for(lambda: len(_dlq(tf, "list", token="cli-t0ken").stdout.splitlines()) == 2)
+        lines = _dlq(tf, "list", "--sensor", "ml-pipeline-sensor", token="cli-t0ken").stdout
+        ids = [line.split("\t")[0] for line in lines.splitlines()]
+        assert all(
+            "argo-events/ml-pipeline-sensor/trigger-ml-pipeline" in x for x in lines.splitlines()
+        )
+        shown = [json.loads(_dlq(tf, "show", i, token="cli-t0ken").stdout) for i in ids]
+        by_dataset = {s["events"]["training-event"]["data"]["body"]["dataset"]: s for s in shown}
+        replay = _dlq(tf, "replay", by_dataset["first"]["id"], token="cli-t0ken")
+        assert replay.returncode == 0, replay.stderr
+        [wf] = workflows(kube_api)
+        assert replay.stdout.startswith(f"replayed {by_dataset['first']['id']}: created Workflow")
+        assert wf["metadata"]["name"] in replay.stdout
+        again = _dlq(tf, "replay", by_dataset["first"]["id"], token="cli-t0ken")
+        assert again.returncode == 1 and "404" in again.stderr
+        gone = _dlq(tf, "discard", by_dataset["second"]["id"], token="cli-t0ken")
+        assert gone.stdout == f"discarded {by_dataset['second']['id']}\n"
+        assert _dlq(tf, "list", token="cli-t0ken").stdout == "no dead letters\n"
+        assert len(workflows(kube_api)) == 1
+        bad = _dlq(tf, "show", "default", token="cli-t0ken")
+        assert bad.returncode == 2 and "expected BUS:SEQ" in bad.stderr
     finally:
         tf.stop()
