@@ -416,6 +416,16 @@ class Bus:
                 await psub.unsubscribe()
         return out
 
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        """``(first_seq, last_seq)`` of a stream; ``(0, 0)`` when it does not exist."""
+        try:
+            state = (await self._jetstream().stream_info(subject_token(stream))).state
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        return int(state.first_seq), int(state.last_seq)
+
     async def get_stored(self, stream: str, seq: int) -> StoredMessage | None:
         """One stored message by sequence number; None when it is gone."""
         try:

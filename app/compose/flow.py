@@ -40,6 +40,10 @@ TRACE_PREFIX = "_traces"
 Kubernetes name, so no EventBus stream's ``<bus>.>`` overlaps)."""
 
 
+_SCAN = 500
+"""Sequence numbers of the trace stream read per step of a query."""
+
+
 class TraceLog:
     """Persists traces on the bus (best effort, bounded queue) and reads them back."""
 
@@ -103,19 +107,22 @@ class TraceLog:
             return [t.to_dict() for t in items]
         subject = TRACE_PREFIX + "." + (subject_token(namespace) if namespace else "*")
         subject += "." + (subject_token(sensor) if sensor else "*") + ".>"
-        msgs = await self.bus.read_stream(
-            TRACE_STREAM, subject, self.settings.max_msgs or 100_000, before=before
-        )
+        first, last = await self.bus.stream_bounds(TRACE_STREAM)
+        end = min(before, last + 1) if before else last + 1
         out: list[dict[str, Any]] = []
-        for m in reversed(msgs):
-            try:
-                trace = Trace.from_dict(orjson.loads(m.data))
-            except (ValueError, orjson.JSONDecodeError):
-                continue
-            if trace.matches(namespace=namespace, sensor=sensor, **wanted):
-                out.append({**trace.to_dict(), "seq": m.seq})
-                if len(out) >= limit:
-                    break
+        # newest first, a window of sequence numbers at a time, until enough matched
+        while end > first and len(out) < limit:
+            msgs = await self.bus.read_stream(TRACE_STREAM, subject, _SCAN, before=end)
+            end -= _SCAN
+            for m in reversed(msgs):
+                try:
+                    trace = Trace.from_dict(orjson.loads(m.data))
+                except (ValueError, orjson.JSONDecodeError):
+                    continue
+                if trace.matches(namespace=namespace, sensor=sensor, **wanted):
+                    out.append({**trace.to_dict(), "seq": m.seq})
+                    if len(out) >= limit:
+                        break
         return out
 
 
