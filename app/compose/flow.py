@@ -284,20 +284,19 @@ def flow_graph(
                 "events": events,
             }
         )
-    ns_of = {(es["name"]): es["namespace"] for es in event_sources}
     sensors = []
     for r in runners:
         deps = []
         for d in r.deps:
             c = counts.get(("dependency", r.namespace, r.name, d.name))
-            src_ns = ns_of.get(d.event_source_name, r.namespace)
             deps.append(
                 {
                     "name": d.name,
                     "id": f"dep:{r.namespace}/{r.name}/{d.name}",
                     "eventSourceName": d.event_source_name,
                     "eventName": d.event_name,
-                    "from": f"ev:{src_ns}/{d.event_source_name}/{d.event_name}",
+                    # a Sensor consumes EventSources of its own namespace, as in Argo
+                    "from": f"ev:{r.namespace}/{d.event_source_name}/{d.event_name}",
                     "counts": c,
                     "status": _status(True, c["lastError"], ""),
                 }
