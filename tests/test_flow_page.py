@@ -149,6 +149,12 @@ def test_the_seed_pipeline_on_the_page(
         assert '"resnet"' in trace.text and "dataKey" in trace.text
         event_id = trace.get_attribute("data-event-id")
 
+        # the open panel follows new events through that node, keeping what is open
+        post(port, {"model": "resnet", "dataset": "more"})
+        wait(browser, lambda d: find(d, "#traces h4").text == "Recent events (2)")
+        opened = browser.find_elements(By.CSS_SELECTOR, "#panel .trace[open]")
+        assert [o.get_attribute("data-event-id") for o in opened] == [event_id]
+
         # the filtered sensor: the rejecting filter and its reason
         find(browser, node_css(BERT_DEP)).click()
         wait(browser, lambda d: "filtered" in find(d, "#panel .trace summary").text)
@@ -186,7 +192,7 @@ def test_the_seed_pipeline_on_the_page(
         assert len(coco) == 1
         wait(browser, lambda d: find(d, "#dlq-count").text == "0")
         assert httpx.get(f"{base}/api/v1/deadletters").json() == []
-        wait(browser, lambda d: count_text(d, SEED_TRIGGER, "fired") == "2 fired")
+        wait(browser, lambda d: count_text(d, SEED_TRIGGER, "fired") == "3 fired")
         only_loopback_was_fetched(browser, base)
         assert browser.execute_script("return window.stillTheSamePage") is True
     finally:

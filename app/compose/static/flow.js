@@ -315,6 +315,11 @@ async function poll() {
     const f = await api("/api/v1/flow");
     state.flow = f;
     render();
+    const sig = watchSignature(state.selected);
+    if (state.reloadTraces && sig !== state.watched) {
+      state.watched = sig;
+      state.reloadTraces();
+    }
     live.textContent = "live · " + new Date().toLocaleTimeString();
     live.className = "";
     if (polls++ % 3 === 0) {
@@ -342,7 +347,22 @@ function findNode(id) {
   return null;
 }
 
+function watchSignature(id) {
+  // the totals of what the open panel lists: when they move, its traces are reloaded
+  const n = id ? findNode(id) : null;
+  if (!n) return "";
+  const totals = (c) => JSON.stringify(c.total);
+  if (n.kind === "dependency") return totals(n.d.counts);
+  if (n.kind === "trigger") return totals(n.t.counts);
+  if (n.kind === "sensor") return n.s.dependencies.map((d) => totals(d.counts)).join();
+  const ids = new Set(n.kind === "event" ? [n.ev.id] : n.es.events.map((e) => e.id));
+  return state.flow.sensors.flatMap((s) => s.dependencies.filter((d) => ids.has(d.from)))
+    .map((d) => totals(d.counts)).join();
+}
+
 function openPanel(renderer) {
+  state.reloadTraces = null;
+  state.watched = watchSignature(state.selected);
   state.panel = renderer;
   document.getElementById("panel").hidden = false;
   renderer();
@@ -386,6 +406,8 @@ function showEvent(eventId) {
   openPanel(() => showTraces(`Event ${eventId}`, "every sensor's trace of this event", [{ eventId }]));
 }
 
+function traceKey(t) { return [t.sensor, t.dependency, t.event_id, t.received].join("|"); }
+
 async function showTraces(title, subtitle, queries, dlqFilter) {
   const body = document.getElementById("panel-body");
   const list = el("div", { id: "traces" }, el("div", { class: "note" }, "loading…"));
@@ -394,15 +416,24 @@ async function showTraces(title, subtitle, queries, dlqFilter) {
     el("button", { type: "button", onclick: () => state.panel && state.panel() }, "Refresh"), dlq, list]
     .filter(Boolean));
   if (dlqFilter) renderDeadLetters(dlq, dlqFilter, true);
-  try {
-    const results = await Promise.all(queries.map((q) => api("/api/v1/traces?" + qs({ ...q, limit: 30 }))));
-    const traces = results.flat().sort((a, b) => (b.received || "").localeCompare(a.received || "")).slice(0, 30);
-    list.replaceChildren(el("h4", {}, `Recent events (${traces.length})`));
-    if (!traces.length) list.append(el("div", { class: "empty" }, "no events through here yet"));
-    traces.forEach((t, i) => list.append(traceView(t, i === 0)));
-  } catch (e) {
-    list.replaceChildren(el("div", { class: "err" }, "could not load traces: " + e.message));
-  }
+  let first = true;
+  // also called when the node's counts move (see poll): new events appear on their own,
+  // the traces the user opened stay open
+  const load = async () => {
+    const opened = new Set([...list.querySelectorAll(".trace")].filter((d) => d.open).map((d) => d.dataset.key));
+    try {
+      const results = await Promise.all(queries.map((q) => api("/api/v1/traces?" + qs({ ...q, limit: 30 }))));
+      const traces = results.flat().sort((a, b) => (b.received || "").localeCompare(a.received || "")).slice(0, 30);
+      list.replaceChildren(el("h4", {}, `Recent events (${traces.length})`));
+      if (!traces.length) list.append(el("div", { class: "empty" }, "no events through here yet"));
+      traces.forEach((t, i) => list.append(traceView(t, first ? i === 0 : opened.has(traceKey(t)))));
+      first = false;
+    } catch (e) {
+      list.replaceChildren(el("div", { class: "err" }, "could not load traces: " + e.message));
+    }
+  };
+  state.reloadTraces = load;
+  await load();
 }
 
 function json(v) { return JSON.stringify(v, null, 2); }
@@ -435,7 +466,7 @@ function traceView(t, open) {
     }
   }
   if (t.error) b.append(el("h4", {}, "Error"), el("div", { class: "err" }, t.error));
-  return el("details", { class: "trace", open, "data-event-id": t.event_id },
+  return el("details", { class: "trace", open, "data-event-id": t.event_id, "data-key": traceKey(t) },
     el("summary", {}, el("span", { class: "badge " + outcome }, outcome), el("code", {}, t.event_id || "(restart)"),
       el("span", { class: "note" }, `${t.sensor} · ${t.dependency} · ${when(t.received)}`)), b);
 }
@@ -507,6 +538,7 @@ function showAllDeadLetters() {
 document.getElementById("panel-close").addEventListener("click", () => {
   document.getElementById("panel").hidden = true;
   state.panel = null;
+  state.reloadTraces = null;
   state.selected = "";
   render();
 });
