@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.adapters.natsserver import EmbeddedNats
 from tests.support.flow import (
     BERT_DEP,
     REPO,
@@ -94,10 +95,40 @@ def test_counts_statuses_objects_and_traces(tmp_path: Path, kube_api: Any) -> No
         tf.stop()
 
 
+def test_a_bus_outage_shows_as_not_ready_with_its_reason(
+    tmp_path: Path, kube_api: Any, nats_server: EmbeddedNats
+) -> None:
+    tf, port = start_seed(tmp_path, kube_api, nats_url=nats_server.url)
+    try:
+        sensor_id = "sn:argo-events/ml-pipeline-sensor"
+
+        def status(node_id: str) -> dict[str, str]:
+            flow = _get(tf, "/api/v1/flow")
+            sensors = {s["id"]: s["status"] for s in flow["sensors"]}
+            return sensors[node_id] if node_id in sensors else node(flow, node_id)["status"]
+
+        assert status(sensor_id) == {"state": "ready", "reason": ""}
+        nats_server.stop()
+        wait_for(lambda: status(sensor_id)["state"] == "not ready", timeout=15)
+        assert "bus disconnected" in status(sensor_id)["reason"]
+        assert status(SEED_EVENT) == {
+            "state": "not ready",
+            "reason": "bus disconnected: posts get 503",
+        }
+        r = httpx.get(f"http://127.0.0.1:{tf.api_port}/api/v1/deadletters")
+        assert r.status_code == 503
+        nats_server.start()  # same port and store
+        wait_for(lambda: status(sensor_id)["state"] == "ready", timeout=30)
+        post(port, {"model": "resnet", "dataset": "after-outage"})
+        wait_for(lambda: len(workflows(kube_api)) == 1, timeout=15)
+    finally:
+        tf.stop()
+
+
 def test_traces_survive_a_restart(tmp_path: Path, kube_api: Any) -> None:
     tf, port = start_seed(tmp_path, kube_api)
     try:
-        post(port, {"model": "resnet"})
+        post(port, {"model": "resnet", "dataset": "kept"})
         wait_for(lambda: len(_get(tf, "/api/v1/traces")) == 2, timeout=15)
         before = _get(tf, "/api/v1/traces")
     finally:
@@ -109,9 +140,8 @@ def test_traces_survive_a_restart(tmp_path: Path, kube_api: Any) -> None:
         # counts are this process's own (it has seen nothing yet); the objects are
         # remembered from the persisted traces
         assert node(flow, SEED_DEP)["counts"]["window"] == {}
-        assert [o["name"] for o in node(flow, SEED_TRIGGER)["objects"]] == [
-            wf["metadata"]["name"] for wf in workflows(kube_api)
-        ]
+        [wf] = workflows(kube_api)
+        assert [o["name"] for o in node(flow, SEED_TRIGGER)["objects"]] == [wf["metadata"]["name"]]
     finally:
         tf.stop()
 
@@ -169,9 +199,10 @@ def test_a_dead_letter_can_be_discarded(tmp_path: Path, kube_api: Any) -> None:
     base = f"http://127.0.0.1:{tf.api_port}"
     try:
         kube_api.fault("POST", WORKFLOWS, status=403, times=1)
-        post(port, {"model": "resnet"})
+        post(port, {"model": "resnet", "dataset": "unwanted"})
         wait_for(lambda: _get(tf, "/api/v1/deadletters"), timeout=15)
         [dl] = _get(tf, "/api/v1/deadletters")
+        assert "Forbidden" in dl["error"]
         url = f"{base}/api/v1/deadletters/{dl['bus']}/{dl['seq']}"
         assert httpx.delete(url).json() == {"discarded": dl["id"]}
         assert httpx.get(url).status_code == 404

@@ -184,6 +184,8 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._streams: dict[str, StreamLimits] = {}
         self._closed = False
+        self.consumer_errors: dict[str, str] = {}
+        """durable consumer name → why it is not consuming now (absent while it is)."""
 
     # -- connection -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -515,7 +517,10 @@ class Bus:
                 try:
                     msgs = await psub.fetch(want, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if self.connected:  # nothing to fetch, not a broken consumer
+                        self.consumer_errors.pop(name, None)
                     continue
+                self.consumer_errors.pop(name, None)
                 for m in msgs:
                     bm = self._decode(m)
                     if bm is None:
@@ -537,6 +542,7 @@ class Bus:
                 raise
             except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
                 log.warning("consumer %s: %s; retrying in %.1fs", name, e, backoff)
+                self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
                 if isinstance(e, nats.js.errors.NotFoundError):
                     psub = None  # consumer or stream lost (server store wiped): recreate
                 await asyncio.sleep(backoff)

@@ -256,12 +256,14 @@ def flow_graph(
     event_sources: list[dict[str, Any]],
     runners: list[SensorRunner],
     runner_errors: Mapping[str, str],
+    consumer_errors: Mapping[str, str],
     store: TraceStore,
     bus_connected: bool,
     argo_workflows_url: str,
 ) -> dict[str, Any]:
     """The page's document. ``event_sources``: ``{name, namespace, events: [{name, type,
-    ready, error}]}``; ``runner_errors``: ``namespace/name`` → why that sensor stopped."""
+    ready, error}]}``; ``runner_errors``: ``namespace/name`` → why that sensor stopped;
+    ``consumer_errors``: why a sensor's bus consumer is not consuming now (not ready)."""
     counts = store.counts
     sources = []
     for es in event_sources:
@@ -272,7 +274,11 @@ def flow_graph(
                 {
                     **{k: ev[k] for k in ("name", "type")},
                     "id": f"ev:{es['namespace']}/{es['name']}/{ev['name']}",
-                    "status": _status(ev["ready"], ev["error"] or c["lastError"], "not listening"),
+                    "status": _status(
+                        ev["ready"] and bus_connected,
+                        ev["error"] or c["lastError"],
+                        "not listening" if not ev["ready"] else "bus disconnected: posts get 503",
+                    ),
                     "counts": c,
                 }
             )
@@ -319,13 +325,18 @@ def flow_graph(
                     "objects": objects,
                 }
             )
-        error = runner_errors.get(f"{r.namespace}/{r.name}", "")
+        key = f"{r.namespace}/{r.name}"
+        error = runner_errors.get(key, "")
+        if not bus_connected:
+            down = "bus disconnected: its consumers wait for it to come back"
+        else:
+            down = consumer_errors.get(key, "")
         sensors.append(
             {
                 "id": f"sn:{r.namespace}/{r.name}",
                 "name": r.name,
                 "namespace": r.namespace,
-                "status": _status(bus_connected, error, "bus consumer down (bus disconnected)"),
+                "status": _status(not down, error, down),
                 "dependencies": deps,
                 "triggers": triggers,
             }

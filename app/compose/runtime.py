@@ -45,6 +45,7 @@ from app.kernel.errors import (
     TriggerfishError,
 )
 from app.kernel.settings import Settings
+from app.kernel.subjects import subject_token
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.registry import REGISTRY
 from sensors.runner import RetryPolicy, SensorRunner
@@ -320,6 +321,20 @@ class Standalone:
         for runner, task in zip(self.runners, self._tasks, strict=False):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 out[f"{runner.namespace}/{runner.name}"] = str(task.exception())
+        return out
+
+    def consumer_errors(self) -> dict[str, str]:
+        """``namespace/name`` → why a sensor's bus consumer is not consuming now."""
+        if self.bus is None:
+            return {}
+        out: dict[str, str] = {}
+        for r in self.runners:
+            for d in r.deps:
+                err = self.bus.consumer_errors.get(
+                    subject_token(f"{r.namespace}-{r.name}-{d.name}")
+                )
+                if err:
+                    out[f"{r.namespace}/{r.name}"] = f"bus consumer of {d.name} down: {err}"
         return out
 
     def source_states(self) -> list[dict[str, Any]]:

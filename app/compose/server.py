@@ -96,6 +96,7 @@ def build_app(rt: Standalone) -> FastAPI:
             event_sources=rt.source_states(),
             runners=rt.runners,
             runner_errors=rt.runner_errors(),
+            consumer_errors=rt.consumer_errors(),
             store=rt.traces,
             bus_connected=rt.bus is not None and rt.bus.connected,
             argo_workflows_url=rt.settings.ui.argo_workflows_url,

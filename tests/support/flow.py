@@ -44,7 +44,9 @@ spec:
 """
 
 
-def start_seed(tmp: Path, kube_api: Any, **env: str) -> tuple[Triggerfish, int]:
+def start_seed(
+    tmp: Path, kube_api: Any, nats_url: str | None = None, **env: str
+) -> tuple[Triggerfish, int]:
     """Start the seed pipeline (+ the ``bert-only`` sensor); answers it and its webhook
     port. Fast retries, so a failing trigger is dead-lettered within a second."""
     extra = tmp / "extra"
@@ -55,6 +57,7 @@ def start_seed(tmp: Path, kube_api: Any, **env: str) -> tuple[Triggerfish, int]:
         files=[str(REPO / "examples" / "ml-pipeline"), str(extra)],
         state_dir=tmp / "state",
         kubeconfig=str(kube_api.kubeconfig),
+        nats_url=nats_url,
         port_map={12000: port},
         extra_env={
             "TRIGGERFISH_SENSOR__DEFAULT_RETRY_STEPS": "2",
