@@ -123,10 +123,15 @@ def test_the_seed_pipeline_on_the_page(
         assert "nothing created yet" in find(browser, "#col-objects").text
         assert count_text(browser, SEED_DEP, "received") == "0 received"
         browser.execute_script("window.stillTheSamePage = true")
+        dep_row = find(browser, node_css(SEED_DEP))
+        browser.execute_script("arguments[0].focus()", dep_row)
 
         # an event: the counts and the created Workflow appear without a reload
         post(port, {"model": "resnet", "dataset": "imagenet"})
         wait(browser, lambda d: count_text(d, SEED_DEP, "received") == "1 received")
+        # ... updated in place: the same element (not stale), still focused
+        assert "1 received" in dep_row.text
+        assert browser.execute_script("return document.activeElement === arguments[0]", dep_row)
         wait(browser, lambda d: count_text(d, SEED_TRIGGER, "fired") == "1 fired")
         wait(browser, lambda d: count_text(d, BERT_DEP, "filtered") == "1 filtered")
         assert count_text(browser, SEED_EVENT, "published") == "1 received"

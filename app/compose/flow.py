@@ -86,7 +86,7 @@ class TraceLog:
                 + [subject_token(x) for x in (trace.namespace, trace.sensor, trace.dependency)]
             )
             try:
-                await self.bus.publish_nowait(subject, orjson.dumps(trace.to_dict()))
+                await self.bus.publish_nowait(subject, orjson.dumps(trace))
             except BusUnavailableError:
                 self.dropped += 1
 

@@ -128,8 +128,9 @@ function group(column, namespace, count, kind, children) {
   const key = kind + ":" + namespace;
   const d = el("details", { class: "group", open: !state.closedGroups.has(key) },
     el("summary", { "data-group": key }, `namespace ${namespace} · ${count} ${count === 1 ? kind.replace(/s$/, "") : kind}`), children);
-  d.addEventListener("toggle", () => {
-    if (d.open) state.closedGroups.delete(key); else state.closedGroups.add(key);
+  d.addEventListener("toggle", (e) => {
+    const k = e.currentTarget.querySelector("summary").dataset.group; // the element may be reused
+    if (e.currentTarget.open) state.closedGroups.delete(k); else state.closedGroups.add(k);
     drawEdges();
   });
   column.append(d);
@@ -137,10 +138,10 @@ function group(column, namespace, count, kind, children) {
 
 function render() {
   const f = state.flow;
-  const colS = document.getElementById("col-sources");
-  const colN = document.getElementById("col-sensors");
-  const colO = document.getElementById("col-objects");
-  for (const c of [colS, colN, colO]) while (c.children.length > 1) c.lastChild.remove();
+  // built detached, then merged into the page (see morph): a poll that only moves
+  // counts keeps focus, hover and scroll where they are
+  const live = ["col-sources", "col-sensors", "col-objects"].map((id) => document.getElementById(id));
+  const [colS, colN, colO] = live.map((c) => { const n = c.cloneNode(false); n.append(c.firstElementChild.cloneNode(true)); return n; });
   const manySources = f.eventSources.length > 15;
   const manySensors = f.sensors.length > 12;
 
@@ -210,7 +211,8 @@ function render() {
         el("div", { class: "card-head", onclick: () => select(t.id) },
           el("span", { class: "name wrap" }, s.name + " / " + t.name)),
         el("div", {}, t.objects.slice(0, 3).map((o) => el("div", { class: "row obj",
-          onclick: (e) => { e.stopPropagation(); showEvent(o.eventId); } },
+          "data-event-id": o.eventId,
+          onclick: (e) => { e.stopPropagation(); showEvent(e.currentTarget.dataset.eventId); } },
           el("div", {}, o.url
             ? el("a", { href: o.url, target: "_blank", rel: "noopener", onclick: (e) => e.stopPropagation() },
               (o.namespace ? o.namespace + "/" : "") + o.name)
@@ -219,8 +221,29 @@ function render() {
     }
   }
   if (!anyObjects) colO.append(el("div", { class: "empty" }, "nothing created yet"));
+  live.forEach((c, i) => morph(c, [colS, colN, colO][i]));
+  for (const e of document.querySelectorAll("#graph .row, #graph .card-head")) e.tabIndex = 0;
   document.getElementById("window").textContent = Math.round(f.windowSeconds / 60) + " min";
   drawEdges();
+}
+
+// Make ``old`` look like ``fresh``, reusing old nodes where the shape is the same
+// (listeners read what they need from attributes, so a reused node stays right).
+function morph(old, fresh) {
+  if (old.nodeType === Node.TEXT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name) && a.name !== "tabindex") old.removeAttribute(a.name);
+  for (const a of fresh.attributes) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  const oc = [...old.childNodes], fc = [...fresh.childNodes];
+  for (let i = 0; i < Math.max(oc.length, fc.length); i++) {
+    if (i >= fc.length) oc[i].remove();
+    else if (i >= oc.length) old.append(fc[i]);
+    else if (oc[i].nodeType !== fc[i].nodeType || oc[i].nodeName !== fc[i].nodeName ||
+      (oc[i].dataset && oc[i].dataset.node !== fc[i].dataset.node)) old.replaceChild(fc[i], oc[i]);
+    else morph(oc[i], fc[i]);
+  }
 }
 
 function visibleAnchor(id) {
@@ -558,5 +581,13 @@ document.getElementById("token-form").addEventListener("submit", () => {
   poll();
 });
 window.addEventListener("resize", drawEdges);
+document.addEventListener("keydown", (e) => {
+  // keyboard users: Enter or Space on a focused node opens it, as a click does
+  const t = e.target;
+  if ((e.key === "Enter" || e.key === " ") && t.matches && t.matches("#graph .row, #graph .card-head")) {
+    e.preventDefault();
+    t.click();
+  }
+});
 poll();
 setInterval(poll, POLL_MS);
