@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -73,11 +74,22 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 def wait(driver: webdriver.Chrome, check: Callable[[webdriver.Chrome], Any], timeout: float = 20):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
+    """Until ``check`` is truthy; an element re-rendered under it (stale) is looked up again."""
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    ).until(check)
 
 
 def find(driver: webdriver.Chrome, css: str) -> WebElement:
     return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def text(driver: webdriver.Chrome, css: str) -> str | None:
+    """The rendered text of the first match, read in one step (the panel re-renders)."""
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+    )
+    return str(found) if found is not None else None
 
 
 def node_css(node_id: str) -> str:
@@ -143,27 +155,34 @@ def test_the_seed_pipeline_on_the_page(
             f"http://argo.example.invalid:2746/workflows/argo-events/{name}"
         )
         assert browser.execute_script("return window.stillTheSamePage") is True
-        edge_labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#edges text")]
+        edge_labels = browser.execute_script(
+            "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
+        )
         assert "1 in" in edge_labels and "1 fired" in edge_labels, edge_labels
 
         # click the dependency: its trace, with each parameter's value and source
         find(browser, node_css(SEED_DEP)).click()
-        trace = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#panel .trace[open]"))[0]
-        assert "fired" in trace.text and "succeeded" in trace.text
-        assert "spec.arguments.parameters.0.value" in trace.text
-        assert '"resnet"' in trace.text and "dataKey" in trace.text
-        event_id = trace.get_attribute("data-event-id")
+        trace = wait(browser, lambda d: text(d, "#panel .trace[open]"))
+        assert "fired" in trace and "succeeded" in trace
+        assert "spec.arguments.parameters.0.value" in trace
+        assert '"resnet"' in trace and "dataKey" in trace
+        event_id = browser.execute_script(
+            "return document.querySelector('#panel .trace[open]').dataset.eventId"
+        )
 
         # the open panel follows new events through that node, keeping what is open
         post(port, {"model": "resnet", "dataset": "more"})
-        wait(browser, lambda d: find(d, "#traces h4").text == "Recent events (2)")
-        opened = browser.find_elements(By.CSS_SELECTOR, "#panel .trace[open]")
-        assert [o.get_attribute("data-event-id") for o in opened] == [event_id]
+        wait(browser, lambda d: text(d, "#traces h4") == "Recent events (2)")
+        opened = browser.execute_script(
+            "return [...document.querySelectorAll('#panel .trace[open]')]"
+            ".map(t => t.dataset.eventId)"
+        )
+        assert opened == [event_id]
 
         # the filtered sensor: the rejecting filter and its reason
         find(browser, node_css(BERT_DEP)).click()
-        wait(browser, lambda d: "filtered" in find(d, "#panel .trace summary").text)
-        reasons = find(browser, "#panel .trace .filters").text
+        wait(browser, lambda d: "filtered" in (text(d, "#panel .trace summary") or ""))
+        reasons = text(browser, "#panel .trace .filters") or ""
         assert "body.model" in reasons and "bert" in reasons, reasons
 
         # search by event id: both sensors' traces of that event
@@ -171,7 +190,7 @@ def test_the_seed_pipeline_on_the_page(
         box.send_keys(event_id)
         find(browser, "#search-form button").click()
         wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#panel .trace")) == 2)
-        assert event_id in find(browser, "#panel h3").text
+        assert event_id in (text(browser, "#panel h3") or "")
         screenshot(browser, tmp_path, "flow-page.png")
 
         # a failing trigger: its error on the node and in the trace; a dead letter
@@ -181,8 +200,8 @@ def test_the_seed_pipeline_on_the_page(
         wait(browser, lambda d: "Forbidden" in find(d, node_css(SEED_TRIGGER)).text)
         wait(browser, lambda d: find(d, "#dlq-count").text == "1")
         find(browser, node_css(SEED_TRIGGER)).click()
-        error = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#panel .trigger-error"))
-        assert "Forbidden" in error[0].text
+        error = wait(browser, lambda d: text(d, "#panel .trigger-error"))
+        assert "Forbidden" in error
         replay = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#panel-dlq .replay"))[0]
         screenshot(browser, tmp_path, "flow-page-dead-letter.png")
 
