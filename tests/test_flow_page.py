@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.support.flow import (
     BERT_DEP,
@@ -202,6 +202,10 @@ def test_the_seed_pipeline_on_the_page(
         find(browser, node_css(SEED_TRIGGER)).click()
         error = wait(browser, lambda d: text(d, "#panel .trigger-error"))
         assert "Forbidden" in error
+        # only the failed firings of that trigger
+        Select(find(browser, "#outcome")).select_by_value("failed")
+        wait(browser, lambda d: text(d, "#traces h4") == "Recent events (1)")
+        assert "dead-lettered" in (text(browser, "#panel .trace[open]") or "")
         replay = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#panel-dlq .replay"))[0]
         screenshot(browser, tmp_path, "flow-page-dead-letter.png")
 

@@ -435,9 +435,12 @@ async function showTraces(title, subtitle, queries, dlqFilter) {
   const body = document.getElementById("panel-body");
   const list = el("div", { id: "traces" }, el("div", { class: "note" }, "loading…"));
   const dlq = dlqFilter ? el("div", { id: "panel-dlq" }) : null;
+  const outcome = el("select", { id: "outcome", "aria-label": "only traces with this outcome" },
+    ["", "fired", "filtered", "failed", "waiting"].map((o) => el("option", { value: o }, o || "every outcome")));
+  outcome.addEventListener("change", () => load());
   body.replaceChildren(...[el("h3", {}, title), el("div", { class: "note" }, subtitle),
-    el("button", { type: "button", onclick: () => state.panel && state.panel() }, "Refresh"), dlq, list]
-    .filter(Boolean));
+    el("div", { class: "tools" }, el("button", { type: "button", onclick: () => state.panel && state.panel() },
+      "Refresh"), outcome), dlq, list].filter(Boolean));
   if (dlqFilter) renderDeadLetters(dlq, dlqFilter, true);
   let first = true;
   // also called when the node's counts move (see poll): new events appear on their own,
@@ -445,7 +448,8 @@ async function showTraces(title, subtitle, queries, dlqFilter) {
   const load = async () => {
     const opened = new Set([...list.querySelectorAll(".trace")].filter((d) => d.open).map((d) => d.dataset.key));
     try {
-      const results = await Promise.all(queries.map((q) => api("/api/v1/traces?" + qs({ ...q, limit: 30 }))));
+      const results = await Promise.all(queries.map((q) =>
+        api("/api/v1/traces?" + qs({ ...q, outcome: outcome.value, limit: 30 }))));
       const traces = results.flat().sort((a, b) => (b.received || "").localeCompare(a.received || "")).slice(0, 30);
       list.replaceChildren(el("h4", {}, `Recent events (${traces.length})`));
       if (!traces.length) list.append(el("div", { class: "empty" }, "no events through here yet"));
