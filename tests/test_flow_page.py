@@ -9,8 +9,10 @@ air-gapped. Screenshots are saved under the test's temp dir (and copied to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -242,11 +244,20 @@ def test_the_page_asks_for_the_api_token(
         tf.stop()
 
 
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` different free ports (all held at once while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def _many(tmp: Path, sources: int, sensors: int, namespaces: int) -> tuple[list[str], list[int]]:
     """``sources`` webhook EventSources (one event each, own port) and ``sensors``
     Sensors spread over ``namespaces`` namespaces, each consuming one source's event."""
     tmp.mkdir(parents=True, exist_ok=True)
-    ports = [free_port() for _ in range(sources)]
+    ports = distinct_free_ports(sources)
     docs = []
     for i, port in enumerate(ports):
         docs.append(
