@@ -77,3 +77,27 @@ async def test_bounded_newest_first_filtered_and_paged(bus: Bus, nats_server: Em
             await other.close()
     finally:
         task.cancel()
+
+
+async def test_without_persistence_the_traces_in_memory_answer() -> None:
+    store = TraceStore(capacity=50)
+    log = TraceLog(store, TraceSettings(persist=False))
+    for i in range(60):
+        store.add(_trace(i))
+    assert [t["event_id"] for t in await log.query(limit=2)] == ["ev-0059", "ev-0058"]
+    assert [t["event_id"] for t in await log.query(limit=2, sensor="even")] == [
+        "ev-0058",
+        "ev-0056",
+    ]
+    failed = await log.query(limit=100, outcome="failed")
+    assert [t["event_id"] for t in failed] == [
+        "ev-0056",
+        "ev-0049",
+        "ev-0042",
+        "ev-0035",
+        "ev-0028",
+        "ev-0021",
+        "ev-0014",
+    ]
+    assert await log.query(event_id="ev-0009") == []  # beyond the capacity
+    assert (await log.query(event_id="ev-0010"))[0]["outcome"] == "fired"
