@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -536,17 +536,54 @@ class SensorRunner:
             outcome = await self._fire_one(t, events, msg)
             trace.triggers.append(outcome)
 
+    async def replay(self, trigger: str, events: Mapping[str, Event]) -> Trace:
+        """Run trigger ``trigger`` again for a dead-lettered firing's ``events``.
+
+        The firing key is the same as the first time (it is hashed from the event ids),
+        so a trigger that made its effect idempotent does not create a second object
+        when both the original and a replay got through. A failed replay is not
+        dead-lettered again (the dead letter being replayed is still there)."""
+        t = next((x for x in self.triggers if x.name == trigger), None)
+        if t is None:
+            raise ConfigError(f"sensor {self.name} has no trigger {trigger!r}")
+        first = next(iter(events.values()), None)
+        trace = Trace(
+            sensor=self.name,
+            namespace=self.namespace,
+            event_id=first.id if first else "",
+            event_source=first.source if first else "",
+            event_name=first.subject if first else "",
+            dependency="(replay)",
+        )
+        trace.conditions = {"replayed": True}
+        trace.fired = True
+        try:
+            trace.triggers.append(await self._fire_one(t, events, None, dead_letter=False))
+        finally:
+            self.traces.add(trace)
+        return trace
+
     async def _fire_one(
-        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None
+        self,
+        t: PreparedTrigger,
+        events: Mapping[str, Event],
+        msg: Message | None,
+        *,
+        dead_letter: bool = True,
     ) -> TriggerOutcome:
         with tracing.span(f"trigger {t.name}", attributes={"triggerfish.trigger": t.name}) as sp:
-            outcome = await self._fire_attempts(t, events, msg, sp.trace_id)
+            outcome = await self._fire_attempts(t, events, msg, sp.trace_id, dead_letter)
             if outcome.status != "succeeded":
                 sp.error(outcome.error or outcome.status)
             return outcome
 
     async def _fire_attempts(
-        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None, trace_id: str
+        self,
+        t: PreparedTrigger,
+        events: Mapping[str, Event],
+        msg: Message | None,
+        trace_id: str,
+        dead_letter: bool,
     ) -> TriggerOutcome:
         key = firing_key(self.namespace, self.name, t.name, events)
         inv = Invocation(self.name, self.namespace, t.name, events, key, trace_id)
@@ -601,6 +638,9 @@ class SensorRunner:
         # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
         self.metrics.action_retries_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
+        if not dead_letter:
+            log.error("trigger %s/%s failed again: %s", self.name, t.name, outcome.error)
+            return outcome
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
         if t.dlq is not None:
             dlq_outcome = await self._fire_one(t.dlq, events, msg)
@@ -610,13 +650,18 @@ class SensorRunner:
                 "action": dlq_outcome.action,
                 "error": dlq_outcome.error,
             }
-        await self._dead_letter(t, key, events, outcome.error)
+        await self._dead_letter(t, key, events, outcome.error, outcome.attempts)
         self.metrics.dead_lettered.labels(*labels).inc()
         outcome.status = "dead-lettered"
         return outcome
 
     async def _dead_letter(
-        self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
+        self,
+        t: PreparedTrigger,
+        key: str,
+        events: Mapping[str, Event],
+        error: str,
+        attempts: int = 1,
     ) -> None:
         subject = dead_letter_subject(self.bus_name, self.name, t.name)
         payload = jsoncodec.dumps(
@@ -625,6 +670,9 @@ class SensorRunner:
                 "namespace": self.namespace,
                 "trigger": t.name,
                 "error": error,
+                "key": key,
+                "attempts": attempts,
+                "time": datetime.now(UTC).isoformat(),
                 "events": {d: orjson.loads(e.to_json()) for d, e in events.items()},
             }
         )

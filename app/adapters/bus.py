@@ -58,6 +58,7 @@ __all__ = [
     "BusMessage",
     "StateRecord",
     "StateStore",
+    "StoredMessage",
     "StreamLimits",
     "event_subject",
     "subject_token",
@@ -148,6 +149,17 @@ class StateRecord:
 
 
 _STATE_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from a stream: its sequence, subject, bytes and store time
+    (epoch seconds; 0 when unknown)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    time: float
 
 
 class StateStore:
@@ -241,6 +253,8 @@ class Bus:
         self._closed = False
         self._last_server = ""
         self._restore: asyncio.Task[None] | None = None
+        self.consumer_errors: dict[str, str] = {}
+        """durable consumer name → why it is not consuming now (absent while it is)."""
 
     # -- connection -------------------------------------------------------------------
     @property
@@ -423,6 +437,148 @@ class Bus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    # -- bounded logs (traces) and reading a stream back ---------------------------
+    async def ensure_log_stream(
+        self, name: str, subjects: list[str], max_msgs: int, max_age_seconds: float
+    ) -> None:
+        """Create or update a stream that keeps the newest ``max_msgs`` messages for at
+        most ``max_age_seconds`` (discarding the oldest), e.g. the persisted traces."""
+        js = self._jetstream()
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs=max_msgs or -1,
+            max_age=max_age_seconds or 0,
+            num_replicas=1,
+        )
+        try:
+            try:
+                await js.stream_info(name)
+                await js.update_stream(cfg)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(cfg)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot create stream {name!r}: {e}") from e
+
+    async def publish_nowait(self, subject: str, payload: bytes) -> None:
+        """Publish without waiting for the PubAck (best effort: traces, not events)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise BusUnavailableError("bus is not connected")
+        try:
+            await nc.publish(subject, payload)
+        except (nats.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"publish to {subject} failed: {e}") from e
+
+    async def read_stream(
+        self,
+        stream: str,
+        filter_subject: str,
+        last: int,
+        *,
+        before: int | None = None,
+        timeout_seconds: float = 2.0,
+    ) -> list[StoredMessage]:
+        """The stored messages of ``stream`` on ``filter_subject`` among its newest
+        ``last`` sequence numbers (below ``before`` when given), oldest first; read with
+        an ephemeral consumer that acks nothing."""
+        js = self._jetstream()
+        try:
+            info = await js.stream_info(subject_token(stream))
+            state = info.state
+            if not state.messages:
+                return []
+            first_seq, last_seq = int(state.first_seq), int(state.last_seq)
+            if before is not None:
+                last_seq = min(last_seq, before - 1)
+            if last_seq < first_seq:
+                return []
+            start = max(first_seq, last_seq - max(1, last) + 1)
+            psub = await js.pull_subscribe(
+                filter_subject,
+                stream=subject_token(stream),
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=30.0,
+                    filter_subject=filter_subject,
+                    max_ack_pending=-1,
+                ),
+            )
+        except nats.js.errors.NotFoundError:
+            return []
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        out: list[StoredMessage] = []
+        try:
+            while True:
+                try:
+                    pending = (await psub.consumer_info()).num_pending or 0
+                    if pending == 0:
+                        break
+                    msgs = await psub.fetch(min(256, pending), timeout=timeout_seconds)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                done = False
+                for m in msgs:
+                    md = m.metadata
+                    if int(md.sequence.stream) > last_seq:
+                        done = True
+                        break
+                    out.append(
+                        StoredMessage(
+                            seq=int(md.sequence.stream),
+                            subject=m.subject,
+                            data=m.data,
+                            time=md.timestamp.timestamp() if md.timestamp else 0.0,
+                        )
+                    )
+                if done:
+                    break
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        return out
+
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        """``(first_seq, last_seq)`` of a stream; ``(0, 0)`` when it does not exist."""
+        try:
+            state = (await self._jetstream().stream_info(subject_token(stream))).state
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        return int(state.first_seq), int(state.last_seq)
+
+    async def get_stored(self, stream: str, seq: int) -> StoredMessage | None:
+        """One stored message by sequence number; None when it is gone."""
+        try:
+            raw = await self._jetstream().get_msg(subject_token(stream), seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read message {seq} of {stream!r}: {e}") from e
+        return StoredMessage(seq=seq, subject=raw.subject or "", data=raw.data or b"", time=0.0)
+
+    async def delete_stored(self, stream: str, seq: int) -> bool:
+        """Delete one stored message; False when it was already gone."""
+        try:
+            return bool(await self._jetstream().delete_msg(subject_token(stream), seq))
+        except nats.js.errors.NotFoundError:
+            return False
+        except nats.js.errors.APIError as e:
+            if getattr(e, "code", None) == 404 or "not found" in str(e).lower():
+                return False
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
+
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
         """A JetStream key-value bucket for durable sensor state (file storage), with as
@@ -503,7 +659,10 @@ class Bus:
                 try:
                     msgs = await psub.fetch(want, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if self.connected:  # nothing to fetch, not a broken consumer
+                        self.consumer_errors.pop(name, None)
                     continue
+                self.consumer_errors.pop(name, None)
                 for m in msgs:
                     bm = self._decode(m)
                     if bm is None:
@@ -532,6 +691,7 @@ class Bus:
                     else str(e)
                 )
                 log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
+                self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
                 if isinstance(e, nats.js.errors.NotFoundError):
                     psub = None  # consumer or stream lost (server store wiped): recreate
                 await asyncio.sleep(backoff)

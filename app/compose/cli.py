@@ -7,6 +7,7 @@
 * ``crds``: the EventBus/EventSource/Sensor CRDs with schemas, for ``kubectl apply -f -``.
 * ``controller [--namespace NS]``: reconcile EventBus/EventSource/Sensor objects.
 * ``eventsource NAME`` / ``sensor NAME``: the pod roles (one object, read from the API).
+* ``dlq list|show|replay|discard``: dead letters, through a running process's API.
 * ``version``.
 """
 
@@ -116,6 +117,27 @@ def _parser() -> argparse.ArgumentParser:
         "controller", help="reconcile EventBus, EventSource and Sensor objects in a cluster"
     )
     ctl.add_argument("--namespace", default=None, help="watch only this namespace (default: all)")
+
+    dlq = sub.add_parser(
+        "dlq", help="list, show, replay or discard dead letters (through a running process)"
+    )
+    dlq.add_argument(
+        "--api",
+        default="http://127.0.0.1:8080",
+        help="the process's operations server (token from TRIGGERFISH_API_TOKEN)",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
+    dl_list = dlq_sub.add_parser("list", help="dead letters, newest first")
+    dl_list.add_argument("--sensor", default=None, help="only this sensor's")
+    dl_list.add_argument("--trigger", default=None, help="only this trigger's")
+    dl_list.add_argument("--limit", type=int, default=100, help="at most this many")
+    for action, text in (
+        ("show", "one dead letter: its events, error, attempts, time"),
+        ("replay", "run the trigger again for that firing (same idempotency key)"),
+        ("discard", "delete the dead letter"),
+    ):
+        dl = dlq_sub.add_parser(action, help=text)
+        dl.add_argument("id", help="BUS:SEQ, as `dlq list` prints it")
 
     for role, what in (("eventsource", "EventSource"), ("sensor", "Sensor")):
         rp = sub.add_parser(role, help=f"serve one {what} read from the cluster (pod role)")
@@ -334,6 +356,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(render_all())
         return 0
+    if args.cmd == "dlq":
+        from app.compose.dlqcli import run_dlq
+
+        return run_dlq(
+            args.dlq_action,
+            args.api,
+            os.environ.get("TRIGGERFISH_API_TOKEN", ""),
+            sys.stdout,
+            dl_id=getattr(args, "id", None),
+            sensor=getattr(args, "sensor", None),
+            trigger=getattr(args, "trigger", None),
+            limit=getattr(args, "limit", 100),
+        )
     if args.cmd == "test":
         from app.compose.offline import run_offline_sync
 

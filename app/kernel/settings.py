@@ -107,6 +107,29 @@ class HttpServerSettings(BaseModel):
     )
 
 
+class TraceSettings(BaseModel):
+    """Where traces (what each sensor did with each event) are kept.
+
+    Besides the last traces in memory, every trace is published to the bus stream
+    ``TRIGGERFISH_TRACES`` (subjects ``_traces.<namespace>.<sensor>.<dependency>``),
+    which keeps the newest ``max_msgs`` for at most ``max_age_seconds``; the API reads
+    them from there, so they survive a restart and are shared by every process on the bus.
+    """
+
+    persist: bool = Field(True, description="publish traces to the bus stream")
+    max_msgs: int = Field(10_000, description="traces the bus stream keeps (oldest dropped)")
+    max_age_seconds: float = Field(24 * 3600.0, description="traces older than this are dropped")
+
+
+class UiSettings(BaseModel):
+    """The event-flow page at the operations server's root."""
+
+    argo_workflows_url: str = Field(
+        "", description="base URL of the Argo Workflows UI; Workflows created link to it"
+    )
+    window_seconds: float = Field(300.0, description="the page's counts cover this window")
+
+
 class Settings(BaseSettings):
     """All settings of one Triggerfish process."""
 
@@ -137,6 +160,8 @@ class Settings(BaseSettings):
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
+    traces: TraceSettings = Field(default_factory=TraceSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @field_validator("log_level")
     @classmethod
