@@ -180,21 +180,27 @@ class Metrics:
         """Report the bus connection state at every scrape."""
         self.bus_connected.set_function(lambda: 1.0 if connected() else 0.0)
 
-    # The SourceMetrics protocol, for callers without a namespace (tests, benches).
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.events_sent.labels(self.namespace, source, event_name).inc()
+    # The SourceMetrics protocol; ``namespace`` is the EventSource's (the view of
+    # :meth:`for_namespace` passes it; tests and benches may leave it out).
+    def event_sent(self, source: str, event_name: str, namespace: str | None = None) -> None:
+        ns = self.namespace if namespace is None else namespace
+        self.events_sent.labels(ns, source, event_name).inc()
         self.recent.inc(("source", source, event_name), "published")
 
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.events_sent_failed.labels(self.namespace, source, event_name).inc()
+    def event_send_failed(self, source: str, event_name: str, namespace: str | None = None) -> None:
+        ns = self.namespace if namespace is None else namespace
+        self.events_sent_failed.labels(ns, source, event_name).inc()
+        self.events_processing_failed.labels(ns, source, event_name).inc()
         self.recent.inc(("source", source, event_name), "failed")
 
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.events_filtered.labels(self.namespace, source, event_name).inc()
+    def event_filtered(self, source: str, event_name: str, namespace: str | None = None) -> None:
+        ns = self.namespace if namespace is None else namespace
+        self.events_filtered.labels(ns, source, event_name).inc()
         self.recent.inc(("source", source, event_name), "filtered")
 
-    def http_request(self, source: str, status: int) -> None:
-        self.webhook_requests.labels(self.namespace, source, str(status)).inc()
+    def http_request(self, source: str, status: int, namespace: str | None = None) -> None:
+        ns = self.namespace if namespace is None else namespace
+        self.webhook_requests.labels(ns, source, str(status)).inc()
 
     def publish_rejected(self, bus: str, reason: str) -> None:
         self.bus_publish_rejected.labels(bus, reason).inc()
@@ -214,18 +220,16 @@ class SourceMetrics:
         self.namespace = namespace
 
     def event_sent(self, source: str, event_name: str) -> None:
-        self._m.events_sent.labels(self.namespace, source, event_name).inc()
+        self._m.event_sent(source, event_name, self.namespace)
 
     def event_send_failed(self, source: str, event_name: str) -> None:
-        m = self._m
-        m.events_sent_failed.labels(self.namespace, source, event_name).inc()
-        m.events_processing_failed.labels(self.namespace, source, event_name).inc()
+        self._m.event_send_failed(source, event_name, self.namespace)
 
     def event_filtered(self, source: str, event_name: str) -> None:
-        self._m.events_filtered.labels(self.namespace, source, event_name).inc()
+        self._m.event_filtered(source, event_name, self.namespace)
 
     def http_request(self, source: str, status: int) -> None:
-        self._m.webhook_requests.labels(self.namespace, source, str(status)).inc()
+        self._m.http_request(source, status, self.namespace)
 
     def publish_duration(self, source: str, event_name: str, ms: float) -> None:
         self._m.event_processing_duration.labels(self.namespace, source, event_name).observe(ms)
