@@ -429,6 +429,10 @@ async def _ssl_context(ctx: TriggerContext, tls: TLSConfig, namespace: str) -> s
     return context
 
 
+ssl_context = _ssl_context
+"""An SSL context from a ``tls`` block's Secrets (shared with other triggers' ``tls``)."""
+
+
 async def read_secret(ctx: TriggerContext, namespace: str, name: str, key: str) -> str:
     """One Secret key, through ``ctx.secrets`` or else the Kubernetes API, cached for
     :data:`CREDENTIAL_TTL_SECONDS`. :class:`PermanentError` when it does not exist (the
@@ -471,4 +475,4 @@ async def read_configmap_key(ctx: TriggerContext, namespace: str, name: str, key
     )
 
 
-__all__ = ["HttpTrigger", "read_configmap_key", "read_secret", "safe_url"]
+__all__ = ["HttpTrigger", "read_configmap_key", "read_secret", "safe_url", "ssl_context"]

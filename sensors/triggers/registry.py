@@ -23,5 +23,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "log": "sensors.triggers.log:LogTrigger",
         "http": "sensors.triggers.http:HttpTrigger",
         "argoWorkflow": "sensors.triggers.argo_workflow:ArgoWorkflowTrigger",
+        "nats": "sensors.triggers.nats:NatsTrigger",
     },
 )
