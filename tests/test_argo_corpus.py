@@ -100,5 +100,6 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/trigger-standard-k8s-resource.yaml",
         "sensors/multi-dependencies.yaml",
         "sensors/trigger-nats-messages.yaml",
+        "sensors/azure-service-bus-sensor.yaml",
     ):
         assert rel in counts["ok"], rel

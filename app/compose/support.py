@@ -93,6 +93,9 @@ _TRIGGER: dict[str, Rule] = {
     "template.nats.auth.credential": False,
     **{f"template.nats.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.nats.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.azureServiceBus": True,
+    **{f"template.azureServiceBus.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.azureServiceBus.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

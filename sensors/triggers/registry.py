@@ -24,5 +24,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "http": "sensors.triggers.http:HttpTrigger",
         "argoWorkflow": "sensors.triggers.argo_workflow:ArgoWorkflowTrigger",
         "nats": "sensors.triggers.nats:NatsTrigger",
+        "azureServiceBus": "sensors.triggers.azure_service_bus:AzureServiceBusTrigger",
     },
 )
