@@ -101,5 +101,6 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/multi-dependencies.yaml",
         "sensors/trigger-nats-messages.yaml",
         "sensors/azure-service-bus-sensor.yaml",
+        "sensors/slack-trigger.yaml",
     ):
         assert rel in counts["ok"], rel

@@ -96,6 +96,8 @@ _TRIGGER: dict[str, Rule] = {
     "template.azureServiceBus": True,
     **{f"template.azureServiceBus.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.azureServiceBus.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.slack": True,
+    **{f"template.slack.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

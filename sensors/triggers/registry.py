@@ -25,5 +25,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "argoWorkflow": "sensors.triggers.argo_workflow:ArgoWorkflowTrigger",
         "nats": "sensors.triggers.nats:NatsTrigger",
         "azureServiceBus": "sensors.triggers.azure_service_bus:AzureServiceBusTrigger",
+        "slack": "sensors.triggers.slack:SlackTrigger",
     },
 )
