@@ -102,5 +102,6 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/trigger-nats-messages.yaml",
         "sensors/azure-service-bus-sensor.yaml",
         "sensors/slack-trigger.yaml",
+        "sensors/email-trigger.yaml",
     ):
         assert rel in counts["ok"], rel

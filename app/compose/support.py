@@ -98,6 +98,8 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.azureServiceBus.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.slack": True,
     **{f"template.slack.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.email": True,
+    **{f"template.email.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

@@ -26,5 +26,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "nats": "sensors.triggers.nats:NatsTrigger",
         "azureServiceBus": "sensors.triggers.azure_service_bus:AzureServiceBusTrigger",
         "slack": "sensors.triggers.slack:SlackTrigger",
+        "email": "sensors.triggers.email:EmailTrigger",
     },
 )
