@@ -187,6 +187,38 @@ async def test_basic_auth(tmp_path: Path, ctx: TriggerContext) -> None:
         p.stop()
 
 
+async def test_nkey_auth(tmp_path: Path) -> None:
+    import os
+
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    other = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    p = NatsPeer(
+        tmp_path / "nkey", config=f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}'
+    )
+    p.start()
+    values = {"seed": seed.decode() + "\n", "other": other.decode(), "junk": "SUnot-a-seed"}
+    secrets = ManifestSecrets([secret_manifest("nk", **values)])
+    ctx = TriggerContext(kube=FileKube(tmp_path / "k"), secrets=secrets)
+    try:
+        async with inbox(p.url, "s", nkeys_seed_str=seed.decode()) as box:
+            auth = {"nkey": {"name": "nk", "key": "seed"}}
+            t = trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1], auth=auth)
+            await t.execute(invocation(S3))
+            await eventually(lambda: len(box.msgs) == 1)
+        for key in ("other", "junk"):
+            t = trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1],
+                        auth={"nkey": {"name": "nk", "key": key}})  # fmt: skip
+            with pytest.raises(PermanentError) as err:
+                await t.execute(invocation(S3))
+            assert seed.decode() not in str(err.value) and other.decode() not in str(err.value)
+    finally:
+        await ctx.shared.aclose()
+        p.stop()
+
+
 async def test_missing_secret_is_permanent(peer: NatsPeer, ctx: TriggerContext) -> None:
     t = trigger(ctx, url=peer.url, subject="s", payload=PAYLOAD[:1],
                 auth={"token": {"name": "nats", "key": "nokey"}})  # fmt: skip
@@ -219,6 +251,40 @@ async def test_tls_with_a_ca_from_a_secret(tmp_path: Path) -> None:
                            tls={"insecureSkipVerify": True})  # fmt: skip
             await skip.execute(invocation(S3))
             await eventually(lambda: len(box.msgs) == 2)
+    finally:
+        await ctx.shared.aclose()
+        p.stop()
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    import ssl
+
+    pki = make_pki(tmp_path)
+    for name, text in (("s.crt", pki.server_cert_pem), ("s.key", pki.server_key_pem),
+                       ("ca.pem", pki.ca_pem), ("c.crt", pki.client_cert_pem),
+                       ("c.key", pki.client_key_pem)):  # fmt: skip
+        (tmp_path / name).write_text(text)
+    p = NatsPeer(tmp_path / "mtls", tls_cert=tmp_path / "s.crt", tls_key=tmp_path / "s.key",
+                 tls_client_ca=tmp_path / "ca.pem").start()  # fmt: skip
+    secrets = ManifestSecrets([secret_manifest("tls", ca=pki.ca_pem, crt=pki.client_cert_pem,
+                                               key=pki.client_key_pem)])  # fmt: skip
+    ctx = TriggerContext(kube=FileKube(tmp_path / "k"), secrets=secrets)
+    try:
+        client_tls = ssl.create_default_context(cadata=pki.ca_pem)
+        client_tls.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+        async with inbox(p.url, "s", tls=client_tls) as box:
+            mtls = {"caCertSecret": {"name": "tls", "key": "ca"},
+                    "clientCertSecret": {"name": "tls", "key": "crt"},
+                    "clientKeySecret": {"name": "tls", "key": "key"}}  # fmt: skip
+            await trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1], tls=mtls).execute(
+                invocation(S3)
+            )
+            await eventually(lambda: len(box.msgs) == 1)
+            # trusted server, but no client certificate: the server refuses the handshake
+            ca_only = {"caCertSecret": {"name": "tls", "key": "ca"}}
+            with pytest.raises(TransientError, match="cannot connect"):
+                await trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1],
+                              tls=ca_only).execute(invocation(S3))  # fmt: skip
     finally:
         await ctx.shared.aclose()
         p.stop()
@@ -281,8 +347,6 @@ def sensor_doc(nats_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]
         ({"url": "h:4222", "subject": "s"}, "payload: required field is missing"),
         ({"url": "h:4222", "subject": "s", "payload": [{"src": {"dependencyName": "test-dep"},
                                                          "dest": ""}]}, "must not be empty"),
-        ({"url": "h:4222", "subject": "s", "payload": [],
-          "auth": {"nkey": {"name": "a", "key": "b"}}}, "auth.nkey: not supported yet"),
         ({"url": "h:4222", "subject": "s", "payload": [],
           "auth": {"credential": {"name": "a", "key": "b"}}},
          "auth.credential: not supported yet"),

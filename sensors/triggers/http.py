@@ -425,7 +425,7 @@ async def _ssl_context(ctx: TriggerContext, tls: TLSConfig, namespace: str) -> s
                         f.write(text)
                 context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, ValueError) as e:
-        raise PermanentError(f"http trigger tls: invalid certificate or key: {e}") from e
+        raise PermanentError(f"tls: invalid certificate or key: {e}") from e
     return context
 
 

@@ -6,9 +6,9 @@ URLs, comma-separated for a cluster); ``subject``; ``payload`` (parameters set i
 empty JSON document, which becomes the message body, as Argo's ``ConstructPayload``);
 ``parameters`` (applied to this config first, e.g. ``dest: subject``); ``tls``
 (``caCertSecret``, ``clientCertSecret`` + ``clientKeySecret``, ``insecureSkipVerify``);
-``auth`` (one of ``basic`` {username, password}, ``token``: Secret keys). ``auth.nkey``
-and ``auth.credential`` are refused at load by the support table (they need the NATS
-key library, which is not a dependency).
+``auth`` (one of ``basic`` {username, password}, ``token``, ``nkey`` (the user's seed):
+Secret keys). ``auth.credential`` (a JWT credentials file) is refused at load by the
+support table.
 
 Why a connection of its own: the target server is whoever the manifest names, not the
 bus, so the trigger keeps one client per (URL, auth, TLS) in the context's
@@ -176,6 +176,7 @@ class _Connection:
     async def _connect(self) -> Any:
         import nats
         import nats.errors
+        from nkeys import NkeysError
 
         cfg = self._cfg
         options: dict[str, Any] = {
@@ -201,6 +202,9 @@ class _Connection:
             options["user"], options["password"] = user, pw
         elif auth is not None and auth.token is not None:
             options["token"] = await read_secret(self._ctx, ns, auth.token.name, auth.token.key)
+        elif auth is not None and auth.nkey is not None:
+            seed = await read_secret(self._ctx, ns, auth.nkey.name, auth.nkey.key)
+            options["nkeys_seed_str"] = seed.strip()
         if cfg.tls is not None:
             options["tls"] = await ssl_context(self._ctx, cfg.tls, ns)
 
@@ -221,6 +225,10 @@ class _Connection:
             if "certificate verify failed" in detail.lower():
                 raise PermanentError(f"nats {self.where}: certificate verification failed") from e
             raise TransientError(f"nats {self.where}: cannot connect: {detail}") from e
+        except (ValueError, NkeysError) as e:  # e.g. an nkey seed that does not decode
+            raise PermanentError(
+                f"nats {self.where}: invalid credentials: {type(e).__name__}"
+            ) from e
         except (nats.errors.Error, OSError, TimeoutError) as e:
             text = f"{type(e).__name__}: {e}"
             if "authorization violation" in text.lower():

