@@ -211,6 +211,16 @@ async def test_an_unreachable_server_is_transient(ctx: TriggerContext) -> None:
         await trigger(ctx, free_port()).execute(invocation({}))
 
 
+async def test_no_password_over_a_plain_connection_to_a_remote_name(
+    smtp: SmtpServer, ctx: TriggerContext
+) -> None:
+    # "127.1" is this machine, but not one of the names a password may go to in clear
+    t = trigger(ctx, smtp.port, host="127.1", username="mailer", smtpPassword=PASSWORD_REF)
+    with pytest.raises(PermanentError, match="the password is not sent in clear"):
+        await t.execute(invocation({}))
+    assert smtp.box.messages == [] and smtp.box.logins == []
+
+
 async def test_starttls_and_login(
     tmp_path: Path, ctx: TriggerContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

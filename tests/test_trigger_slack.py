@@ -160,6 +160,8 @@ async def test_answers_are_classified(
         await trigger(ctx, channel="general", message="m").execute(invocation({}))
     assert TOKEN not in str(err.value)
     assert slack.posted == []
+    if failure == 429:  # the fake asks for one second: retries wait at least that long
+        assert isinstance(err.value, TransientError) and err.value.retry_after_seconds == 1.0
 
 
 async def test_wrong_token_and_unknown_channel_are_permanent(

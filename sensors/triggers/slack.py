@@ -22,7 +22,8 @@ Semantics:
   restart, as in Argo).
 * Not idempotent: Slack has no idempotency key for posts, so a retry after an answer
   that was lost (a timeout) may post twice. A firing that Slack answered is not retried.
-* Failure: connection errors, timeouts, HTTP 429 and 5xx, and Slack errors a retry may
+* Failure: connection errors, timeouts, HTTP 429 and 5xx (retried no sooner than the
+  answer's ``Retry-After``), and Slack errors a retry may
   fix (``ratelimited``, ``service_unavailable``, ``internal_error``, ``fatal_error``,
   ``request_timeout``) → :class:`~app.kernel.errors.TransientError`; any other Slack
   error (``invalid_auth``, ``channel_not_found``, ``not_in_channel``,
@@ -236,7 +237,10 @@ class SlackTrigger(Trigger):
             raise TransientError(f"{where}: {type(e).__name__}: {e}") from e
         if status == 429 or status >= 500:
             after = f" (Retry-After {retry_after}s)" if retry_after else ""
-            raise TransientError(f"{where}: HTTP {status}{after}")
+            err = TransientError(f"{where}: HTTP {status}{after}")
+            if retry_after.isdigit():  # Slack sends whole seconds; retries wait that long
+                err.retry_after_seconds = float(retry_after)
+            raise err
         if status != 200:
             raise PermanentError(f"{where}: HTTP {status}")
         try:
