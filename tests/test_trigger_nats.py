@@ -29,7 +29,7 @@ from app.kernel.errors import PermanentError, TransientError
 from app.kernel.events import Event, new_event_id
 from sensors.triggers.base import Invocation, TriggerContext
 from sensors.triggers.nats import NatsTrigger, NatsTriggerConfig
-from tests.support.natspeer import NatsPeer
+from tests.support.natspeer import NatsPeer, operator_setup
 from tests.support.sensors import SensorHarness, dead_letters, eventually
 from tests.test_trigger_http import make_pki, secret_manifest
 
@@ -219,6 +219,31 @@ async def test_nkey_auth(tmp_path: Path) -> None:
         p.stop()
 
 
+async def test_credential_auth(tmp_path: Path) -> None:
+    from nats.aio.client import RawCredentials
+
+    setup = operator_setup()
+    p = NatsPeer(tmp_path / "jwt", config=setup.config).start()
+    values = {"creds": setup.creds, "stranger": setup.stranger_creds, "junk": "not creds"}
+    ctx = TriggerContext(kube=FileKube(tmp_path / "k"),
+                         secrets=ManifestSecrets([secret_manifest("nc", **values)]))  # fmt: skip
+    try:
+        async with inbox(p.url, "s", user_credentials=RawCredentials(setup.creds)) as box:
+            auth = {"credential": {"name": "nc", "key": "creds"}}
+            t = trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1], auth=auth)
+            await t.execute(invocation(S3))
+            await eventually(lambda: len(box.msgs) == 1)
+        for key in ("stranger", "junk"):
+            t = trigger(ctx, url=p.url, subject="s", payload=PAYLOAD[:1],
+                        auth={"credential": {"name": "nc", "key": key}})  # fmt: skip
+            with pytest.raises(PermanentError) as err:
+                await t.execute(invocation(S3))
+            assert "SEED" not in str(err.value) and "NKEY" not in str(err.value)
+    finally:
+        await ctx.shared.aclose()
+        p.stop()
+
+
 async def test_missing_secret_is_permanent(peer: NatsPeer, ctx: TriggerContext) -> None:
     t = trigger(ctx, url=peer.url, subject="s", payload=PAYLOAD[:1],
                 auth={"token": {"name": "nats", "key": "nokey"}})  # fmt: skip
@@ -347,9 +372,6 @@ def sensor_doc(nats_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]
         ({"url": "h:4222", "subject": "s"}, "payload: required field is missing"),
         ({"url": "h:4222", "subject": "s", "payload": [{"src": {"dependencyName": "test-dep"},
                                                          "dest": ""}]}, "must not be empty"),
-        ({"url": "h:4222", "subject": "s", "payload": [],
-          "auth": {"credential": {"name": "a", "key": "b"}}},
-         "auth.credential: not supported yet"),
         ({"url": "h:4222", "subject": "s", "payload": [],
           "auth": {"token": {"name": "a", "key": "b"}, "basic": {}}}, "only one of"),
     ],

@@ -89,7 +89,6 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.http.parameters[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.http.dynamicHeaders[].{k}": v for k, v in PARAMETER.items()},
     "template.nats": True,
-    "template.nats.auth.credential": False,
     **{f"template.nats.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.nats.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.azureServiceBus": True,

@@ -6,9 +6,8 @@ URLs, comma-separated for a cluster); ``subject``; ``payload`` (parameters set i
 empty JSON document, which becomes the message body, as Argo's ``ConstructPayload``);
 ``parameters`` (applied to this config first, e.g. ``dest: subject``); ``tls``
 (``caCertSecret``, ``clientCertSecret`` + ``clientKeySecret``, ``insecureSkipVerify``);
-``auth`` (one of ``basic`` {username, password}, ``token``, ``nkey`` (the user's seed):
-Secret keys). ``auth.credential`` (a JWT credentials file) is refused at load by the
-support table.
+``auth`` (one of ``basic`` {username, password}, ``token``, ``nkey`` (the user's seed),
+``credential`` (the text of a ``.creds`` file: the user's JWT and seed): Secret keys).
 
 Why a connection of its own: the target server is whoever the manifest names, not the
 bus, so the trigger keeps one client per (URL, auth, TLS) in the context's
@@ -37,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,6 +62,13 @@ FLUSH_TIMEOUT_SECONDS = 5.0
 """How long the server may take to confirm a publish (PING/PONG) before it is retried."""
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+
+_CREDS_FILE = re.compile(
+    r"-{3,}BEGIN NATS USER JWT-{3,}\s*\S+\s*-{3,}END NATS USER JWT-{3,}.*"
+    r"-{3,}BEGIN USER NKEY SEED-{3,}\s*SU\S+\s*-{3,}END USER NKEY SEED-{3,}",
+    re.DOTALL,
+)
+"""The shape of a ``.creds`` file (what ``nsc`` writes)."""
 
 
 class NatsBasicAuth(SpecModel):
@@ -205,6 +212,17 @@ class _Connection:
         elif auth is not None and auth.nkey is not None:
             seed = await read_secret(self._ctx, ns, auth.nkey.name, auth.nkey.key)
             options["nkeys_seed_str"] = seed.strip()
+        elif auth is not None and auth.credential is not None:
+            from nats.aio.client import RawCredentials
+
+            sel = auth.credential
+            text = await read_secret(self._ctx, ns, sel.name, sel.key)
+            if not _CREDS_FILE.search(text):
+                raise PermanentError(
+                    f"secret {ns}/{sel.name} key {sel.key!r} is not a NATS credentials file "
+                    "(a user JWT block and a user nkey seed block)"
+                )
+            options["user_credentials"] = RawCredentials(text)
         if cfg.tls is not None:
             options["tls"] = await ssl_context(self._ctx, cfg.tls, ns)
 
