@@ -244,6 +244,29 @@ async def test_credential_auth(tmp_path: Path) -> None:
         p.stop()
 
 
+async def test_a_publish_the_user_may_not_make_is_permanent(tmp_path: Path) -> None:
+    permissions = '{ publish: ["allowed.>", "_INBOX.>"], subscribe: ">" }'
+    user = f'{{ user: "bob", password: "{PASSWORD}", permissions: {permissions} }}'
+    config = f"authorization {{ users = [ {user} ] }}"
+    p = NatsPeer(tmp_path / "perm", config=config).start()
+    secrets = ManifestSecrets([secret_manifest("nats", user="bob", pw=PASSWORD)])
+    ctx = TriggerContext(kube=FileKube(tmp_path / "k"), secrets=secrets)
+    auth = {"basic": {"username": {"name": "nats", "key": "user"},
+                      "password": {"name": "nats", "key": "pw"}}}  # fmt: skip
+    try:
+        async with inbox(p.url, ">", user="bob", password=PASSWORD) as box:
+            denied = trigger(ctx, url=p.url, subject="other.x", payload=PAYLOAD[:1], auth=auth)
+            with pytest.raises(PermanentError, match=r"not permitted to publish on 'other\.x'"):
+                await denied.execute(invocation(S3))
+            allowed = trigger(ctx, url=p.url, subject="allowed.x", payload=PAYLOAD[:1], auth=auth)
+            await allowed.execute(invocation(S3))  # the same connection, still usable
+            await eventually(lambda: len(box.msgs) == 1)
+        assert box.msgs[0].subject == "allowed.x"
+    finally:
+        await ctx.shared.aclose()
+        p.stop()
+
+
 async def test_missing_secret_is_permanent(peer: NatsPeer, ctx: TriggerContext) -> None:
     t = trigger(ctx, url=peer.url, subject="s", payload=PAYLOAD[:1],
                 auth={"token": {"name": "nats", "key": "nokey"}})  # fmt: skip
