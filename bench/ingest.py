@@ -55,6 +55,8 @@ from bench._common import (
     percentile,
     run_http_load,
     run_loop,
+    run_python_load,
+    run_wrk,
 )
 
 BUS = "default"
@@ -363,9 +365,16 @@ def _nats_cpu(nats: EmbeddedNats | None) -> float:
 
 
 def _http_run(
-    label: str, role: str, nats: EmbeddedNats | None, args: argparse.Namespace, tmp: Path
+    label: str,
+    role: str,
+    nats: EmbeddedNats | None,
+    args: argparse.Namespace,
+    tmp: Path,
+    rate: float = 0.0,
 ) -> tuple[LoadResult, int]:
-    """One HTTP server child under load; returns the result and the events it stored."""
+    """One HTTP server child under load (closed loop, or paced at ``rate``: wrk with a
+    per-connection delay, else the Python client open loop); returns the result and the
+    events it stored."""
     port = free_port()
     child = _serve_child(role, port, nats.url if nats else "", tmp)
     stored = 0
@@ -376,7 +385,12 @@ def _http_run(
             run_http_load("warmup", url, body, args.warmup_seconds, args.concurrency, args.client)
         before = run_loop(_stream_messages(nats.url)) if nats else 0
         cpu0, nats_cpu0 = child.cpu_seconds(), _nats_cpu(nats)
-        result = run_http_load(label, url, body, args.seconds, args.concurrency, args.client)
+        if rate > 0 and args.client == "wrk":
+            result = run_wrk(label, url, body, args.seconds, args.concurrency, rate=rate)
+        elif rate > 0:
+            result = run_python_load(label, url, body, args.seconds, args.concurrency, rate)
+        else:
+            result = run_http_load(label, url, body, args.seconds, args.concurrency, args.client)
         if result.ops:
             result.cpu_us_per_op = (child.cpu_seconds() - cpu0) / result.ops * 1e6
             result.nats_cpu_us_per_op = (_nats_cpu(nats) - nats_cpu0) / result.ops * 1e6
@@ -435,6 +449,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             a, stored = _http_run("(a) webhook POST -> PubAck -> 200", "webhook", nats, args, tmp)
             b, _ = _http_run("(b) bare uvicorn ASGI app, 200", "bare", None, args, tmp)
             c = _publish_run("(c) raw JetStream publish + PubAck", nats, args, tmp, "js")
+            half, _ = _http_run(
+                "(a/2) webhook, paced at half of (a)", "webhook", nats, args, tmp, a.rate / 2
+            )
             if not args.no_breakdown:
                 n, _ = _http_run(
                     "  webhook, publish returns at once", "webhook-null", None, args, tmp
@@ -452,7 +469,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"1 KB JSON, HTTP load from {args.client} (separate process), 127.0.0.1, "
         f"{os.cpu_count()} CPUs"
     )
-    for r in (a, b, c):
+    for r in (a, b, c, half):
         print(_fmt(r))
     print(f"webhook / bare ASGI   = {a.rate / b.rate:.2f}" if b.rate else "webhook / bare: n/a")
     print(f"webhook / raw publish = {a.rate / c.rate:.2f}" if c.rate else "webhook / raw: n/a")
@@ -467,7 +484,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         for r in breakdown:
             print(_fmt(r))
     if args.json:
-        results = {"webhook": a, "bare": b, "raw_publish": c}
+        results = {"webhook": a, "bare": b, "raw_publish": c, "webhook_half_rate": half}
         out: dict[str, Any] = {k: v.as_dict() for k, v in results.items()}
         out["breakdown"] = [r.as_dict() for r in breakdown]
         out["stored"] = stored

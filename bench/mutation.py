@@ -15,18 +15,20 @@ mutated. Usage::
     python -m bench.mutation --all
 
 Every module runs in its own scratch copy under ``.mutation/<module>/`` (mutmut works
-on a copy of the sources in the current directory and keeps its results there, so a
-second run only re-tests what changed). The table printed at the end counts, per
-module: mutants, killed, survived, equivalent (survivors listed with their reason in
-``bench/mutation-equivalents.json``; see ``docs/mutation.md``), and the score
-killed / (mutants - equivalent). Survivors not listed as equivalent are printed with
-their diff; the exit status is 1 when there is any.
+on a copy of the sources in the current directory and keeps its results there); a
+second run reuses them only while the module, the tests and the settings are unchanged.
+The table printed at the end counts, per module: mutants, killed, survived,
+equivalent (survivors listed with their reason in ``bench/mutation-equivalents.json``;
+see ``docs/mutation.md``), and the score killed / (mutants - equivalent). Survivors
+not listed as equivalent are printed with their diff; the exit status is 1 when there
+is any.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -75,11 +77,34 @@ TARGETS: dict[str, Target] = {
                 "tests/test_runner_delivery.py",
                 "tests/test_conditions_reset.py",
             ),
+            # the delivery path: filters → triggers with retries → dead letter → ack/nak
+            (
+                *_methods(
+                    "SensorRunner",
+                    "handle",
+                    "_accumulate",
+                    "_fire_pending",
+                    "_fire_all",
+                    "_fire_one",
+                    "_dead_letter",
+                    "reset_conditions",
+                ),
+                *_methods("RetryPolicy", "delays"),
+                "x__retry_delay",
+                "x_firing_key",
+                "x__event_time",
+            ),
         ),
         Target("sensors/filters.py", ("tests/test_filters.py", "tests/test_source_filters.py")),
         Target(
             "sensors/triggers/k8s.py",
-            ("tests/test_trigger_k8s.py", "tests/test_runner.py", "tests/test_trigger_sources.py"),
+            (
+                "tests/test_trigger_k8s.py",
+                "tests/test_trigger_sources.py",
+                "tests/test_runner.py::test_k8s_policy_waits_for_labels",
+                "tests/test_runner.py::test_k8s_policy_succeeds_when_labels_match",
+                "tests/test_runner.py::test_redelivered_event_does_not_create_twice",
+            ),
         ),
         Target("sensors/triggers/argo_workflow.py", ("tests/test_trigger_argo_workflow.py",)),
         Target("app/adapters/bus.py", ("tests/test_bus.py", "tests/test_runner_delivery.py")),
@@ -148,7 +173,17 @@ def prepare(target: Target, workdir: Path) -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in pyproject:
         raise SystemExit("pyproject.toml has its own [tool.mutmut]; bench.mutation writes it")
-    (workdir / "pyproject.toml").write_text(pyproject + _mutmut_config(target))
+    config = _mutmut_config(target)
+    digest = hashlib.sha256(config.encode())
+    for f in [*sorted((ROOT / "tests").rglob("*.py")), ROOT / target.module]:
+        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    stamp = workdir / "inputs.sha256"
+    if not stamp.exists() or stamp.read_text() != digest.hexdigest():
+        # mutmut keeps its verdicts while a mutated function is unchanged, even when the
+        # tests or what may be mutated changed: start over then
+        shutil.rmtree(workdir / "mutants", ignore_errors=True)
+    stamp.write_text(digest.hexdigest())
+    (workdir / "pyproject.toml").write_text(pyproject + config)
 
 
 def mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:
@@ -196,15 +231,18 @@ class Result:
 
 
 def run_target(
-    target: Target, base: Path, max_children: int, equivalents: dict[str, str]
+    target: Target, base: Path, max_children: int, equivalents: dict[str, str], run: bool = True
 ) -> Result:
     workdir = base / slug(target.module)
-    prepare(target, workdir)
     mod = slug(target.module)
     globs = [f"{mod}.{f}__mutmut_*" for f in target.functions]
-    print(f"== {target.module}: mutating, tests {' '.join(target.tests)}", flush=True)
-    mutmut(workdir, "run", "--max-children", str(max_children), *globs,
-           log=workdir / "mutmut-run.log")  # fmt: skip
+    if run:
+        prepare(target, workdir)
+        print(f"== {target.module}: mutating, tests {' '.join(target.tests)}", flush=True)
+        mutmut(workdir, "run", "--max-children", str(max_children), *globs,
+               log=workdir / "mutmut-run.log")  # fmt: skip
+    else:
+        print(f"== {target.module}: results of the last run", flush=True)
     statuses: dict[str, str] = {}
     for line in mutmut(workdir, "results", "--all", "true").splitlines():
         name, sep, status = line.strip().rpartition(": ")
@@ -234,7 +272,7 @@ def print_table(results: list[Result]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    print("(killed includes timeouts; other = no tests reach it / not checked; "
+    print("(killed includes timeouts; other = no test reaches it, or not checked yet; "
           "score = killed / (mutants - equivalent))")  # fmt: skip
 
 
@@ -249,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the module → tests map")
     parser.add_argument("--max-children", type=int, default=2, help="parallel test workers")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".mutation")
+    parser.add_argument(
+        "--report", action="store_true", help="report the last (maybe interrupted) run only"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for t in TARGETS.values():
@@ -260,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         parser.error(f"choose --all or --module from: {', '.join(TARGETS)} (got {unknown})")
     equivalents: dict[str, str] = json.loads(EQUIVALENTS_FILE.read_text())
-    results = [run_target(TARGETS[n], args.workdir, args.max_children, equivalents) for n in names]
+    results = [
+        run_target(TARGETS[n], args.workdir, args.max_children, equivalents, not args.report)
+        for n in names
+    ]
     print()
     print_table(results)
     return 1 if any(r.unexplained for r in results) else 0

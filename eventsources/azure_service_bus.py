@@ -235,6 +235,17 @@ def _body(msg: ServiceBusReceivedMessage, json_body: bool) -> Any:
     return _jsonable(raw)
 
 
+def _traceparent(msg: ServiceBusReceivedMessage) -> str:
+    """The W3C trace context a sender attached (``traceparent``, or the SDK's
+    ``Diagnostic-Id`` in the same format); "" when none."""
+    props = msg.application_properties or {}
+    for key in (b"traceparent", "traceparent", b"Diagnostic-Id", "Diagnostic-Id"):
+        value = props.get(key)
+        if value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
 def message_key(msg: ServiceBusReceivedMessage) -> str:
     """What identifies a message across redeliveries: its id, else its sequence number."""
     if msg.message_id is not None and str(msg.message_id) != "":
@@ -646,6 +657,7 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
                 )
                 return _Result(_Outcome.COMPLETE)
         event = self.make_event(event_name, data, event_id_from(TYPE_NAME, entity, key))
+        event.traceparent = _traceparent(msg)  # continued by the publish span
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.publish_retry_seconds
         delay = self.tuning.publish_retry_initial_seconds

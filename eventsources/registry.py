@@ -22,6 +22,12 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "webhook": "eventsources.webhook:WebhookSource",
         "sqs": "eventsources.sqs:SQSSource",
         "azureServiceBus": "eventsources.azure_service_bus:AzureServiceBusSource",
+        "nats": "eventsources.nats:NATSSource",
+        "redis": "eventsources.redis:RedisSource",
+        "mqtt": "eventsources.mqtt:MQTTSource",
+        "amqp": "eventsources.amqp:AMQPSource",
+        "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
+        "redisStream": "eventsources.redis_stream:RedisStreamSource",
     },
 )
 

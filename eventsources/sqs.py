@@ -630,6 +630,8 @@ class _QueueConsumer:
         event = self.plugin.make_event(
             event_name, data, event_id_from("sqs", self.queue_url, r.message_id)
         )
+        trace_attr = (r.raw.get("MessageAttributes") or {}).get("traceparent") or {}
+        event.traceparent = str(trace_attr.get("StringValue") or "")  # continued by publish
         try:
             await self.ctx.publish(event)
         except TransientError as e:

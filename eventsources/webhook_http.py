@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import re
 import time
 import zlib
@@ -43,6 +44,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from app.adapters import tracing
 from app.kernel import jsoncodec
 from app.kernel.errors import TransientError
 from app.kernel.events import Event, event_id_from, new_event_id
@@ -362,6 +364,7 @@ class WebhookApp:
     """
 
     __slots__ = (
+        "_clock",
         "_dispatch",
         "_in_flight",
         "_last_warning",
@@ -377,11 +380,15 @@ class WebhookApp:
         routes: Mapping[str, Route],
         dispatch: Dispatch,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.port = port
         self._routes: dict[str, Route] = dict(routes)
         self._dispatch = dispatch
-        self._last_warning = 0.0
+        self._clock = clock
+        """Seconds, monotonic; only the rate limit of the 503 warning reads it."""
+        self._last_warning = -math.inf  # the first 503 is always logged
         self._suppressed_warnings = 0
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -570,8 +577,16 @@ class WebhookApp:
         else:
             event_id = new_event_id()
         event = dispatch.make_event(route.event_name, data, event_id)
+        incoming = header.get("Traceparent")
         try:
-            await dispatch.publish(event)
+            with tracing.span(
+                f"webhook {route.event_name}",
+                parent=incoming[0] if incoming else "",
+                kind="server",
+                attributes={"triggerfish.event_id": event_id},
+            ) as sp:
+                event.traceparent = sp.traceparent
+                await dispatch.publish(event)
         except TransientError as e:
             dispatch.metrics.event_send_failed(dispatch.source_name, route.event_name)
             self._warn_unavailable(route, event_id, e)
@@ -593,7 +608,7 @@ class WebhookApp:
 
     def _warn_unavailable(self, route: Route, event_id: str, err: Exception) -> None:
         """Log a 503 with its event id, at most once a second (an outage is loud enough)."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warning < 1.0:
             self._suppressed_warnings += 1
             return

@@ -7,10 +7,12 @@ For every dependency it asks the bus for a durable consumer on
   fire the triggers and ack the bus message only after they all succeeded or were
   dead-lettered. Events are processed concurrently.
 * **Condition path** (several dependencies): the event is stored as the latest event of
-  its dependency for each trigger whose condition names it, in a JetStream key-value
-  bucket (so a restart between dependency A and B still fires once B arrives); then
-  every trigger whose condition is satisfied fires and its state is cleared; then the
-  message is acked. Processed one event at a time per sensor, in order.
+  its dependency for each trigger whose condition names it (in memory, written through
+  to a JetStream key-value bucket, so a restart between dependency A and B still fires
+  once B arrives, and replicas sharing the consumers see each other's events: see
+  :mod:`sensors.condstate`); then every trigger whose condition it completed fires and
+  its state is cleared; then the message is acked. Processed one event at a time per
+  sensor, in order.
 
 Triggers run with bounded retries (``retryStrategy``, whatever ``atLeastOnce`` says).
 Transient failures are retried (waiting at least the ``Retry-After`` a peer asked for,
@@ -37,11 +39,13 @@ from typing import Any, Protocol
 
 import orjson
 
+from app.adapters import tracing
 from app.kernel import jsoncodec
 from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
+from sensors.condstate import Completion, ConditionState
 from sensors.filters import CompiledFilters
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
@@ -65,16 +69,6 @@ class Message(Protocol):
     async def nak(self, delay_seconds: float | None = None) -> None: ...
 
     async def in_progress(self) -> None: ...
-
-
-class State(Protocol):
-    """Durable key → bytes state (implemented by ``app.adapters.bus.StateStore``)."""
-
-    async def put(self, key: str, value: bytes) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def items(self) -> dict[str, bytes]: ...
 
 
 class BusPort(Protocol):
@@ -218,15 +212,6 @@ def _join(prefix: str, path: str) -> str:
     return f"{prefix}.{path}" if path else prefix
 
 
-def _event_time(ev: Event) -> datetime:
-    """An event's CloudEvents time; one without a readable time counts as new (kept)."""
-    try:
-        when = datetime.fromisoformat(ev.time)
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _retry_delay(planned: float, error: Exception, policy: RetryPolicy) -> float:
     """The planned backoff, or the peer's ``Retry-After`` when that is longer (capped)."""
     asked = error.retry_after_seconds if isinstance(error, TransientError) else None
@@ -243,6 +228,18 @@ def firing_key(namespace: str, sensor: str, trigger: str, events: Mapping[str, E
     return h.hexdigest()[:32]
 
 
+def firing_concurrency(floor: int, kube: Any, max_ack_pending: int) -> int:
+    """Events a fast-path sensor works on at once.
+
+    Enough to keep every request slot of the Kubernetes client busy while other firings
+    are between steps (filters, parameters, ack): twice its in-flight limit, at least
+    ``floor``; never more than the consumer may hold unacked (``max_ack_pending``), which
+    also bounds the memory the events in progress take.
+    """
+    want = max(floor, 2 * int(getattr(kube, "max_in_flight", 0) or 0))
+    return max(1, min(want, max_ack_pending) if max_ack_pending > 0 else want)
+
+
 class SensorRunner:
     """Runs one Sensor against the bus until cancelled."""
 
@@ -255,6 +252,7 @@ class SensorRunner:
         metrics: Any,
         *,
         concurrency: int = 64,
+        max_ack_pending: int = 0,
         default_retry: RetryPolicy | None = None,
         ack_wait_seconds: float = 30.0,
         reset_clock: Clock | None = None,
@@ -298,11 +296,14 @@ class SensorRunner:
         self.reset_clock: Clock = reset_clock or SystemClock()
         self.traces = traces
         self.metrics = metrics
-        self.concurrency = concurrency
+        self.concurrency = firing_concurrency(concurrency, trigger_ctx.kube, max_ack_pending)
         self.ack_wait_seconds = ack_wait_seconds
         self.fast_path = len(self.deps) == 1
         self._lock = asyncio.Lock()
-        self._state: State | None = None
+        self._state: ConditionState | None = None
+        self._relevant = {
+            d: [t for t in self.triggers if d in t.condition.names()] for d in dep_names
+        }
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -359,8 +360,14 @@ class SensorRunner:
         """Open the durable condition state (multi-dependency sensors) and fire what a
         previous run left satisfied; :meth:`run` calls it, offline runs call it alone."""
         if not self.fast_path and self._state is None:
-            self._state = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
-            await self._fire_pending()
+            store = await self.bus.state_store(f"sensor-{self.namespace}-{self.name}")
+            state = ConditionState(
+                store,
+                {t.name: t.condition for t in self.triggers},
+                [d.name for d in self.deps],
+            )
+            await self._fire_pending(await state.load(), state)
+            self._state = state
 
     # -- conditionsReset ----------------------------------------------------------------
     def _clearer(self, trigger: str) -> Callable[[datetime | None], Awaitable[None]]:
@@ -382,14 +389,7 @@ class SensorRunner:
         if self._state is None:
             return
         async with self._lock:
-            stored = (await self._load_state()).get(trigger, {})
-            cleared = sorted(
-                dep
-                for dep, ev in stored.items()
-                if older_than is None or _event_time(ev) < older_than
-            )
-            for dep in cleared:
-                await self._state.delete(f"{trigger}__{dep}")
+            cleared = await self._state.reset(trigger, older_than)
         reset = self.resets.get(trigger)
         log.log(
             logging.INFO if cleared or older_than is None else logging.DEBUG,
@@ -414,6 +414,20 @@ class SensorRunner:
     # -- per event ----------------------------------------------------------------------
     async def handle(self, dep: str, msg: Message) -> None:
         """Process one delivered event of dependency ``dep``; ack when done."""
+        with tracing.span(
+            f"sensor {self.name}",
+            parent=msg.event.traceparent,
+            kind="consumer",
+            attributes={
+                "triggerfish.sensor": f"{self.namespace}/{self.name}",
+                "triggerfish.dependency": dep,
+                "triggerfish.event_id": msg.event.id,
+                "triggerfish.delivery": msg.num_delivered,
+            },
+        ):
+            await self._handle(dep, msg)
+
+    async def _handle(self, dep: str, msg: Message) -> None:
         ev = msg.event
         t0 = time.perf_counter()
         trace = Trace(
@@ -431,7 +445,10 @@ class SensorRunner:
         )  # fmt: skip
         self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
-            verdict = self.filters[dep].evaluate(ev)
+            with tracing.span("filters") as sp:
+                verdict = self.filters[dep].evaluate(ev)
+                sp.set("triggerfish.passed", verdict.passed)
+                sp.set("triggerfish.verdict", str(verdict))
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
@@ -448,7 +465,8 @@ class SensorRunner:
                 await self._fire_all(self.triggers, {dep: ev}, trace, msg)
             else:
                 async with self._lock:
-                    await self._accumulate(dep, ev, trace, msg)
+                    with tracing.span("conditions"):
+                        await self._accumulate(dep, ev, trace, msg)
             await msg.ack()
         except Exception as e:
             # Not durable and not done (bus down while dead-lettering, state store
@@ -475,46 +493,36 @@ class SensorRunner:
 
     async def _accumulate(self, dep: str, ev: Event, trace: Trace, msg: Message) -> None:
         assert self._state is not None
-        relevant = [t for t in self.triggers if dep in t.condition.names()]
-        payload = ev.to_json()
-        for t in relevant:
-            await self._state.put(f"{t.name}__{dep}", payload)
-        state = await self._load_state()
-        before = {t.name: sorted(state.get(t.name, {})) for t in relevant}
-        fire = [t for t in relevant if t.condition.satisfied(set(state.get(t.name, {})))]
+        relevant = self._relevant[dep]
+        fire = await self._state.add([t.name for t in relevant], dep, ev)
+        fired = {c.trigger: c for c in fire}
         trace.conditions = {
-            "state": before,
-            "fired": [t.name for t in fire],
-            "waiting": {t.name: t.condition.text for t in relevant if t not in fire},
+            "state": {
+                t.name: sorted(fired[t.name].entries)
+                if t.name in fired
+                else self._state.present(t.name)
+                for t in relevant
+            },
+            "fired": [c.trigger for c in fire],
+            "waiting": {t.name: t.condition.text for t in relevant if t.name not in fired},
         }
-        for t in fire:
+        for c in fire:
             trace.fired = True
-            await self._fire_all([t], state[t.name], trace, msg)
-            for d in state[t.name]:
-                await self._state.delete(f"{t.name}__{d}")
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, msg)
+            await self._state.fired(c)
 
-    async def _load_state(self) -> dict[str, dict[str, Event]]:
-        assert self._state is not None
-        out: dict[str, dict[str, Event]] = {}
-        for key, raw in (await self._state.items()).items():
-            trig, _, dep = key.partition("__")
-            with contextlib.suppress(ValueError):
-                out.setdefault(trig, {})[dep] = Event.from_json(raw)
-        return out
+    def _trigger(self, name: str) -> PreparedTrigger:
+        return next(t for t in self.triggers if t.name == name)
 
-    async def _fire_pending(self) -> None:
-        """After a restart: fire triggers whose stored state already satisfies them."""
-        state = await self._load_state()
-        for t in self.triggers:
-            events = state.get(t.name, {})
-            if events and t.condition.satisfied(set(events)):
-                trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
-                trace.fired = True
-                await self._fire_all([t], events, trace, None)
-                for d in events:
-                    assert self._state is not None
-                    await self._state.delete(f"{t.name}__{d}")
-                self.traces.add(trace)
+    async def _fire_pending(self, pending: list[Completion], state: ConditionState) -> None:
+        """At start: fire rounds the bucket shows complete that no replica marked fired
+        (a crash between completing and marking; same firing key, so no duplicate)."""
+        for c in pending:
+            trace = Trace(self.name, self.namespace, "", "", "", "(restart)")
+            trace.fired = True
+            await self._fire_all([self._trigger(c.trigger)], c.events, trace, None)
+            await state.fired(c)
+            self.traces.add(trace)
 
     # -- triggers -----------------------------------------------------------------------
     async def _fire_all(
@@ -528,11 +536,57 @@ class SensorRunner:
             outcome = await self._fire_one(t, events, msg)
             trace.triggers.append(outcome)
 
+    async def replay(self, trigger: str, events: Mapping[str, Event]) -> Trace:
+        """Run trigger ``trigger`` again for a dead-lettered firing's ``events``.
+
+        The firing key is the same as the first time (it is hashed from the event ids),
+        so a trigger that made its effect idempotent does not create a second object
+        when both the original and a replay got through. A failed replay is not
+        dead-lettered again (the dead letter being replayed is still there)."""
+        t = next((x for x in self.triggers if x.name == trigger), None)
+        if t is None:
+            raise ConfigError(f"sensor {self.name} has no trigger {trigger!r}")
+        first = next(iter(events.values()), None)
+        trace = Trace(
+            sensor=self.name,
+            namespace=self.namespace,
+            event_id=first.id if first else "",
+            event_source=first.source if first else "",
+            event_name=first.subject if first else "",
+            dependency="(replay)",
+        )
+        trace.conditions = {"replayed": True}
+        trace.fired = True
+        try:
+            trace.triggers.append(await self._fire_one(t, events, None, dead_letter=False))
+        finally:
+            self.traces.add(trace)
+        return trace
+
     async def _fire_one(
-        self, t: PreparedTrigger, events: Mapping[str, Event], msg: Message | None
+        self,
+        t: PreparedTrigger,
+        events: Mapping[str, Event],
+        msg: Message | None,
+        *,
+        dead_letter: bool = True,
+    ) -> TriggerOutcome:
+        with tracing.span(f"trigger {t.name}", attributes={"triggerfish.trigger": t.name}) as sp:
+            outcome = await self._fire_attempts(t, events, msg, sp.trace_id, dead_letter)
+            if outcome.status != "succeeded":
+                sp.error(outcome.error or outcome.status)
+            return outcome
+
+    async def _fire_attempts(
+        self,
+        t: PreparedTrigger,
+        events: Mapping[str, Event],
+        msg: Message | None,
+        trace_id: str,
+        dead_letter: bool,
     ) -> TriggerOutcome:
         key = firing_key(self.namespace, self.name, t.name, events)
-        inv = Invocation(self.name, self.namespace, t.name, events, key)
+        inv = Invocation(self.name, self.namespace, t.name, events, key, trace_id)
         outcome = TriggerOutcome(trigger=t.name, status="failed")
         delays = t.retry.delays()
         labels = (self.namespace, self.name, t.name)
@@ -584,6 +638,9 @@ class SensorRunner:
         # Failed for good: dead-letter (raises if the bus cannot take it → not acked).
         self.metrics.action_retries_failed.labels(*labels).inc()
         outcome.error = f"{type(last).__name__}: {last}" if last else "unknown error"
+        if not dead_letter:
+            log.error("trigger %s/%s failed again: %s", self.name, t.name, outcome.error)
+            return outcome
         log.error("trigger %s/%s failed: %s; dead-lettering", self.name, t.name, outcome.error)
         if t.dlq is not None:
             dlq_outcome = await self._fire_one(t.dlq, events, msg)
@@ -593,13 +650,18 @@ class SensorRunner:
                 "action": dlq_outcome.action,
                 "error": dlq_outcome.error,
             }
-        await self._dead_letter(t, key, events, outcome.error)
+        await self._dead_letter(t, key, events, outcome.error, outcome.attempts)
         self.metrics.dead_lettered.labels(*labels).inc()
         outcome.status = "dead-lettered"
         return outcome
 
     async def _dead_letter(
-        self, t: PreparedTrigger, key: str, events: Mapping[str, Event], error: str
+        self,
+        t: PreparedTrigger,
+        key: str,
+        events: Mapping[str, Event],
+        error: str,
+        attempts: int = 1,
     ) -> None:
         subject = dead_letter_subject(self.bus_name, self.name, t.name)
         payload = jsoncodec.dumps(
@@ -608,6 +670,9 @@ class SensorRunner:
                 "namespace": self.namespace,
                 "trigger": t.name,
                 "error": error,
+                "key": key,
+                "attempts": attempts,
+                "time": datetime.now(UTC).isoformat(),
                 "events": {d: orjson.loads(e.to_json()) for d, e in events.items()},
             }
         )

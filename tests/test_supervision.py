@@ -208,8 +208,13 @@ def test_bus_that_cannot_restart_is_reported_then_recovers_on_a_new_port(
         store.write_text("not a directory")  # the server cannot start on this
         os.kill(_nats_pid(tf), signal.SIGKILL)
 
-        wait_for(lambda: httpx.get(f"{api}/readyz", timeout=5).status_code == 503, timeout=15)
-        assert httpx.get(f"{api}/readyz", timeout=5).json()["busServer"] == "restarting"
+        def restarting() -> bool:
+            r = httpx.get(f"{api}/readyz", timeout=5)
+            # not ready at once (connection lost); "restarting" once the supervisor has
+            # seen the process exit
+            return r.status_code == 503 and r.json()["busServer"] == "restarting"
+
+        wait_for(restarting, timeout=15)
         r = _post(url, "during")
         assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
         metrics = httpx.get(f"{api}/metrics", timeout=5).text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,14 +33,14 @@ KEY = "0123456789abcdef" * 2
 
 
 @pytest.fixture
-def kube(kube_api: KubeApi) -> Iterator[ApiKube]:
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
     kube_api.create_namespace(NS)
     api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
     assert api is not None
     try:
         yield api
     finally:
-        api.close()
+        await api.close()
 
 
 @pytest.fixture

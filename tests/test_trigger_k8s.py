@@ -8,7 +8,7 @@ firing's key, or none, is a name clash: a PermanentError, never a silent success
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,14 +27,14 @@ OTHER_KEY = "fedcba9876543210" * 2
 
 
 @pytest.fixture
-def kube(kube_api: KubeApi) -> Iterator[ApiKube]:
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
     kube_api.create_namespace(NS)
     api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
     assert api is not None
     try:
         yield api
     finally:
-        api.close()
+        await api.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,14 @@ async def test_url_failures(server: RecordingServer, ctx: TriggerContext) -> Non
 
 
 @pytest.fixture
-def kube(kube_api: KubeApi) -> Iterator[ApiKube]:
+async def kube(kube_api: KubeApi) -> AsyncIterator[ApiKube]:
     kube_api.create_namespace(NS)
     api = ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
     assert api is not None
     try:
         yield api
     finally:
-        api.close()
+        await api.close()
 
 
 async def test_configmap_source_through_the_api(kube: ApiKube) -> None:

@@ -33,10 +33,10 @@ def test_valid_manifests_print_ok_lines(tmp_path: Path) -> None:
     code, lines = run([str(tmp_path)])
     assert code == 0
     assert lines == [
-        f"ok   {tmp_path}/bus.yaml EventBus/default",
-        f"ok   {tmp_path}/sa.yaml ServiceAccount/operate-workflow-sa",
-        f"ok   {tmp_path}/sensor.yaml Sensor/ml-pipeline-sensor",
-        f"ok   {tmp_path}/source.yaml EventSource/webhook",
+        f"ok   {tmp_path}/bus.yaml EventBus default",
+        f"ok   {tmp_path}/sa.yaml ServiceAccount argo-events/operate-workflow-sa",
+        f"ok   {tmp_path}/sensor.yaml Sensor argo-events/ml-pipeline-sensor",
+        f"ok   {tmp_path}/source.yaml EventSource argo-events/webhook",
     ]
 
 
@@ -56,8 +56,8 @@ def test_errors_name_file_document_kind_name_and_path(tmp_path: Path) -> None:
     p.write_text(EVENTSOURCE_YAML + "---\n" + bad)
     code, lines = run([str(p)])
     assert code == 1
-    assert lines[0] == f"ok   {p}#1 EventSource/webhook"
-    prefix = f"error {p}#2 Sensor/ml-pipeline-sensor: "
+    assert lines[0] == f"ok   {p}#1 EventSource argo-events/webhook"
+    prefix = f"error {p}#2 Sensor argo-events/ml-pipeline-sensor: "
     assert all(line.startswith(prefix) for line in lines[1:])
     assert f"{prefix}spec.dependecies: unknown field" in lines
     assert any(
@@ -71,7 +71,7 @@ def test_unsupported_type_is_exactly_one_line(tmp_path: Path) -> None:
     code, lines = run([str(p)])
     assert code == 1
     assert lines == [
-        f"error {p} Sensor/ml-pipeline-sensor: "
+        f"error {p} Sensor argo-events/ml-pipeline-sensor: "
         "spec.triggers[0].template.pulsar: trigger type 'pulsar' is not supported"
     ]
 
@@ -138,7 +138,7 @@ def test_validate_rejects_what_run_rejects(
     code, lines = run([str(p)])
     assert code == 1
     [line] = lines
-    assert line.startswith(f"error {p} Sensor/ml-pipeline-sensor: {expected}")
+    assert line.startswith(f"error {p} Sensor argo-events/ml-pipeline-sensor: {expected}")
     from app.compose.loading import load_for_run
     from app.kernel.errors import ConfigError
 
@@ -164,7 +164,7 @@ def test_unknown_argoproj_kind_is_an_error(tmp_path: Path) -> None:
     code, lines = run([str(p)])
     assert code == 1
     assert lines == [
-        f"error {p} Sensr/ml-pipeline-sensor: kind: unknown argoproj.io kind 'Sensr' "
+        f"error {p} Sensr argo-events/ml-pipeline-sensor: kind: unknown argoproj.io kind 'Sensr' "
         "(Triggerfish runs EventBus, EventSource, Sensor; other Argo kinds such as Workflow "
         "and WorkflowTemplate are applied as they are)"
     ]
@@ -173,14 +173,14 @@ def test_unknown_argoproj_kind_is_an_error(tmp_path: Path) -> None:
 def test_other_argo_kinds_pass(tmp_path: Path) -> None:
     p = tmp_path / "wt.yaml"
     p.write_text("apiVersion: argoproj.io/v1alpha1\nkind: WorkflowTemplate\nmetadata: {name: t}\n")
-    assert run([str(p)]) == (0, [f"ok   {p} WorkflowTemplate/t"])
+    assert run([str(p)]) == (0, [f"ok   {p} WorkflowTemplate t"])
 
 
 def test_unserved_dependency_warns_and_strict_makes_it_an_error(tmp_path: Path) -> None:
     (tmp_path / "sensor.yaml").write_text(SENSOR_YAML)
     code, lines = run([str(tmp_path)])
     warning = (
-        f"{tmp_path}/sensor.yaml Sensor/ml-pipeline-sensor: spec.dependencies[0]: "
+        f"{tmp_path}/sensor.yaml Sensor argo-events/ml-pipeline-sensor: spec.dependencies[0]: "
         "no EventSource 'webhook' in the given manifests: this dependency would never fire here"
     )
     assert (code, lines[1:]) == (0, [f"warning {warning}"])
@@ -211,7 +211,8 @@ def test_two_event_sources_on_one_port_warn_here_and_stop_run(tmp_path: Path) ->
     code, lines = run([str(tmp_path)])
     assert code == 0
     assert any(
-        line.startswith(f"warning {tmp_path}/b.yaml EventSource/other: spec.webhook.trigger.port:")
+        line.startswith(f"warning {tmp_path}/b.yaml EventSource argo-events/other: ")
+        and ": spec.webhook.trigger.port:" in line
         and "also bound by EventSource 'webhook'" in line
         for line in lines
     )

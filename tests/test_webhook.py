@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.kernel.errors import BusUnavailableError, ConfigError, TransientError
-from app.kernel.events import Event
+from app.kernel.events import Event, event_id_from
 from app.kernel.jsoncodec import PARSER_MAX_DEPTH
 from app.kernel.settings import HttpServerSettings
 from eventsources.base import SourceContext
@@ -27,6 +27,9 @@ from eventsources.webhook import WebhookConfig, WebhookSource
 from eventsources.webhook_http import (
     MASKED_AUTHORIZATION,
     MAX_BODY_DEPTH,
+    Dispatch,
+    Route,
+    WebhookApp,
     canonical_header_name,
 )
 
@@ -716,7 +719,7 @@ async def test_any_content_type_with_a_json_body_is_accepted(make_client, conten
 
 
 def _gzip(data: bytes) -> bytes:
-    return gzip.compress(data)
+    return gzip.compress(data, mtime=0)
 
 
 async def test_gzip_body_is_decoded(make_client):
@@ -758,15 +761,15 @@ async def test_size_limit_applies_to_the_decoded_body(make_client):
     ("encoding", "body", "message"),
     [
         ("gzip", b"not gzip at all", "request body is not valid gzip"),
-        ("gzip", gzip.compress(b'{"a": 1}')[:-6], "request body is truncated gzip data"),
+        ("gzip", gzip.compress(b'{"a": 1}', mtime=0)[:-6], "request body is truncated gzip data"),
         ("deflate", b"\x00\x01", "request body is not valid deflate"),
         (
             "deflate",
             zlib.compress(b"{}") + b"junk",
             "request body has data after the end of the deflate",
         ),
-        ("gzip", gzip.compress(b"{}") + b"junk", "request body is not valid gzip"),
-        ("gzip", gzip.compress(b"\xff"), "request body is not valid JSON"),
+        ("gzip", gzip.compress(b"{}", mtime=0) + b"junk", "request body is not valid gzip"),
+        ("gzip", gzip.compress(b"\xff", mtime=0), "request body is not valid JSON"),
     ],
 )
 async def test_corrupt_compressed_body_is_400(make_client, encoding, body, message):
@@ -929,15 +932,37 @@ async def test_bytes_that_are_not_utf8_are_replaced_in_forms_and_queries(make_cl
     assert sent[0]["status"] == 200 and pub2.events[0].data["body"] == {"a": ["\ufffd"]}
 
 
-async def test_503_warnings_are_rate_limited(make_client, caplog):
-    client, pub, _ = await make_client()
+async def test_503_warnings_are_rate_limited_and_count_what_they_left_out(caplog):
+    now = [100.0]
+    pub = Publisher()
     pub.fail_with = BusUnavailableError("down")
+    route = Route(event_name="trigger", endpoint="/trigger", method="POST",
+                  max_payload_bytes=1024)  # fmt: skip
+    dispatch = Dispatch(
+        source_name="webhook",
+        publish=pub,
+        make_event=lambda name, data, eid: Event(id=eid, source="webhook", subject=name,
+                                                 type="webhook", data=data),
+        metrics=RecordingMetrics(),
+        log=logging.getLogger("test.webhook"),
+    )  # fmt: skip
+    app = WebhookApp(12000, {"/trigger": route}, dispatch, clock=lambda: now[0])
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://h")
+    key = {"idempotency-key": "k1"}
     with caplog.at_level(logging.WARNING, logger="test.webhook"):
-        for _ in range(3):
-            assert (await client.post("/trigger", json={})).status_code == 503
+        for step in (0.0, 0.25, 0.5, 0.25, 0.5, 0.5):  # seconds after the previous request
+            now[0] += step
+            assert (await client.post("/trigger", json={}, headers=key)).status_code == 503
+    await client.aclose()
     lines = [r.getMessage() for r in caplog.records if r.name == "test.webhook"]
-    assert len(lines) == 1, lines
-    assert lines[0].endswith("answered 503: down")
+    event_id = event_id_from("webhook", "trigger", "k1")
+    assert lines == [
+        f"webhook webhook/trigger: event {event_id} not recorded, answered 503: down",
+        f"webhook webhook/trigger: event {event_id} not recorded, answered 503: down"
+        " (2 more since the last line)",
+        f"webhook webhook/trigger: event {event_id} not recorded, answered 503: down"
+        " (1 more since the last line)",
+    ]
 
 
 async def _app_and_publisher(
@@ -981,3 +1006,69 @@ async def _call(
              "query_string": query}  # fmt: skip
     await asyncio.wait_for(app(scope, receive, send), 5)
     return sent
+
+
+async def test_bytes_that_are_not_utf8_anywhere_are_replaced_not_a_500():
+    app, pub = await _app_and_publisher({"get": cfg(endpoint="/g", method="GET"), "post": cfg()})
+    form = (b"content-type", b"application/x-www-form-urlencoded")
+    sent = await _call(app, "/g", "GET", [], [{"type": "http.request"}], query=b"a=%FF&b=%e2%82")
+    assert sent[0]["status"] == 200
+    assert pub.events[0].data["body"] == {"a": ["\ufffd"], "b": ["\ufffd"]}
+    sent = await _call(app, "/trigger", "POST", [form],
+                       [{"type": "http.request", "body": b"a=%FF"}])  # fmt: skip
+    assert sent[0]["status"] == 200 and pub.events[1].data["body"] == {"a": ["\ufffd"]}
+    headers = [(b"x-name", b"caf\xe9"), (b"idempotency-key", b"k\xff")]
+    for _ in range(2):
+        sent = await _call(app, "/trigger", "POST", headers, [{"type": "http.request"}])
+        assert sent[0]["status"] == 200
+    assert pub.events[2].data["header"]["X-Name"] == ["caf\ufffd"]
+    assert pub.events[2].id == pub.events[3].id == event_id_from("webhook", "post", "k\ufffd")
+
+
+@pytest.mark.parametrize("first", [b"authorization", b"transfer-encoding", b"host"])
+async def test_headers_after_a_special_one_are_kept(first):
+    app, pub = await _app_and_publisher()
+    value = b"chunked" if first == b"transfer-encoding" else b"Bearer x"
+    headers = [(first, value), (b"x-after", b"1"), (b"content-type", b"application/json")]
+    sent = await _call(app, "/trigger", "POST", headers, [{"type": "http.request", "body": b"{}"}])
+    assert sent[0]["status"] == 200
+    assert pub.events[0].data["header"]["X-After"] == ["1"]
+    assert pub.events[0].data["header"]["Content-Type"] == ["application/json"]
+
+
+async def test_wrong_token_with_a_body_closes_the_connection(make_client):
+    events, secrets = _auth_source()
+    client, _, _ = await make_client(events, secrets=secrets)
+    r = await client.post("/trigger", json={"a": 1}, headers={"authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.headers["connection"] == "close"
+
+
+async def test_filtered_request_is_counted_for_its_source_and_event(make_client):
+    events = {"trigger": cfg(filter={"expression": "body.keep == true"})}
+    client, pub, metrics = await make_client(events)
+    r = await client.post("/trigger", json={"keep": False})
+    assert (r.status_code, r.headers["x-triggerfish-filtered"]) == (200, "true")
+    assert metrics.filtered == [("webhook", "trigger")] and pub.events == []
+
+
+async def test_failure_before_an_event_exists_is_500_and_logged(caplog):
+    app, pub = await _app_and_publisher()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/trigger", "headers": []}  # no query
+    with caplog.at_level(logging.ERROR, logger="test.webhook"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"internal error, event not recorded"
+    assert any("before an event was built" in r.getMessage() for r in caplog.records)
+    assert pub.events == []
+
+    async def gone(message: dict[str, Any]) -> None:
+        raise OSError("client went away")
+
+    await app(scope, receive, gone)  # nothing to answer to: no error escapes either

@@ -43,12 +43,26 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.kernel.errors import BusUnavailableError, StreamFullError, TransientError
+from app.kernel.errors import (
+    BusUnavailableError,
+    StateConflictError,
+    StreamFullError,
+    TransientError,
+)
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
 from app.kernel.subjects import event_subject, subject_token
 
-__all__ = ["Bus", "BusMessage", "StateStore", "StreamLimits", "event_subject", "subject_token"]
+__all__ = [
+    "Bus",
+    "BusMessage",
+    "StateRecord",
+    "StateStore",
+    "StoredMessage",
+    "StreamLimits",
+    "event_subject",
+    "subject_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,44 +138,107 @@ class BusMessage:
 Handler = Callable[[BusMessage], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One message of a state bucket, in bucket order: ``revision`` is its position,
+    ``value`` is ``None`` for a deletion marker."""
+
+    revision: int
+    key: str
+    value: bytes | None
+
+
+_STATE_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from a stream: its sequence, subject, bytes and store time
+    (epoch seconds; 0 when unknown)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    time: float
+
+
 class StateStore:
-    """Durable key → bytes state (a JetStream KV bucket); errors become TransientError."""
+    """Durable key → bytes state in one JetStream KV bucket, read as an ordered log.
 
-    def __init__(self, kv: Any) -> None:
+    Every call is one JetStream API request (a publish, a message get, a purge): none
+    creates a consumer, so per-event use stays O(1) in server resources. Errors become
+    :class:`BusUnavailableError`; a lost revision check becomes
+    :class:`StateConflictError`.
+    """
+
+    def __init__(self, js: JetStreamContext, kv: Any, bucket: str) -> None:
+        self._js = js
         self._kv = kv
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
 
-    async def put(self, key: str, value: bytes) -> None:
+    async def put(self, key: str, value: bytes) -> int:
+        """Store ``value`` under ``key``; returns its revision."""
         try:
-            await self._kv.put(subject_token(key), value)
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            return int(await self._kv.put(key, value))
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state put {key!r} failed: {e}") from e
 
-    async def delete(self, key: str) -> None:
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Store ``value`` only if ``key``'s latest revision is ``last`` (0: absent)."""
         try:
-            await self._kv.delete(subject_token(key))
+            return int(await self._kv.update(key, value, last=last))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise StateConflictError(f"state {key!r} changed since revision {last}") from e
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state update {key!r} failed: {e}") from e
+
+    async def delete(self, key: str) -> None:
+        """Write a deletion marker for ``key`` (readers of the log see it)."""
+        try:
+            await self._kv.delete(key)
         except nats.js.errors.KeyNotFoundError:
             return
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state delete {key!r} failed: {e}") from e
 
-    async def items(self) -> dict[str, bytes]:
-        """All live keys and values."""
+    async def next_record(self, after: int) -> StateRecord | None:
+        """The first record with a revision above ``after``; ``None`` past the end."""
         try:
-            try:
-                keys = await self._kv.keys()
-            except nats.js.errors.NoKeysError:
-                return {}
-            out: dict[str, bytes] = {}
-            for k in keys:
-                try:
-                    entry = await self._kv.get(k)
-                except nats.js.errors.KeyNotFoundError:
-                    continue
-                if entry.value is not None:
-                    out[k] = entry.value
-            return out
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            msg = await self._js.get_msg(
+                self._stream, seq=after + 1, subject=f"{self._prefix}>", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state read failed: {e}") from e
+        return self._record(msg)
+
+    async def latest(self, key: str) -> StateRecord | None:
+        """The newest record of ``key`` (a deletion marker included); ``None`` if none."""
+        try:
+            msg = await self._js.get_msg(self._stream, subject=f"{self._prefix}{key}")
+        except nats.js.errors.NotFoundError:
+            return None
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state read of {key!r} failed: {e}") from e
+        return self._record(msg)
+
+    async def purge(self, key_filter: str, before: int | None = None) -> None:
+        """Remove, without leaving markers, the records whose key matches ``key_filter``
+        (a key, or a prefix ending in ``.>``), only those below revision ``before``
+        when given."""
+        try:
+            await self._js.purge_stream(
+                self._stream, seq=before, subject=f"{self._prefix}{key_filter}"
+            )
+        except _STATE_ERRORS as e:
+            raise BusUnavailableError(f"state purge {key_filter!r} failed: {e}") from e
+
+    def _record(self, msg: Any) -> StateRecord:
+        op = (msg.headers or {}).get("KV-Operation")
+        value = None if op in ("DEL", "PURGE") else (msg.data or b"")
+        return StateRecord(int(msg.seq), str(msg.subject).removeprefix(self._prefix), value)
 
 
 class Bus:
@@ -174,26 +251,45 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._streams: dict[str, StreamLimits] = {}
         self._closed = False
+        self._last_server = ""
+        self._restore: asyncio.Task[None] | None = None
+        self.consumer_errors: dict[str, str] = {}
+        """durable consumer name → why it is not consuming now (absent while it is)."""
 
     # -- connection -------------------------------------------------------------------
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs of :attr:`url` (a comma-separated list reaches a cluster)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    def _server_now(self) -> str:
+        """The server connected to (kept after a disconnect, for the log line)."""
+        cu = self._nc.connected_url if self._nc is not None else None
+        if cu is not None:
+            self._last_server = f"{cu.scheme}://{cu.netloc}"
+        return self._last_server or self.url
+
     async def connect(self) -> None:
-        """Connect (reconnecting forever afterwards); raise if the first attempt fails."""
+        """Connect (reconnecting forever afterwards, to any server of the list or of the
+        cluster's gossip); raise if the first attempt fails."""
 
         async def on_disconnect() -> None:
-            log.warning("bus disconnected from %s", self.url)
+            log.warning("bus disconnected from %s", self._server_now())
 
         async def on_reconnect() -> None:
-            log.info("bus reconnected to %s", self.url)
-            # A server restarted on an empty store has lost our streams: recreate them.
-            for name, limits in list(self._streams.items()):
-                with contextlib.suppress(Exception):
-                    await self.ensure_stream(name, limits)
+            log.info("bus reconnected to %s", self._server_now())
+            # A server restarted on an empty store has lost our streams: recreate them,
+            # in a task of its own: the client runs this callback inside its reconnect
+            # loop, and JetStream calls there (slow while a cluster elects leaders) would
+            # hold that loop up and race the next disconnect.
+            if self._restore is None or self._restore.done():
+                self._restore = asyncio.create_task(self._restore_streams())
 
         async def on_error(e: Exception) -> None:
             log.debug("bus error: %s", e)
 
         opts: dict[str, Any] = {
-            "servers": [self.url],
+            "servers": self.servers,
             "connect_timeout": self.settings.connect_timeout_seconds,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.25,
@@ -210,6 +306,12 @@ class Bus:
         except Exception as e:
             raise BusUnavailableError(f"cannot connect to NATS at {self.url}: {e}") from e
         self._js = self._nc.jetstream(timeout=self.settings.publish_timeout_seconds)
+        self._server_now()
+
+    async def _restore_streams(self) -> None:
+        for name, limits in list(self._streams.items()):
+            with contextlib.suppress(Exception):
+                await self.ensure_stream(name, limits)
 
     @property
     def connected(self) -> bool:
@@ -227,6 +329,8 @@ class Bus:
 
     async def close(self) -> None:
         self._closed = True
+        if self._restore is not None:
+            self._restore.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=1)
@@ -278,40 +382,223 @@ class Bus:
         )
 
     async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
-        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`)."""
+        """Publish bytes with a dedup id and await the PubAck (see :meth:`publish`).
+
+        While nobody answers for the stream (a cluster electing a new stream leader
+        after a node died: followers drop what they receive, so an attempt may also
+        just time out) or the client is moving to another server, the publish is tried
+        again with the same dedup id, each attempt waiting at most a third of
+        ``publish_timeout_seconds`` and all of them within it: a short election costs
+        the caller a wait instead of a 503, and the event is stored once. A full
+        stream is not retried (:class:`StreamFullError` at once).
+        """
+        loop = asyncio.get_running_loop()
+        budget = self.settings.publish_timeout_seconds
+        deadline = loop.time() + budget
+        attempt_cap = max(0.5, budget / 3)
+        delay = 0.05
+        while True:
+            nc = self._nc
+            failure: Exception
+            try:
+                if nc is None or not nc.is_connected:
+                    raise BusUnavailableError("bus is not connected")
+                await self._jetstream().publish(
+                    subject,
+                    payload,
+                    timeout=max(0.01, min(deadline - loop.time(), attempt_cap)),
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+                return
+            except nats.js.errors.APIError as e:
+                if _is_stream_full(e):
+                    raise StreamFullError(f"stream full, publish to {subject} refused: "
+                                          f"{e.description}") from e  # fmt: skip
+                if not isinstance(e, nats.js.errors.ServiceUnavailableError):
+                    raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+                failure = e
+            except (
+                BusUnavailableError,
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.js.errors.NoStreamResponseError,
+            ) as e:
+                failure = e
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+            # the client passes through disconnected/reconnecting/connecting while it
+            # moves to another server; only a closed client is a reason to stop now
+            again = nc is not None and not self._closed and not nc.is_closed
+            if not again or loop.time() + delay >= deadline:
+                if isinstance(failure, BusUnavailableError):
+                    raise failure
+                msg = f"publish to {subject} not acknowledged: {failure}"
+                raise BusUnavailableError(msg) from failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # -- bounded logs (traces) and reading a stream back ---------------------------
+    async def ensure_log_stream(
+        self, name: str, subjects: list[str], max_msgs: int, max_age_seconds: float
+    ) -> None:
+        """Create or update a stream that keeps the newest ``max_msgs`` messages for at
+        most ``max_age_seconds`` (discarding the oldest), e.g. the persisted traces."""
+        js = self._jetstream()
+        cfg = StreamConfig(
+            name=name,
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs=max_msgs or -1,
+            max_age=max_age_seconds or 0,
+            num_replicas=1,
+        )
+        try:
+            try:
+                await js.stream_info(name)
+                await js.update_stream(cfg)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(cfg)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot create stream {name!r}: {e}") from e
+
+    async def publish_nowait(self, subject: str, payload: bytes) -> None:
+        """Publish without waiting for the PubAck (best effort: traces, not events)."""
         nc = self._nc
         if nc is None or not nc.is_connected:
             raise BusUnavailableError("bus is not connected")
         try:
-            await self._jetstream().publish(
-                subject,
-                payload,
-                timeout=self.settings.publish_timeout_seconds,
-                headers={"Nats-Msg-Id": msg_id},
+            await nc.publish(subject, payload)
+        except (nats.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"publish to {subject} failed: {e}") from e
+
+    async def read_stream(
+        self,
+        stream: str,
+        filter_subject: str,
+        last: int,
+        *,
+        before: int | None = None,
+        timeout_seconds: float = 2.0,
+    ) -> list[StoredMessage]:
+        """The stored messages of ``stream`` on ``filter_subject`` among its newest
+        ``last`` sequence numbers (below ``before`` when given), oldest first; read with
+        an ephemeral consumer that acks nothing."""
+        js = self._jetstream()
+        try:
+            info = await js.stream_info(subject_token(stream))
+            state = info.state
+            if not state.messages:
+                return []
+            first_seq, last_seq = int(state.first_seq), int(state.last_seq)
+            if before is not None:
+                last_seq = min(last_seq, before - 1)
+            if last_seq < first_seq:
+                return []
+            start = max(first_seq, last_seq - max(1, last) + 1)
+            psub = await js.pull_subscribe(
+                filter_subject,
+                stream=subject_token(stream),
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=30.0,
+                    filter_subject=filter_subject,
+                    max_ack_pending=-1,
+                ),
             )
+        except nats.js.errors.NotFoundError:
+            return []
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        out: list[StoredMessage] = []
+        try:
+            while True:
+                try:
+                    pending = (await psub.consumer_info()).num_pending or 0
+                    if pending == 0:
+                        break
+                    msgs = await psub.fetch(min(256, pending), timeout=timeout_seconds)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                done = False
+                for m in msgs:
+                    md = m.metadata
+                    if int(md.sequence.stream) > last_seq:
+                        done = True
+                        break
+                    out.append(
+                        StoredMessage(
+                            seq=int(md.sequence.stream),
+                            subject=m.subject,
+                            data=m.data,
+                            time=md.timestamp.timestamp() if md.timestamp else 0.0,
+                        )
+                    )
+                if done:
+                    break
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        return out
+
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        """``(first_seq, last_seq)`` of a stream; ``(0, 0)`` when it does not exist."""
+        try:
+            state = (await self._jetstream().stream_info(subject_token(stream))).state
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e
+        return int(state.first_seq), int(state.last_seq)
+
+    async def get_stored(self, stream: str, seq: int) -> StoredMessage | None:
+        """One stored message by sequence number; None when it is gone."""
+        try:
+            raw = await self._jetstream().get_msg(subject_token(stream), seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot read message {seq} of {stream!r}: {e}") from e
+        return StoredMessage(seq=seq, subject=raw.subject or "", data=raw.data or b"", time=0.0)
+
+    async def delete_stored(self, stream: str, seq: int) -> bool:
+        """Delete one stored message; False when it was already gone."""
+        try:
+            return bool(await self._jetstream().delete_msg(subject_token(stream), seq))
+        except nats.js.errors.NotFoundError:
+            return False
         except nats.js.errors.APIError as e:
-            if _is_stream_full(e):
-                raise StreamFullError(f"stream full, publish to {subject} refused: "
-                                      f"{e.description}") from e  # fmt: skip
-            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as e:
-            raise BusUnavailableError(f"publish to {subject} not acknowledged: {e}") from e
+            if getattr(e, "code", None) == 404 or "not found" in str(e).lower():
+                return False
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            raise BusUnavailableError(f"cannot delete message {seq} of {stream!r}: {e}") from e
 
     # -- key-value state --------------------------------------------------------------
     async def state_store(self, name: str) -> StateStore:
-        """A JetStream key-value bucket for durable sensor state (file storage)."""
+        """A JetStream key-value bucket for durable sensor state (file storage), with as
+        many replicas as the streams asked for: on a cluster, state survives the loss of
+        a node like the events do."""
         js = self._jetstream()
         bucket = subject_token(name).replace("-", "_")
+        replicas = max((lim.replicas for lim in self._streams.values()), default=1)
         try:
             try:
                 kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+                    KeyValueConfig(
+                        bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
+                    )
                 )
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot open state bucket {bucket!r}: {e}") from e
-        return StateStore(kv)
+        return StateStore(js, kv, bucket)
 
     async def consumer_lag(self, bus: str, durable: str) -> tuple[int, int] | None:
         """``(pending, ack_pending)`` of a durable consumer: events not yet delivered and
@@ -372,7 +659,10 @@ class Bus:
                 try:
                     msgs = await psub.fetch(want, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if self.connected:  # nothing to fetch, not a broken consumer
+                        self.consumer_errors.pop(name, None)
                     continue
+                self.consumer_errors.pop(name, None)
                 for m in msgs:
                     bm = self._decode(m)
                     if bm is None:
@@ -393,7 +683,15 @@ class Bus:
                         await psub.unsubscribe()
                 raise
             except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
-                log.warning("consumer %s: %s; retrying in %.1fs", name, e, backoff)
+                why = (
+                    "no answer from JetStream (leader election, or the server is down)"
+                    if isinstance(
+                        e, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError
+                    )
+                    else str(e)
+                )
+                log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
+                self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
                 if isinstance(e, nats.js.errors.NotFoundError):
                     psub = None  # consumer or stream lost (server store wiped): recreate
                 await asyncio.sleep(backoff)

@@ -2,10 +2,11 @@
 
 Two implementations of :class:`sensors.triggers.base.KubeApi`:
 
-* :class:`ApiKube` talks to the API server of the active kubeconfig / in-cluster config
-  through the ``kubernetes`` client's transport (auth, TLS, proxies, retries of
-  ``Retry-After``), sends JSON and parses responses itself, and runs the blocking
-  calls on a bounded thread pool so the event loop never waits on the network.
+* :class:`ApiKube` talks to the API server of the active kubeconfig / in-cluster config.
+  The ``kubernetes`` package only loads that config (auth, TLS, proxies); requests go
+  out from the event loop with aiohttp, so a sensor keeps as many creates in flight as
+  the API server takes (a thread pool around the sync client spent its time in the GIL
+  and in blocking SSL reads, and stalled at about a third of the server's rate).
   Resource names (plural, namespaced) come from API discovery, cached per group/version.
 * :class:`FileKube` is what standalone mode uses when no cluster is configured: objects
   are written as YAML under ``<state>/objects/<namespace>/<kind>/<name>.yaml``, with the
@@ -15,7 +16,8 @@ Errors are mapped at this boundary (STYLE §6): 409 AlreadyExists → :class:`Al
 404 → :class:`NotFound`, 409 Conflict / 429 / 5xx / connection errors →
 :class:`~app.kernel.errors.TransientError` (carrying the response's ``Retry-After`` in
 seconds, which the runner waits at least before its next attempt), any other 4xx →
-:class:`~app.kernel.errors.PermanentError`.
+:class:`~app.kernel.errors.PermanentError`. A 401 refreshes the credentials once and
+retries once (a token file or exec plugin may have rotated them).
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ import contextlib
 import copy
 import logging
 import os
-import threading
+import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
+import aiohttp
 import orjson
 import yaml
 
@@ -120,62 +124,227 @@ def _object_ref(obj: dict[str, Any]) -> tuple[str, str, str]:
     return api_version, kind, name
 
 
-class ApiKube:
-    """KubeApi over the Kubernetes REST API (kubeconfig or in-cluster config)."""
+class TokenFile:
+    """A bearer token kept in a file that is rotated on disk (in-cluster service-account
+    tokens, a kubeconfig user's ``tokenFile``): re-read whenever the file changes.
 
-    def __init__(self, api_client: Any, settings: KubeSettings) -> None:
-        self._api = api_client
+    A ``stat`` per request is cheaper than a timer and sees a rotation at once (kubelet
+    swaps the projected token through a symlink, so the inode changes).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature: tuple[int, int, int] | None = None
+        self._header: str | None = None
+
+    def header(self) -> str | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return self._header  # mid-rotation: keep the last token
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature != self._signature:
+            with contextlib.suppress(OSError):
+                token = self.path.read_text().strip()
+                if token:
+                    self._header = f"Bearer {token}"
+                    self._signature = signature
+        return self._header
+
+
+def _kubeconfig_token_file(config_files: list[str], user_name: str) -> Path | None:
+    """The ``tokenFile`` of kubeconfig user ``user_name`` when the token comes from it
+    (no inline token, exec plugin or auth provider, which the loader prefers)."""
+    for f in config_files:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+            doc = yaml.safe_load(Path(f).read_text()) or {}
+            for u in doc.get("users") or []:
+                if u.get("name") != user_name:
+                    continue
+                user = u.get("user") or {}
+                if "tokenFile" not in user or {"token", "exec", "auth-provider"} & set(user):
+                    return None
+                path = Path(os.path.expanduser(str(user["tokenFile"])))
+                return path if path.is_absolute() else Path(f).resolve().parent / path
+    return None
+
+
+def _ssl_context(configuration: Any) -> ssl.SSLContext | None:
+    """TLS settings of the loaded configuration: CA, client certificate, verification."""
+    if not str(configuration.host).startswith("https"):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        if not configuration.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            ctx.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"Kubernetes TLS settings: {e}") from e
+    return ctx
+
+
+class ApiKube:
+    """KubeApi over the Kubernetes REST API (kubeconfig or in-cluster config).
+
+    Requests go out from the event loop through one aiohttp session: kept-alive
+    connections, at most ``max_in_flight`` requests at once (a semaphore, and a
+    connection pool of the same size). Auth and TLS come from the ``kubernetes``
+    package's config loading (:meth:`from_settings`): the loaded ``Configuration``
+    gives the host, CA, client certificate, ``insecure-skip-tls-verify``,
+    ``tls-server-name``, the proxy and the ``Authorization`` header. Credentials that
+    change are followed: a token file is re-read when it changes on disk, exec plugins
+    and expiring tokens are refreshed through the configuration's refresh hook (in a
+    thread, at most every ``credential_refresh_seconds``), and a 401 forces one
+    refresh and one retry. Watches use a second session without the in-flight bound,
+    so long-lived streams never hold a slot that creates wait for.
+    """
+
+    def __init__(
+        self, configuration: Any, settings: KubeSettings, token_file: Path | None = None
+    ) -> None:
+        self._cfg = configuration
         self._settings = settings
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, settings.workers), thread_name_prefix="kube"
-        )
+        self._base = str(configuration.host).rstrip("/")
+        self._ssl = _ssl_context(configuration)
+        self._server_hostname: str | None = getattr(configuration, "tls_server_name", None)
+        self._proxy = self._proxy_for(configuration)
+        self._proxy_headers = getattr(configuration, "proxy_headers", None)
+        self._token_file = TokenFile(token_file) if token_file is not None else None
+        self._header: str | None = None
+        self._header_at = float("-inf")
+        self._auth_lock: asyncio.Lock | None = None
+        self._limit = max(1, settings.max_in_flight)
+        self._user_agent = "triggerfish"
+        self._sem: asyncio.Semaphore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
         self._resources: dict[tuple[str, str], ResourceInfo] = {}
-        self._discovered: set[str] = set()
-        self._lock = threading.Lock()
+        self._discovery_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_settings(cls, settings: KubeSettings) -> ApiKube | None:
         """Load the active config; ``None`` when there is no cluster configured at all."""
         from kubernetes import client, config  # imported here: optional at start-up
         from kubernetes.config.config_exception import ConfigException
+        from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
 
         if settings.disabled:
             return None
         configuration = client.Configuration()
         kubeconfig = settings.kubeconfig or os.environ.get("KUBECONFIG", "")
         default_path = Path.home() / ".kube" / "config"
+        token_file: Path | None = None
         try:
             if kubeconfig or default_path.exists():
+                files = [f for f in (kubeconfig or str(default_path)).split(os.pathsep) if f]
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig or None,
                     context=settings.context or None,
                     client_configuration=configuration,
                 )
+                contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig or None
+                )
+                if settings.context:
+                    active = next((c for c in contexts if c["name"] == settings.context), active)
+                user = str((active.get("context") or {}).get("user") or "")
+                token_file = _kubeconfig_token_file(files, user) if user else None
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
                 config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
+                token_file = Path(SERVICE_TOKEN_FILENAME)
             else:
                 return None
         except (ConfigException, OSError) as e:
             raise ConfigError(f"cannot load Kubernetes configuration: {e}") from e
-        # urllib3 pool as large as the thread pool, so threads don't queue for sockets.
-        configuration.connection_pool_maxsize = max(
-            configuration.connection_pool_maxsize or 0, settings.workers
-        )
-        return cls(client.ApiClient(configuration), settings)
+        return cls(configuration, settings, token_file)
+
+    @staticmethod
+    def _proxy_for(configuration: Any) -> str | None:
+        proxy = getattr(configuration, "proxy", None)
+        if not proxy:
+            return None
+        if not str(proxy).startswith(("http://", "https://")):
+            raise ConfigError(f"Kubernetes proxy {proxy!r}: only http(s) proxies are supported")
+        no_proxy = getattr(configuration, "no_proxy", None)
+        host = urlsplit(str(configuration.host)).hostname or ""
+        if no_proxy and proxy_bypass_environment(host, {"no": str(no_proxy)}):
+            return None
+        return str(proxy)
 
     @property
     def server(self) -> str:
-        return str(self._api.configuration.host)
+        return self._base
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            self._api.close()
+    @property
+    def max_in_flight(self) -> int:
+        """Requests this client sends at once (callers size their own concurrency on it)."""
+        return self._limit
+
+    async def close(self) -> None:
+        for s in (self._session, self._watch_session):
+            if s is not None:
+                with contextlib.suppress(Exception):
+                    await s.close()
+        self._session = self._watch_session = None
+
+    def set_user_agent(self, value: str) -> None:
+        """The ``User-Agent`` of every request from now on (a controller replica names
+        itself, so the API's audit log and the tests can tell replicas apart)."""
+        self._user_agent = value
 
     # -- transport ----------------------------------------------------------------------
-    def _request(
+    def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
+        """The sessions of the running loop (made on first use, inside the loop)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._watch_session is None or self._loop is not loop:
+            self._loop = loop
+            self._sem = asyncio.Semaphore(self._limit)
+            self._auth_lock = asyncio.Lock()
+            headers = {"Accept": "application/json"}
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._limit, ssl=self._ssl if self._ssl is not None else True
+                ),
+                headers=headers,
+                skip_auto_headers=("Accept-Encoding",),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0, ssl=self._ssl if self._ssl is not None else True
+                ),
+                headers=headers,
+            )
+        return self._session, self._watch_session
+
+    async def _auth(self, force: bool = False) -> str | None:
+        """The ``Authorization`` header value, refreshed as the credential requires."""
+        if self._token_file is not None:
+            return self._token_file.header()
+        now = time.monotonic()
+        if not force and now - self._header_at < self._settings.credential_refresh_seconds:
+            return self._header
+        assert self._auth_lock is not None
+        async with self._auth_lock:
+            if force or now - self._header_at >= self._settings.credential_refresh_seconds:
+                try:
+                    # The hook may run an exec plugin or read a file: not on the loop.
+                    header = await asyncio.to_thread(
+                        self._cfg.get_api_key_with_prefix, "BearerToken"
+                    )
+                except Exception as e:  # plugin failures surface as many types
+                    raise KubeTransientError(f"refreshing Kubernetes credentials: {e}") from e
+                self._header = str(header) if header else None
+                self._header_at = time.monotonic()
+        return self._header
+
+    async def _request(
         self,
         method: str,
         path: str,
@@ -183,39 +352,42 @@ class ApiKube:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        if query:
-            path = f"{path}?{urlencode(query)}"
-        headers = {"Accept": "application/json"}
-        payload: Any = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            payload = body
-        try:
-            m, url, hdrs, _b, _p = self._api.param_serialize(
-                method=method,
-                resource_path=path,
-                header_params=headers,
-                auth_settings=["BearerToken"],
-            )
-            resp = self._api.call_api(
-                m,
-                url,
-                header_params=hdrs,
-                body=payload,
-                _request_timeout=self._settings.request_timeout_seconds,
-            )
-            resp.read()
-        except Exception as e:  # urllib3/socket errors surface as many types
-            status = int(getattr(e, "status", 0) or 0)
-            if status:
-                body = getattr(e, "body", b"") or b""
-                err = self._error(status, body, method, path, getattr(e, "headers", None))
-                raise err from e
-            raise KubeTransientError(f"{method} {path}: {e}") from e
-        data = resp.data or b""
-        if not 200 <= resp.status <= 299:
-            raise self._error(resp.status, data, method, path, resp.headers)
-        return orjson.loads(data) if data else None
+        session, _ = self._sessions()
+        assert self._sem is not None
+        url = self._base + path + (f"?{urlencode(query)}" if query else "")
+        data = orjson.dumps(body) if body is not None else None
+        refreshed = False
+        while True:
+            headers: dict[str, str] = {"User-Agent": self._user_agent}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            async with self._sem:
+                auth = await self._auth()
+                if auth:
+                    headers["Authorization"] = auth
+                try:
+                    async with session.request(
+                        method,
+                        url,
+                        data=data,
+                        headers=headers,
+                        timeout=self._timeout,
+                        proxy=self._proxy,
+                        proxy_headers=self._proxy_headers,
+                        server_hostname=self._server_hostname,
+                    ) as resp:
+                        raw = await resp.read()
+                        status = resp.status
+                        resp_headers = resp.headers
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    raise KubeTransientError(f"{method} {path}: {type(e).__name__}: {e}") from e
+            if 200 <= status <= 299:
+                return orjson.loads(raw) if raw else None
+            if status == 401 and not refreshed:
+                refreshed = True  # credentials may have rotated: refresh once, retry once
+                if await self._auth(force=True) != auth:
+                    continue
+            raise self._error(status, raw, method, path, resp_headers)
 
     @staticmethod
     def _error(
@@ -237,70 +409,59 @@ class ApiKube:
             return err
         return KubePermanentError(text, status, reason)
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
-
     # -- discovery ----------------------------------------------------------------------
-    def _discover(self, api_version: str) -> None:
+    async def _discover(self, api_version: str) -> None:
         group, version = _split_api_version(api_version)
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"
         try:
-            doc = self._request("GET", path)
+            doc = await self._request("GET", path)
         except NotFound as e:
             raise KubePermanentError(f"API group/version {api_version} is not served") from e
-        with self._lock:
-            for r in doc.get("resources", []):
-                if "/" in r.get("name", ""):
-                    continue  # subresources
-                info = ResourceInfo(api_version, r["kind"], r["name"], bool(r.get("namespaced")))
-                self._resources[(api_version, r["kind"])] = info
-            self._discovered.add(api_version)
+        for r in doc.get("resources", []):
+            if "/" in r.get("name", ""):
+                continue  # subresources
+            info = ResourceInfo(api_version, r["kind"], r["name"], bool(r.get("namespaced")))
+            self._resources[(api_version, r["kind"])] = info
 
-    def _resource(self, api_version: str, kind: str) -> ResourceInfo:
+    async def _resource(self, api_version: str, kind: str) -> ResourceInfo:
         info = self._resources.get((api_version, kind))
         if info is None:
-            self._discover(api_version)
-            info = self._resources.get((api_version, kind))
+            # One discovery request per group/version, however many callers wait on it.
+            lock = self._discovery_locks.setdefault(api_version, asyncio.Lock())
+            async with lock:
+                info = self._resources.get((api_version, kind))
+                if info is None:
+                    await self._discover(api_version)
+                    info = self._resources.get((api_version, kind))
         if info is None:
             raise KubePermanentError(f"kind {kind} is not served by {api_version}", 404)
         return info
 
     # -- verbs --------------------------------------------------------------------------
-    def _create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        api_version, kind, _ = _object_ref(obj)
-        info = self._resource(api_version, kind)
-        ns = (obj.get("metadata") or {}).get("namespace") or namespace
-        return dict(self._request("POST", info.path(ns), obj))
-
     async def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        return dict(await self._call(self._create, obj, namespace))
-
-    def _get(self, api_version: str, kind: str, name: str, namespace: str) -> Any:
-        info = self._resource(api_version, kind)
-        try:
-            return self._request("GET", info.path(namespace, name))
-        except NotFound:
-            return None
+        api_version, kind, _ = _object_ref(obj)
+        info = await self._resource(api_version, kind)
+        ns = (obj.get("metadata") or {}).get("namespace") or namespace
+        return dict(await self._request("POST", info.path(ns), obj))
 
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str
     ) -> dict[str, Any] | None:
-        res = await self._call(self._get, api_version, kind, name, namespace)
-        return dict(res) if res is not None else None
-
-    def _update(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        api_version, kind, name = _object_ref(obj)
-        info = self._resource(api_version, kind)
-        ns = (obj.get("metadata") or {}).get("namespace") or namespace
-        if not (obj.get("metadata") or {}).get("resourceVersion"):
-            live = self._request("GET", info.path(ns, name))
-            obj = copy.deepcopy(obj)
-            obj.setdefault("metadata", {})["resourceVersion"] = live["metadata"]["resourceVersion"]
-        return dict(self._request("PUT", info.path(ns, name), obj))
+        info = await self._resource(api_version, kind)
+        try:
+            return dict(await self._request("GET", info.path(namespace, name)))
+        except NotFound:
+            return None
 
     async def update(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        return dict(await self._call(self._update, obj, namespace))
+        api_version, kind, name = _object_ref(obj)
+        info = await self._resource(api_version, kind)
+        ns = (obj.get("metadata") or {}).get("namespace") or namespace
+        if not (obj.get("metadata") or {}).get("resourceVersion"):
+            live = await self._request("GET", info.path(ns, name))
+            obj = copy.deepcopy(obj)
+            obj.setdefault("metadata", {})["resourceVersion"] = live["metadata"]["resourceVersion"]
+        return dict(await self._request("PUT", info.path(ns, name), obj))
 
     _PATCH_TYPES = {
         "merge": "application/merge-patch+json",
@@ -309,72 +470,44 @@ class ApiKube:
         "apply": "application/apply-patch+yaml",
     }
 
-    def _patch(self, obj: dict[str, Any], namespace: str, patch_type: str) -> dict[str, Any]:
+    async def patch(self, obj: dict[str, Any], namespace: str, patch_type: str) -> dict[str, Any]:
         api_version, kind, name = _object_ref(obj)
-        info = self._resource(api_version, kind)
+        info = await self._resource(api_version, kind)
         ns = (obj.get("metadata") or {}).get("namespace") or namespace
         ctype = self._PATCH_TYPES.get(patch_type, patch_type)
         query = {"fieldManager": "triggerfish"} if patch_type == "apply" else None
-        return dict(self._request("PATCH", info.path(ns, name), obj, query, ctype))
-
-    async def patch(self, obj: dict[str, Any], namespace: str, patch_type: str) -> dict[str, Any]:
-        return dict(await self._call(self._patch, obj, namespace, patch_type))
-
-    def _delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        info = self._resource(api_version, kind)
-        self._request("DELETE", info.path(namespace, name))
+        return dict(await self._request("PATCH", info.path(ns, name), obj, query, ctype))
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
-        await self._call(self._delete, api_version, kind, name, namespace)
+        info = await self._resource(api_version, kind)
+        await self._request("DELETE", info.path(namespace, name))
 
     # -- list / watch / status (the controller and the pod roles) ----------------------
-    def _collection(self, api_version: str, kind: str, namespace: str) -> str:
+    async def _collection(self, api_version: str, kind: str, namespace: str) -> str:
         """The collection URL; an empty ``namespace`` means all namespaces."""
-        info = self._resource(api_version, kind)
+        info = await self._resource(api_version, kind)
         if namespace or not info.namespaced:
             return info.path(namespace)
         return ResourceInfo(info.group_version, kind, info.plural, False).path("")
 
-    def _list(
-        self, api_version: str, kind: str, namespace: str, field_selector: str
-    ) -> dict[str, Any]:
-        query = {"fieldSelector": field_selector} if field_selector else None
-        return dict(
-            self._request("GET", self._collection(api_version, kind, namespace), None, query)
-        )
-
     async def list(
-        self, api_version: str, kind: str, namespace: str = "", field_selector: str = ""
-    ) -> dict[str, Any]:
-        """The list object (``items`` and ``metadata.resourceVersion``) of a kind."""
-        return dict(await self._call(self._list, api_version, kind, namespace, field_selector))
-
-    def _watch_stream(
         self,
         api_version: str,
         kind: str,
-        namespace: str,
-        resource_version: str,
-        timeout_seconds: int,
-        field_selector: str,
-    ) -> Any:
-        query = {"watch": "true", "resourceVersion": resource_version,
-                 "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
-        if field_selector:
-            query["fieldSelector"] = field_selector
-        path = f"{self._collection(api_version, kind, namespace)}?{urlencode(query)}"
-        try:
-            m, url, hdrs, _b, _p = self._api.param_serialize(
-                method="GET", resource_path=path,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-            )  # fmt: skip
-            resp = self._api.call_api(m, url, header_params=hdrs,
-                                      _request_timeout=(10, timeout_seconds + 10))  # fmt: skip
-        except Exception as e:
-            raise KubeTransientError(f"watch {path}: {e}") from e
-        if resp.status != 200:
-            raise self._error(resp.status, resp.read() or b"", "GET", path)
-        return resp.response
+        namespace: str = "",
+        field_selector: str = "",
+        label_selector: str = "",
+        limit: int = 0,
+    ) -> dict[str, Any]:
+        """The list object (``items`` and ``metadata.resourceVersion``) of a kind; with
+        ``limit``, its first page only."""
+        query = {"fieldSelector": field_selector} if field_selector else {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if limit:
+            query["limit"] = str(limit)
+        path = await self._collection(api_version, kind, namespace)
+        return dict(await self._request("GET", path, None, query or None))
 
     async def watch(
         self,
@@ -385,41 +518,55 @@ class ApiKube:
         *,
         timeout_seconds: int = 300,
         field_selector: str = "",
+        label_selector: str = "",
     ) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) after ``resource_version`` until the server
         ends the watch. An ``ERROR`` event (410 Expired) is yielded as is: the caller
         re-lists. A dropped connection raises :class:`KubeTransientError`."""
-        raw = await self._call(self._watch_stream, api_version, kind, namespace,
-                               resource_version, timeout_seconds, field_selector)  # fmt: skip
-        lines = iter(raw)
+        _, session = self._sessions()
+        query = {"watch": "true", "resourceVersion": resource_version,
+                 "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        if label_selector:
+            query["labelSelector"] = label_selector
+        path = f"{await self._collection(api_version, kind, namespace)}?{urlencode(query)}"
+        headers: dict[str, str] = {"User-Agent": self._user_agent}
+        auth = await self._auth()
+        if auth:
+            headers["Authorization"] = auth
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 10)
         try:
-            while True:
-                try:
-                    line = await self._call(next, lines, None)
-                except Exception as e:
-                    raise KubeTransientError(f"watch {kind}: {e}") from e
-                if line is None:
-                    return
-                if line.strip():
-                    yield dict(orjson.loads(line))
-        finally:
-            # Unblocks a read still waiting in a pool thread (cancellation, shutdown),
-            # so the thread ends and the process can exit.
-            with contextlib.suppress(Exception):
-                raw.shutdown()
-            with contextlib.suppress(Exception):
-                raw.release_conn()
-
-    def _patch_status(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        api_version, kind, name = _object_ref(obj)
-        info = self._resource(api_version, kind)
-        path = info.path(namespace, name) + "/status"
-        body = {"status": obj.get("status") or {}}
-        return dict(self._request("PATCH", path, body, None, self._PATCH_TYPES["merge"]))
+            async with session.get(
+                self._base + path,
+                headers=headers,
+                timeout=timeout,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+                server_hostname=self._server_hostname,
+            ) as resp:
+                if resp.status != 200:
+                    raise self._error(resp.status, await resp.read(), "GET", path)
+                buf = b""
+                # Lines split by hand: a watch event may be longer than aiohttp's line limit.
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield dict(orjson.loads(line))
+                if buf.strip():
+                    yield dict(orjson.loads(buf))
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise KubeTransientError(f"watch {kind}: {type(e).__name__}: {e}") from e
 
     async def patch_status(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
         """Merge-patch ``obj["status"]`` through the status subresource."""
-        return dict(await self._call(self._patch_status, obj, namespace))
+        api_version, kind, name = _object_ref(obj)
+        info = await self._resource(api_version, kind)
+        path = info.path(namespace, name) + "/status"
+        body = {"status": obj.get("status") or {}}
+        return dict(await self._request("PATCH", path, body, None, self._PATCH_TYPES["merge"]))
 
     async def ensure_namespace(self, name: str) -> bool:
         """Create namespace ``name`` unless it exists; True when it was created."""

@@ -25,7 +25,10 @@ Argo's series (``pkg/metrics/metrics.go``):
 from __future__ import annotations
 
 import platform
+import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,6 +50,7 @@ class Metrics:
     def __init__(self, namespace: str = "", version: str = "") -> None:
         self.registry = CollectorRegistry()
         self.namespace = namespace
+        self.recent = RecentCounts()
         src = ["namespace", "eventsource_name", "event_name"]
         sen = ["namespace", "sensor_name", "trigger_name"]
         dep = ["namespace", "sensor_name", "dependency"]
@@ -179,12 +183,15 @@ class Metrics:
     # The SourceMetrics protocol, for callers without a namespace (tests, benches).
     def event_sent(self, source: str, event_name: str) -> None:
         self.events_sent.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "published")
 
     def event_send_failed(self, source: str, event_name: str) -> None:
         self.events_sent_failed.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "failed")
 
     def event_filtered(self, source: str, event_name: str) -> None:
         self.events_filtered.labels(self.namespace, source, event_name).inc()
+        self.recent.inc(("source", source, event_name), "filtered")
 
     def http_request(self, source: str, status: int) -> None:
         self.webhook_requests.labels(self.namespace, source, str(status)).inc()
@@ -225,3 +232,56 @@ class SourceMetrics:
 
     def running(self, source: str, events: int) -> None:
         self._m.event_service_running.labels(self.namespace, source).inc(events)
+
+
+class RecentCounts:
+    """Counts of what went through each part of the flow over the last ``window_seconds``
+    (the event-flow page's edge labels), plus totals since start and the last error.
+
+    Keys are tuples naming a node or edge (``("dependency", ns, sensor, dep)``); each
+    count is kept in ``bucket_seconds`` buckets, so memory is bounded by the number of
+    keys times ``window_seconds / bucket_seconds``. Updated from the event loop only.
+    """
+
+    def __init__(self, window_seconds: float = 300.0, bucket_seconds: float = 5.0) -> None:
+        self.window_seconds = window_seconds
+        self.bucket_seconds = bucket_seconds
+        self._buckets: dict[tuple[str, ...], dict[str, deque[list[float]]]] = {}
+        self._totals: dict[tuple[str, ...], dict[str, int]] = {}
+        self._last: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def inc(self, key: tuple[str, ...], what: str, n: int = 1) -> None:
+        now = time.time()
+        start = now - now % self.bucket_seconds
+        ring = self._buckets.setdefault(key, {}).setdefault(what, deque())
+        if ring and ring[-1][0] == start:
+            ring[-1][1] += n
+        else:
+            ring.append([start, float(n)])
+        while ring and ring[0][0] < now - self.window_seconds - self.bucket_seconds:
+            ring.popleft()
+        totals = self._totals.setdefault(key, {})
+        totals[what] = totals.get(what, 0) + n
+        self._last.setdefault(key, {})["time"] = now
+
+    def note_error(self, key: tuple[str, ...], error: str) -> None:
+        """Remember ``error`` as the last error seen at ``key`` (cleared by :meth:`clear_error`)."""
+        self._last.setdefault(key, {}).update(error=error, errorTime=time.time())
+
+    def clear_error(self, key: tuple[str, ...]) -> None:
+        self._last.get(key, {}).pop("error", None)
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any]:
+        """``{"window": {what: n}, "total": {what: n}, "lastTime": s, "lastError": str}``."""
+        since = time.time() - self.window_seconds
+        window = {
+            what: int(sum(n for start, n in ring if start + self.bucket_seconds > since))
+            for what, ring in self._buckets.get(key, {}).items()
+        }
+        last = self._last.get(key, {})
+        return {
+            "window": window,
+            "total": dict(self._totals.get(key, {})),
+            "lastTime": last.get("time"),
+            "lastError": last.get("error", ""),
+        }

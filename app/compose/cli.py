@@ -7,6 +7,7 @@
 * ``crds``: the EventBus/EventSource/Sensor CRDs with schemas, for ``kubectl apply -f -``.
 * ``controller [--namespace NS]``: reconcile EventBus/EventSource/Sensor objects.
 * ``eventsource NAME`` / ``sensor NAME``: the pod roles (one object, read from the API).
+* ``dlq list|show|replay|discard``: dead letters, through a running process's API.
 * ``version``.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
+from app.adapters import tracing
 from app.kernel.errors import ConfigError, TriggerfishError
 from app.kernel.logs import setup_logging
 from app.kernel.settings import Settings, load_settings
@@ -49,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         help="manifest file or directory (repeatable)",
     )
     run.add_argument(
-        "--nats-url", default=None, help="use this NATS server instead of an embedded one"
+        "--nats-url",
+        default=None,
+        help="use this NATS server instead of an embedded one; several comma-separated "
+        "URLs (nats://a:4222,nats://b:4222) reach a cluster through whichever answers",
     )
     run.add_argument("--state-dir", default=None, help="embedded bus store and recorded objects")
     run.add_argument("--api-port", type=int, default=None, help="operations API port (0 = off)")
@@ -112,6 +117,27 @@ def _parser() -> argparse.ArgumentParser:
         "controller", help="reconcile EventBus, EventSource and Sensor objects in a cluster"
     )
     ctl.add_argument("--namespace", default=None, help="watch only this namespace (default: all)")
+
+    dlq = sub.add_parser(
+        "dlq", help="list, show, replay or discard dead letters (through a running process)"
+    )
+    dlq.add_argument(
+        "--api",
+        default="http://127.0.0.1:8080",
+        help="the process's operations server (token from TRIGGERFISH_API_TOKEN)",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
+    dl_list = dlq_sub.add_parser("list", help="dead letters, newest first")
+    dl_list.add_argument("--sensor", default=None, help="only this sensor's")
+    dl_list.add_argument("--trigger", default=None, help="only this trigger's")
+    dl_list.add_argument("--limit", type=int, default=100, help="at most this many")
+    for action, text in (
+        ("show", "one dead letter: its events, error, attempts, time"),
+        ("replay", "run the trigger again for that firing (same idempotency key)"),
+        ("discard", "delete the dead letter"),
+    ):
+        dl = dlq_sub.add_parser(action, help=text)
+        dl.add_argument("id", help="BUS:SEQ, as `dlq list` prints it")
 
     for role, what in (("eventsource", "EventSource"), ("sensor", "Sensor")):
         rp = sub.add_parser(role, help=f"serve one {what} read from the cluster (pod role)")
@@ -221,9 +247,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    from app.adapters.kube import ApiKube
+    from app.adapters.kube import ApiKube, current_namespace
     from app.compose.controller import ControllerSettings
-    from app.compose.controller.loop import run_controller
+    from app.compose.controller.loop import lease_identity, run_controller
 
     cfg = ControllerSettings()
     if args.namespace is not None:
@@ -232,10 +258,16 @@ async def _controller(args: argparse.Namespace) -> int:
     kube = ApiKube.from_settings(settings.kube)
     if kube is None:
         raise ConfigError("the controller needs a Kubernetes API (kubeconfig or in-cluster)")
+    if not cfg.lease_namespace:
+        cfg.lease_namespace = cfg.namespace or current_namespace(settings.kube)
+    identity = lease_identity(cfg)
+    # the replica's name in every request: the API server's audit log tells them apart
+    kube.set_user_agent(f"triggerfish/{__version__} controller/{identity}")
     try:
-        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port)
+        await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port,
+                             identity)  # fmt: skip
     finally:
-        kube.close()
+        await kube.close()
     return 0
 
 
@@ -284,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet = args.cmd in ("test", "validate") and "TRIGGERFISH_LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings.log_format)
+    if args.cmd in ("run", "eventsource", "sensor", "controller") and tracing.configure(
+        f"triggerfish-{args.cmd}"
+    ):
+        log.info("OpenTelemetry: exporting spans over OTLP")
     try:
         return _dispatch(args)
     except ConfigError as e:
@@ -298,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -318,6 +356,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(render_all())
         return 0
+    if args.cmd == "dlq":
+        from app.compose.dlqcli import run_dlq
+
+        return run_dlq(
+            args.dlq_action,
+            args.api,
+            os.environ.get("TRIGGERFISH_API_TOKEN", ""),
+            sys.stdout,
+            dl_id=getattr(args, "id", None),
+            sensor=getattr(args, "sensor", None),
+            trigger=getattr(args, "trigger", None),
+            limit=getattr(args, "limit", 100),
+        )
     if args.cmd == "test":
         from app.compose.offline import run_offline_sync
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.compose.manifests import LoadResult, Origin
+from app.compose.manifests import LoadResult, Origin, object_label
 
 __all__ = ["Finding", "cross_checks", "run_errors"]
 
@@ -31,9 +31,11 @@ class Finding:
     path: str
     message: str
     code: str  # "unserved-dependency" | "shared-port"
+    namespace: str = ""
 
     def __str__(self) -> str:
-        return f"{self.origin} {self.kind}/{self.name}: {self.path}: {self.message}"
+        what = object_label(self.kind, self.namespace, self.name)
+        return f"{self.origin} {what}: {self.path}: {self.message}"
 
 
 def cross_checks(result: LoadResult) -> list[Finding]:
@@ -57,7 +59,7 @@ def cross_checks(result: LoadResult) -> list[Finding]:
                         f"port {port} is also bound by EventSource {owner[0]!r} "
                         f"(event {owner[1]!r}); one process cannot serve both "
                         "(triggerfish run refuses this; in a cluster each has its own pod)",
-                        "shared-port",
+                        "shared-port", es.obj.metadata.namespace,
                     ))  # fmt: skip
     for sensor in result.sensors:
         for i, dep in enumerate(sensor.obj.spec.dependencies):
@@ -74,6 +76,7 @@ def cross_checks(result: LoadResult) -> list[Finding]:
             findings.append(Finding(
                 sensor.origin, "Sensor", sensor.obj.metadata.name, f"spec.dependencies[{i}]",
                 f"{why}: this dependency would never fire here", "unserved-dependency",
+                sensor.obj.metadata.namespace,
             ))  # fmt: skip
     return findings
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from app.adapters.kube import AlreadyExists, NotFound
 from app.adapters.metrics import Metrics
-from app.kernel.errors import ConfigError
+from app.kernel.errors import ConfigError, StateConflictError
 from app.kernel.events import Event
 from sensors.runner import RetryPolicy, SensorRunner
 from sensors.spec import Sensor
@@ -72,20 +72,54 @@ class RecordingKube:
         )
 
 
+@dataclass(frozen=True)
+class MemoryRecord:
+    revision: int
+    key: str
+    value: bytes | None
+
+
 class MemoryState:
-    """In-memory stand-in for the JetStream KV bucket of a multi-dependency sensor."""
+    """In-memory stand-in for the JetStream KV bucket of a multi-dependency sensor: the
+    same ordered-log view (revisions, revision-checked updates, purges)."""
 
     def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
+        self.records: list[MemoryRecord] = []
+        self.revision = 0
 
-    async def put(self, key: str, value: bytes) -> None:
-        self.data[key] = value
+    def _append(self, key: str, value: bytes | None) -> int:
+        self.revision += 1
+        self.records = [r for r in self.records if r.key != key]
+        self.records.append(MemoryRecord(self.revision, key, value))
+        return self.revision
+
+    async def put(self, key: str, value: bytes) -> int:
+        return self._append(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        current = next((r.revision for r in self.records if r.key == key), 0)
+        if current != last:
+            raise StateConflictError(f"state {key!r} changed since revision {last}")
+        return self._append(key, value)
 
     async def delete(self, key: str) -> None:
-        self.data.pop(key, None)
+        self._append(key, None)
 
-    async def items(self) -> dict[str, bytes]:
-        return dict(self.data)
+    async def next_record(self, after: int) -> MemoryRecord | None:
+        return next((r for r in self.records if r.revision > after), None)
+
+    async def latest(self, key: str) -> MemoryRecord | None:
+        return next((r for r in self.records if r.key == key), None)
+
+    async def purge(self, key_filter: str, before: int | None = None) -> None:
+        def hit(r: MemoryRecord) -> bool:
+            if key_filter.endswith(".>"):
+                matched = r.key.startswith(key_filter[:-1])
+            else:
+                matched = r.key == key_filter
+            return matched and (before is None or r.revision < before)
+
+        self.records = [r for r in self.records if not hit(r)]
 
 
 class OfflineBus:

@@ -130,9 +130,10 @@ class ManifestError:
     name: str
     path: str
     message: str
+    namespace: str = ""
 
     def __str__(self) -> str:
-        what = f" {self.kind}/{self.name}" if self.kind else ""
+        what = f" {object_label(self.kind, self.namespace, self.name)}" if self.kind else ""
         where = f"{self.path}: " if self.path else ""
         return f"{self.origin}{what}: {where}{self.message}"
 
@@ -146,6 +147,12 @@ class Document:
     name: str
     obj: Manifest | dict[str, Any] | None
     errors: list[ManifestError] = field(default_factory=list)
+    namespace: str = ""
+
+    @property
+    def label(self) -> str:
+        """``Kind namespace/name`` (``Kind name`` without a namespace), as messages say it."""
+        return object_label(self.kind, self.namespace, self.name)
 
 
 @dataclass
@@ -190,6 +197,20 @@ class ManifestInvalid(ConfigError):
         self.kind = kind
         self.name = name
         self.lines = lines
+
+
+def object_label(kind: str, namespace: str, name: str) -> str:
+    """How messages name an object: ``Sensor argo-events/ml-pipeline-sensor``."""
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _namespace(obj: Any) -> str:
+    meta = getattr(obj, "metadata", None)
+    if meta is not None and not isinstance(obj, Mapping):
+        return str(getattr(meta, "namespace", "") or "")
+    if isinstance(obj, Mapping) and isinstance(obj.get("metadata"), Mapping):
+        return str(obj["metadata"].get("namespace") or "")
+    return ""
 
 
 def _kind_name(obj: Any) -> tuple[str, str]:
@@ -334,9 +355,13 @@ def _expand_list(content: Any) -> list[Any]:
 
 def _add_object(result: LoadResult, origin: Origin, content: Any) -> None:
     kind, name = _kind_name(content)
+    namespace = _namespace(content)
     obj, problems = check_one(content)
-    errors = [ManifestError(origin, kind, name, *_split_line(line)) for line in problems]
-    result.add(Document(origin, kind, name, obj, errors))
+    errors = [
+        ManifestError(origin, kind, name, *_split_line(line), namespace=namespace)
+        for line in problems
+    ]
+    result.add(Document(origin, kind, name, obj, errors, namespace))
 
 
 def manifest_files(path: str | Path) -> list[Path]:

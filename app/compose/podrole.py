@@ -278,7 +278,7 @@ class PodRole:
                 with contextlib.suppress(BaseException):
                     await t
             await self._stop_runtime()
-            self.kube.close()
+            await self.kube.close()
 
 
 async def run_role(

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import __version__
+from app.adapters import tracing
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.kube import ApiKube, FileKube
 from app.adapters.metrics import Metrics, SourceMetrics
 from app.adapters.natsserver import EmbeddedNats, last_line
 from app.adapters.secrets import ManifestSecrets
+from app.compose.flow import DeadLetters, TraceLog
 from app.kernel.errors import (
     BusUnavailableError,
     ConfigError,
@@ -45,6 +47,7 @@ from app.kernel.errors import (
     TriggerfishError,
 )
 from app.kernel.settings import Settings
+from app.kernel.subjects import subject_token
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.registry import REGISTRY
 from sensors.runner import RetryPolicy, SensorRunner
@@ -77,7 +80,11 @@ class Standalone:
         self.settings = settings
         self.metrics = Metrics(version=__version__)
         self._lag_task: asyncio.Task[None] | None = None
-        self.traces = TraceStore()
+        self.metrics.recent.window_seconds = settings.ui.window_seconds
+        self.traces = TraceStore(counts=self.metrics.recent)
+        self.trace_log = TraceLog(self.traces, settings.traces)
+        self.dead_letters: DeadLetters | None = None
+        self._trace_task: asyncio.Task[None] | None = None
         self.nats: EmbeddedNats | None = None
         self.bus: Bus | None = None
         self.kube: ApiKube | FileKube | None = None
@@ -254,11 +261,17 @@ class Standalone:
         await self._start_bus()
         await self._start_kube()
         assert self.bus is not None and self.kube is not None
+        if self.settings.traces.persist:
+            await self.trace_log.open(self.bus)
+            self.traces.sink = self.trace_log.sink
+            self._trace_task = asyncio.create_task(self.trace_log.run(), name="trace-log")
+        self.dead_letters = DeadLetters(self.bus, self.runners, sorted(self._bus_names()))
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
         )
+        kube: Any = tracing.Traced(self.kube, "k8s") if tracing.enabled() else self.kube
         tctx = TriggerContext(
-            kube=self.kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
+            kube=kube, log=logging.getLogger("triggerfish.trigger"), secrets=secrets
         )
         self._tctx = tctx
         ss = self.settings.sensor
@@ -277,6 +290,7 @@ class Standalone:
                 self.traces,
                 self.metrics,
                 concurrency=ss.concurrency,
+                max_ack_pending=self.settings.bus.max_ack_pending,
                 default_retry=retry,
                 ack_wait_seconds=self.settings.bus.ack_wait_seconds,
             )
@@ -330,6 +344,59 @@ class Standalone:
                     self.metrics.sensor_consumer_ack_pending.labels(*labels).set(lag[1])
             await asyncio.sleep(self.settings.bus.lag_poll_seconds)
 
+    def runner_errors(self) -> dict[str, str]:
+        """``namespace/name`` → why that sensor's runner stopped, for stopped ones."""
+        out: dict[str, str] = {}
+        for runner, task in zip(self.runners, self._tasks, strict=False):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                out[f"{runner.namespace}/{runner.name}"] = str(task.exception())
+        return out
+
+    def consumer_errors(self) -> dict[str, str]:
+        """``namespace/name`` → why a sensor's bus consumer is not consuming now."""
+        if self.bus is None:
+            return {}
+        out: dict[str, str] = {}
+        for r in self.runners:
+            for d in r.deps:
+                err = self.bus.consumer_errors.get(
+                    subject_token(f"{r.namespace}-{r.name}-{d.name}")
+                )
+                if err:
+                    out[f"{r.namespace}/{r.name}"] = f"bus consumer of {d.name} down: {err}"
+        return out
+
+    def source_states(self) -> list[dict[str, Any]]:
+        """Per EventSource: its event names with type, listening or not, and the error
+        that stopped its server (a port it could not bind, ...)."""
+        n = len(self.runners)
+        by_source: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for es in self.m.event_sources:
+            by_source[(es.metadata.namespace or "default", es.metadata.name)] = []
+        for i, plugin in enumerate(self.sources):
+            task = self._tasks[n + i] if n + i < len(self._tasks) else None
+            error = ""
+            if task is not None and task.done() and not task.cancelled():
+                exc = task.exception()
+                error = str(exc) if exc is not None else "stopped"
+            ready = plugin.ready() if not error else False
+            events = by_source.setdefault((plugin.namespace, plugin.source_name), [])
+            for name in sorted(plugin.events):
+                events.append({"name": name, "type": plugin.type_name, "ready": ready,
+                               "error": error})  # fmt: skip
+        for es in self.m.event_sources:  # not started (yet): every event not ready
+            key = (es.metadata.namespace or "default", es.metadata.name)
+            if not by_source[key]:
+                for type_key, events_of in source_plugins(es):
+                    by_source[key] += [
+                        {"name": e, "type": type_key, "ready": False, "error": ""}
+                        for e in sorted(events_of)
+                    ]
+        return [
+            {"namespace": ns, "name": name, "events": events}
+            for (ns, name), events in by_source.items()
+        ]
+
     def _remap_ports(self, events: dict[str, Any]) -> dict[str, Any]:
         """Apply ``--port-map`` to configs that listen on a port (webhook-like)."""
         pm = self.settings.port_map
@@ -352,7 +419,14 @@ class Standalone:
         async def publish(event: Any) -> None:
             t0 = time.perf_counter()
             try:
-                await bus.publish(bus_name, event)
+                with tracing.span(
+                    f"publish {event.source}/{event.subject}",
+                    parent=event.traceparent,
+                    kind="producer",
+                    attributes={"triggerfish.event_id": event.id, "messaging.system": "nats"},
+                ) as sp:
+                    event.traceparent = sp.traceparent
+                    await bus.publish(bus_name, event)
                 source_metrics.publish_duration(
                     event.source, event.subject, (time.perf_counter() - t0) * 1000
                 )
@@ -427,13 +501,17 @@ class Standalone:
             with contextlib.suppress(BaseException):
                 await t
         self._tasks.clear()
+        if self._trace_task is not None:
+            self._trace_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._trace_task
         if self._tctx is not None:
             with contextlib.suppress(Exception):
                 await self._tctx.shared.aclose()
         if self.bus is not None:
             await self.bus.close()
         if isinstance(self.kube, ApiKube):
-            self.kube.close()
+            await self.kube.close()
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
         log.info("stopped")

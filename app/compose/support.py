@@ -65,6 +65,13 @@ EVENT_SOURCE: dict[str, Rule] = {
     **{f"spec.template.{k}": v for k, v in POD_TEMPLATE.items()},
     "spec.webhook": True,
     "spec.webhook.*.filter": True,
+    "spec.nats.*.auth.nkey": False,
+    "spec.nats.*.auth.credential": False,
+    "spec.amqp.*.exchangeDeclare.noWait": False,
+    "spec.amqp.*.queueDeclare.noWait": False,
+    "spec.amqp.*.queueBind.noWait": False,
+    "spec.amqp.*.consume.noWait": False,
+    "spec.amqp.*.consume.noLocal": False,
 }
 
 _TRIGGER: dict[str, Rule] = {

@@ -34,7 +34,7 @@ def validate_paths(paths: list[str], out: TextIO, *, strict: bool = False) -> in
         out.write(f"error no manifests found in {where}\n")
         return EXIT_NOTHING_FOUND
     for doc in result.documents:
-        what = f" {doc.kind}/{doc.name}" if doc.kind else ""
+        what = f" {doc.label}" if doc.kind else ""
         if not doc.errors:
             out.write(f"ok   {doc.origin}{what}\n")
             continue

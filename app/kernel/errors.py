@@ -50,6 +50,10 @@ class InstanceLockedError(TriggerfishError):
     """Another live process owns the directory (state dir, bus store); names its PID."""
 
 
+class StateConflictError(TransientError):
+    """A revision-checked state write lost to a concurrent writer: re-read, then retry."""
+
+
 class PermanentError(TriggerfishError):
     """A failure that retrying the same event cannot fix; the event is dead-lettered."""
 

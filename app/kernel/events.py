@@ -53,6 +53,9 @@ class Event:
     time: str = field(default_factory=lambda: now_rfc3339())
     datacontenttype: str = "application/json"
     specversion: str = SPEC_VERSION
+    traceparent: str = ""
+    """W3C trace context (CloudEvents distributed-tracing extension); "" when unknown."""
+    tracestate: str = ""
 
     def context(self) -> dict[str, str]:
         """The CloudEvents context attributes (what ``contextKey`` paths address)."""
@@ -69,18 +72,21 @@ class Event:
     def to_json(self) -> bytes:
         """Encode as a structured-mode CloudEvent (one JSON object), at any nesting depth
         the JSON parser accepts (:func:`app.kernel.jsoncodec.dumps`)."""
-        return jsoncodec.dumps(
-            {
-                "specversion": self.specversion,
-                "id": self.id,
-                "source": self.source,
-                "subject": self.subject,
-                "type": self.type,
-                "time": self.time,
-                "datacontenttype": self.datacontenttype,
-                "data": self.data,
-            }
-        )
+        envelope = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "subject": self.subject,
+            "type": self.type,
+            "time": self.time,
+            "datacontenttype": self.datacontenttype,
+        }
+        if self.traceparent:
+            envelope["traceparent"] = self.traceparent
+            if self.tracestate:
+                envelope["tracestate"] = self.tracestate
+        envelope["data"] = self.data
+        return jsoncodec.dumps(envelope)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Event:
@@ -101,6 +107,8 @@ class Event:
                 time=str(obj.get("time", "")),
                 datacontenttype=str(obj.get("datacontenttype", "application/json")),
                 specversion=str(obj.get("specversion", SPEC_VERSION)),
+                traceparent=str(obj.get("traceparent") or ""),
+                tracestate=str(obj.get("tracestate") or ""),
             )
         except KeyError as e:
             raise ValueError(f"event envelope is missing {e.args[0]!r}") from e

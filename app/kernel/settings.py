@@ -54,14 +54,23 @@ class KubeSettings(BaseModel):
     disabled: bool = Field(
         False, description="never talk to a cluster; record objects under the state dir"
     )
-    workers: int = Field(16, description="threads running blocking Kubernetes API calls")
+    max_in_flight: int = Field(
+        64, description="API requests in flight at once (and pooled connections)"
+    )
     request_timeout_seconds: float = Field(10.0, description="per API request")
+    credential_refresh_seconds: float = Field(
+        1.0, description="how often credential plugins / expiring tokens are checked"
+    )
 
 
 class SensorSettings(BaseModel):
     """Sensor execution knobs that are not part of the Sensor manifest."""
 
-    concurrency: int = Field(64, description="events a single-dependency sensor processes at once")
+    concurrency: int = Field(
+        64,
+        description="events a single-dependency sensor processes at once, at least; raised to"
+        " twice kube.max_in_flight, capped by bus.max_ack_pending",
+    )
     default_retry_steps: int = Field(
         5, description="retries for transient trigger failures when no retryStrategy"
     )
@@ -101,6 +110,29 @@ class HttpServerSettings(BaseModel):
     )
 
 
+class TraceSettings(BaseModel):
+    """Where traces (what each sensor did with each event) are kept.
+
+    Besides the last traces in memory, every trace is published to the bus stream
+    ``TRIGGERFISH_TRACES`` (subjects ``_traces.<namespace>.<sensor>.<dependency>``),
+    which keeps the newest ``max_msgs`` for at most ``max_age_seconds``; the API reads
+    them from there, so they survive a restart and are shared by every process on the bus.
+    """
+
+    persist: bool = Field(True, description="publish traces to the bus stream")
+    max_msgs: int = Field(10_000, description="traces the bus stream keeps (oldest dropped)")
+    max_age_seconds: float = Field(24 * 3600.0, description="traces older than this are dropped")
+
+
+class UiSettings(BaseModel):
+    """The event-flow page at the operations server's root."""
+
+    argo_workflows_url: str = Field(
+        "", description="base URL of the Argo Workflows UI; Workflows created link to it"
+    )
+    window_seconds: float = Field(300.0, description="the page's counts cover this window")
+
+
 class Settings(BaseSettings):
     """All settings of one Triggerfish process."""
 
@@ -131,6 +163,8 @@ class Settings(BaseSettings):
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
+    traces: TraceSettings = Field(default_factory=TraceSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @field_validator("log_level")
     @classmethod

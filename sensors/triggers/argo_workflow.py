@@ -66,6 +66,7 @@ from sensors.spec import TriggerParameter
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s import (
     ANNOTATION_KEY,
+    ANNOTATION_TRACE_ID,
     LABEL_ACTION_TS,
     LABEL_SENSOR,
     LABEL_TRIGGER,
@@ -333,6 +334,8 @@ class ArgoWorkflowTrigger(Trigger):
         annotations = meta.get("annotations") or {}
         meta["annotations"] = annotations
         annotations[ANNOTATION_KEY] = inv.key
+        if inv.trace_id:
+            annotations[ANNOTATION_TRACE_ID] = inv.trace_id
         if not meta.get("name"):
             prefix = meta.pop("generateName", "")
             if not prefix:

@@ -169,6 +169,8 @@ class Invocation:
     trigger_name: str
     events: Mapping[str, Event]
     key: str
+    trace_id: str = ""
+    """The W3C trace id of this firing (written on created objects); "" when unknown."""
 
 
 @dataclass

@@ -82,6 +82,8 @@ LABEL_SENSOR = "events.argoproj.io/sensor"
 LABEL_TRIGGER = "events.argoproj.io/trigger"
 LABEL_ACTION_TS = "events.argoproj.io/action-timestamp"
 ANNOTATION_KEY = "events.triggerfish.io/trigger-key"
+ANNOTATION_TRACE_ID = "events.triggerfish.io/trace-id"
+"""The W3C trace id of the firing that created the object (OpenTelemetry)."""
 NAME_HASH_CHARS = 10
 
 
@@ -124,6 +126,8 @@ class K8sTrigger(Trigger):
                 meta["name"] = meta.pop("generateName") + inv.key[:NAME_HASH_CHARS]
             meta["annotations"] = meta.get("annotations") or {}
             meta["annotations"][ANNOTATION_KEY] = inv.key
+            if inv.trace_id:
+                meta["annotations"][ANNOTATION_TRACE_ID] = inv.trace_id
             try:
                 created = await kube.create(obj, namespace)
             except AlreadyExists:

@@ -6,16 +6,22 @@ test can look at the bus while a trigger is running). A real kube-apiserver cann
 told to do that on demand, so the fake can, through its ``/fake/`` admin endpoints:
 
 - ``POST /fake/faults`` adds a rule ``{"method", "path", "status"?, "reason"?,
-  "retryAfter"?, "times"?, "hold"?}`` and answers ``{"id": N}``. A request matches a
-  rule when its method and path (without the query) are equal to the rule's. The first
-  ``times`` matching requests (default 1, 0 = all) are faulted: held until released
-  when ``hold`` is true, then answered with a ``Status`` of ``status`` (and a
-  ``Retry-After`` header when ``retryAfter`` is given), or passed on to the API when
-  there is no ``status``.
+  "retryAfter"?, "times"?, "hold"?, "delay"?, "reset"?}`` and answers ``{"id": N}``. A
+  request matches a rule when its method and path (without the query) are equal to the
+  rule's. The first ``times`` matching requests (default 1, 0 = all) are faulted: held
+  until released when ``hold`` is true, then answered with a ``Status`` of ``status``
+  (and a ``Retry-After`` header when ``retryAfter`` is given), or passed on to the API
+  when there is no ``status``. A slow answer: ``delay`` seconds between serving the
+  request and answering it (a client that gave up meanwhile retries something that
+  happened). A connection reset (TCP RST): ``reset`` ``"before"`` the API sees the
+  request, or ``"after"`` it served it (the answer is lost).
 - ``GET /fake/faults`` answers the rules (with ``hits`` and ``held``, the requests
   waiting now) and ``requests``: every request that matched a rule's method and path,
-  faulted or not, in arrival order, with the status it got and ``t``, the server's
-  monotonic clock in seconds when it arrived.
+  faulted or not, in arrival order, with the status it got (``None`` when reset before
+  serving; for a reset after, the status that was lost), ``t``, the server's monotonic
+  clock in seconds when it arrived, and ``name``, the object's name when the body is
+  a JSON object with ``metadata.name`` (so a test can follow the retries of one
+  object).
 - ``POST /fake/faults/release`` lets every held request go on.
 - ``DELETE /fake/faults`` (and ``POST /fake/reset``) drops the rules and the request
   log, releasing whatever was held.
@@ -24,7 +30,10 @@ told to do that on demand, so the fake can, through its ``/fake/`` admin endpoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +62,8 @@ class Rule:
     retry_after: int | None = None
     times: int = 1
     hold: bool = False
+    delay: float = 0.0
+    reset: str = ""
     hits: int = 0
     held: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -61,7 +72,8 @@ class Rule:
         return {
             "id": self.id, "method": self.method, "path": self.path, "status": self.status,
             "reason": self.reason, "retryAfter": self.retry_after, "times": self.times,
-            "hold": self.hold, "hits": self.hits, "held": self.held,
+            "hold": self.hold, "delay": self.delay, "reset": self.reset, "hits": self.hits,
+            "held": self.held,
         }  # fmt: skip
 
 
@@ -75,6 +87,9 @@ class Faults:
 
     def add(self, spec: dict[str, Any]) -> Rule:
         status = spec.get("status")
+        reset = str(spec.get("reset") or "")
+        if reset not in ("", "before", "after"):
+            raise ValueError(f"reset must be 'before' or 'after', not {reset!r}")
         rule = Rule(
             id=self._next_id,
             method=str(spec["method"]).upper(),
@@ -84,6 +99,8 @@ class Faults:
             retry_after=spec.get("retryAfter"),
             times=int(spec.get("times", 1)),
             hold=bool(spec.get("hold", False)),
+            delay=float(spec.get("delay") or 0.0),
+            reset=reset,
         )
         self._next_id += 1
         self.rules.append(rule)
@@ -135,9 +152,14 @@ class FaultMiddleware:
             return
         entry: dict[str, Any] = {
             "method": scope["method"], "path": scope["path"], "t": time.monotonic(),
-            "rule": rule.id if rule is not None else None, "status": None,
+            "rule": rule.id if rule is not None else None, "status": None, "name": None,
         }  # fmt: skip
         self.faults.requests.append(entry)
+        if scope["method"] in ("POST", "PUT", "PATCH"):  # note the object's name
+            body = await _read_body(receive)
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                entry["name"] = json.loads(body)["metadata"]["name"]
+            receive = _replay(body)
         if rule is not None and rule.hold:
             rule.held += 1
             try:
@@ -148,13 +170,85 @@ class FaultMiddleware:
             entry["status"] = rule.status
             await _send_status(send, rule)
             return
+        if rule is not None and rule.reset == "before" and _reset_connection(scope):
+            return
+        if rule is None or not (rule.delay or rule.reset == "after"):
 
-        async def recording_send(message: Message) -> None:
+            async def recording_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    entry["status"] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, recording_send)
+            return
+        held: list[Message] = []  # served now, answered later (or never)
+
+        async def holding_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
+            held.append(message)
+
+        await self.app(scope, receive, holding_send)
+        if rule.delay:
+            await asyncio.sleep(rule.delay)
+        if rule.reset == "after" and _reset_connection(scope):
+            return
+        for message in held:
             await send(message)
 
-        await self.app(scope, receive, recording_send)
+
+TRANSPORT_KEY = "fakekube.transport"
+"""Where :class:`ConnectionAccess` puts the connection's transport in the scope."""
+
+
+class ConnectionAccess:
+    """Outermost ASGI layer: makes the TCP transport of each request reachable by
+    :class:`FaultMiddleware` (to reset it), from uvicorn's response cycle."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            scope.setdefault("extensions", {})[TRANSPORT_KEY] = transport
+        await self.app(scope, receive, send)
+
+
+def _reset_connection(scope: Scope) -> bool:
+    """Abort the request's connection with a TCP RST; false when not reachable."""
+    transport = (scope.get("extensions") or {}).get(TRANSPORT_KEY)
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands over ``body`` again, then waits as a server does."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 async def _send_status(send: Send, rule: Rule) -> None:

@@ -131,7 +131,8 @@ class KubeApi:
 
     def fault(self, method: str, path: str, **rule: Any) -> int:
         """Add a fault rule (see ``faults.py``: ``status``, ``reason``, ``retryAfter``,
-        ``times``, ``hold``); returns its id. ``reset`` drops every rule."""
+        ``times``, ``hold``, ``delay``, ``reset``); returns its id. :meth:`reset` drops
+        every rule."""
         body = {"method": method, "path": path, **rule}
         return int(self.server.request("POST", "/fake/faults", body)["id"])
 

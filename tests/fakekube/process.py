@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -41,6 +42,10 @@ class FakeKubeServer:
     host: str = "127.0.0.1"
     history: int = 1000
     start_timeout_seconds: float = 20.0
+    extra_args: tuple[str, ...] = ()
+    """More ``python -m tests.fakekube`` flags (``--tls-cert`` ..., ``--tokens-file``)."""
+    ssl_context: ssl.SSLContext | None = None
+    """How :meth:`request` talks to a server started with ``--tls-cert``."""
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -64,7 +69,7 @@ class FakeKubeServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         cmd = [
             sys.executable, "-m", "tests.fakekube",
-            "--host", self.host, "--port", "0", "--history", str(self.history),
+            "--host", self.host, "--port", "0", "--history", str(self.history), *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -124,7 +129,7 @@ class FakeKubeServer:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -139,3 +144,16 @@ class FakeKubeServer:
 
     def state(self) -> dict[str, Any]:
         return dict(self.request("GET", "/fake/state"))
+
+    def inject_fault(self, method: str, path: str, **rule: Any) -> None:
+        """Add a fault rule of ``faults.py`` (``status``, ``retryAfter``, ``times``, ...)."""
+        self.request("POST", "/fake/faults", {"method": method, "path": path, **rule})
+
+    def seen(self) -> dict[str, Any]:
+        """API requests since the last reset and the most in progress at once."""
+        return dict(self.request("GET", "/fake/gate/requests"))
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """API requests served after sequence number ``since`` (``seq``, ``method``,
+        ``path``, ``query``, ``userAgent``), oldest first; the last 20,000 are kept."""
+        return list(self.request("GET", f"/fake/requests?since={since}")["items"])

@@ -26,37 +26,66 @@ scale, eviction), controllers (nothing runs pods or fills Deployment status), an
 graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
-``GET /fake/state``, and the fault rules of ``faults.py``: ``/fake/faults``); run it
-with ``python -m tests.fakekube``.
+``GET /fake/state``, ``GET /fake/requests``: the last requests with method, path and
+``User-Agent``, for tests that ask who did what, the fault rules of ``faults.py``:
+``/fake/faults``, and from ``gate.py`` bearer-token checks (given a tokens file) and
+``GET /fake/gate/requests``); run it with ``python -m tests.fakekube``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.fakekube import discovery, errors, openapi
 from tests.fakekube.api import ResourceHandler, json_response
 from tests.fakekube.errors import ApiError
 from tests.fakekube.faults import FaultMiddleware, Faults
+from tests.fakekube.gate import Gate
 from tests.fakekube.resources import ResourceRegistry
 from tests.fakekube.store import Store
 
 log = logging.getLogger("fakekube")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+REQUEST_LOG_SIZE = 20_000
 
 
-def create_app(*, history_limit: int = 1000) -> Starlette:
-    """A fresh fake API server with its own registry and store."""
+class RequestLog:
+    """ASGI wrapper remembering every API request (not ``/fake/`` ones), oldest first."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.entries: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.seq = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/fake/"):
+            self.seq += 1
+            headers = dict(scope.get("headers") or [])
+            self.entries.append({
+                "seq": self.seq,
+                "method": scope["method"],
+                "path": scope["path"],
+                "query": scope.get("query_string", b"").decode(errors="replace"),
+                "userAgent": headers.get(b"user-agent", b"").decode(errors="replace"),
+            })  # fmt: skip
+        await self.app(scope, receive, send)
+
+
+def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> Gate:
+    """A fresh fake API server with its own registry and store, behind its :class:`Gate`."""
     registry = ResourceRegistry()
     store = Store(registry, history_limit=history_limit)
     resources = ResourceHandler(store)
@@ -146,11 +175,15 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
     async def fake_reset(request: Request) -> Response:
         faults.clear()
         store.reset()
+        requests.entries.clear()
         return json_response(store.stats())
 
     async def fake_faults(request: Request) -> Response:
         if request.method == "POST":
-            rule = faults.add(await request.json())
+            try:
+                rule = faults.add(await request.json())
+            except (KeyError, TypeError, ValueError) as e:
+                raise ApiError(400, "BadRequest", f"invalid fault rule: {e}") from e
             return json_response({"id": rule.id})
         if request.method == "DELETE":
             faults.clear()
@@ -166,6 +199,10 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
 
     async def fake_state(request: Request) -> Response:
         return json_response(store.stats())
+
+    async def fake_requests(request: Request) -> Response:
+        since = int(request.query_params.get("since", "0"))
+        return json_response({"items": [e for e in requests.entries if e["seq"] > since]})
 
     async def not_found(request: Request) -> Response:
         raise errors.path_not_found()
@@ -203,6 +240,7 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
         Route("/fake/reset", fake_reset, methods=["POST"]),
         Route("/fake/compact", fake_compact, methods=["POST"]),
         Route("/fake/state", fake_state, methods=["GET"]),
+        Route("/fake/requests", fake_requests, methods=["GET"]),
         Route("/fake/faults", fake_faults, methods=["GET", "POST", "DELETE"]),
         Route("/fake/faults/release", fake_faults_release, methods=["POST"]),
         Route("/{path:path}", not_found, methods=METHODS),
@@ -214,4 +252,5 @@ def create_app(*, history_limit: int = 1000) -> Starlette:
         middleware=[Middleware(FaultMiddleware, faults=faults)],
     )
     app.state.store = store
-    return app
+    requests = RequestLog(app)
+    return Gate(requests, tokens_file)

@@ -23,6 +23,7 @@ class CountingMetrics:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.statuses: Counter[int] = Counter()
 
     def event_sent(self, source: str, event_name: str) -> None:
         self.counts["sent", event_name] += 1
@@ -34,4 +35,4 @@ class CountingMetrics:
         self.counts["filtered", event_name] += 1
 
     def http_request(self, source: str, status: int) -> None:
-        self.counts["http", str(status)] += 1
+        self.statuses[status] += 1

@@ -1,5 +1,6 @@
 """The controller's probe endpoints: ``/healthz`` (the process answers) and ``/readyz``
-(every informer has listed its kind at least once and the loop is running)."""
+(the leader: every informer has listed its kind at least once and the loop is running;
+a standby replica waiting for the Lease is ready too, it is doing its job)."""
 
 from __future__ import annotations
 

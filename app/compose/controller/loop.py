@@ -10,6 +10,9 @@ Keys ``(kind, namespace, name)`` go into one queue, each key at most once while 
 waits; one worker reconciles the newest cached copy. An EventBus change also queues
 the EventSources and Sensors of its namespace, since their ``Deployed`` waits on it.
 Deleted CRs need no work: their children carry owner references and are collected.
+
+:func:`run_controller` puts all of it behind leader election (``app.adapters.lease``):
+of several replicas only the Lease holder lists, watches and writes.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import uuid
 from typing import Any
 
 from app.adapters.kube import ApiKube, KubeError
+from app.adapters.lease import LeaderLease, LeaseTiming
 from app.compose.controller.config import ControllerSettings
 from app.compose.controller.reconcilers import API_VERSION, Reconciler
 from app.kernel.errors import TransientError
@@ -149,17 +155,49 @@ class Controller:
             await self.reconciler.sensor(obj)
 
 
+def lease_identity(cfg: ControllerSettings) -> str:
+    """This replica's name in the Lease: the setting, else ``<hostname>_<random>`` (the
+    hostname is the pod name in a cluster; the suffix tells a restarted pod apart)."""
+    return cfg.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
 async def run_controller(
     kube: ApiKube,
     cfg: ControllerSettings,
     stop: asyncio.Event,
     api_host: str = "127.0.0.1",
     api_port: int = 0,
+    identity: str = "",
 ) -> None:
     """Run a :class:`Controller` until ``stop`` is set (the CLI's entry point), with
-    ``/healthz`` and ``/readyz`` on ``api_host:api_port`` when a port is given."""
-    ctl = Controller(kube, cfg)
-    task = asyncio.create_task(ctl.run())
+    ``/healthz`` and ``/readyz`` on ``api_host:api_port`` when a port is given.
+
+    With ``cfg.leader_election`` (the default) the replica first waits for the Lease
+    ``cfg.lease_namespace/cfg.lease_name``: a standby watches nothing and writes
+    nothing; the leader runs a fresh :class:`Controller` (list, then watch: it needs no
+    state from the previous leader) and cancels it when the Lease is lost, before
+    anyone else may take it over. A standby is ready (it is doing its job)."""
+    current: list[Controller] = []
+
+    async def reconcile() -> None:
+        ctl = Controller(kube, cfg)
+        current.append(ctl)
+        try:
+            await ctl.run()
+        finally:
+            current.remove(ctl)
+
+    lease: LeaderLease | None = None
+    if cfg.leader_election:
+        timing = LeaseTiming(
+            cfg.lease_duration_seconds, cfg.renew_deadline_seconds, cfg.retry_period_seconds
+        )
+        ns = cfg.lease_namespace or cfg.namespace or "default"
+        lease = LeaderLease(kube, cfg.lease_name, ns, identity or lease_identity(cfg), timing)
+        log.info("controller %s: leader election on Lease %s/%s", lease.identity, ns, lease.name)
+        task = asyncio.create_task(lease.lead(reconcile))
+    else:
+        task = asyncio.create_task(reconcile())
     stopper = asyncio.create_task(stop.wait())
     tasks = [task, stopper]
     if api_port:
@@ -169,7 +207,12 @@ async def run_controller(
         from app.compose.controller.health import build_health_app
         from app.kernel.settings import HttpServerSettings
 
-        app = build_health_app(lambda: ctl.synced.is_set() and not task.done())
+        def ready() -> bool:
+            if task.done():
+                return False
+            return all(c.synced.is_set() for c in current) and (lease is not None or bool(current))
+
+        app = build_health_app(ready)
         server = QuietServer(
             uvicorn.Config(app, host=api_host, port=api_port, log_level="warning",
                            access_log=False, lifespan="off",

@@ -1,0 +1,264 @@
+"""The event-flow API of a real ``triggerfish run`` (embedded nats-server, fake
+Kubernetes API): live counts from the process's counters, traces persisted on the bus
+across a restart, dead letters listed, replayed exactly once, and discarded."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.adapters.natsserver import EmbeddedNats
+from tests.support.flow import (
+    BERT_DEP,
+    REPO,
+    SEED_DEP,
+    SEED_EVENT,
+    SEED_TRIGGER,
+    WORKFLOWS,
+    node,
+    post,
+    start_seed,
+    workflows,
+)
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _get(tf: Any, path: str) -> Any:
+    r = httpx.get(f"http://127.0.0.1:{tf.api_port}{path}", timeout=10)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+def test_counts_statuses_objects_and_traces(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        flow = _get(tf, "/api/v1/flow")
+        assert node(flow, SEED_DEP)["counts"]["window"] == {}
+        assert node(flow, SEED_EVENT)["status"] == {"state": "ready", "reason": ""}
+        post(port, {"model": "resnet", "dataset": "imagenet"})
+        wait_for(lambda: node(_get(tf, "/api/v1/flow"), SEED_TRIGGER)["objects"], timeout=15)
+        flow = _get(tf, "/api/v1/flow")
+        assert node(flow, SEED_EVENT)["counts"]["window"] == {"published": 1}
+        assert node(flow, SEED_DEP)["counts"]["window"] == {"received": 1}
+        assert node(flow, BERT_DEP)["counts"]["window"] == {"received": 1, "filtered": 1}
+        trig = node(flow, SEED_TRIGGER)
+        assert trig["counts"]["window"] == {"fired": 1}
+        assert trig["status"]["state"] == "ready"
+        [obj] = trig["objects"]
+        [wf] = workflows(kube_api)
+        assert (obj["kind"], obj["namespace"], obj["name"]) == (
+            "Workflow",
+            "argo-events",
+            wf["metadata"]["name"],
+        )
+        assert obj["url"] == (
+            f"http://argo.example.invalid:2746/workflows/argo-events/{wf['metadata']['name']}"
+        )
+
+        # the same per object in the list APIs
+        [seed] = [s for s in _get(tf, "/api/v1/sensors") if s["name"] == "ml-pipeline-sensor"]
+        assert seed["status"] == {"state": "ready", "reason": ""}
+        [t] = seed["triggers"]
+        assert (t["counts"]["window"], t["lastError"]) == ({"fired": 1}, "")
+        assert seed["dependencies"][0]["lastEventTime"].startswith("20")
+        [es] = _get(tf, "/api/v1/eventsources")
+        [ev] = es["events"]
+        assert (ev["name"], ev["type"], ev["status"]["state"]) == ("trigger", "webhook", "ready")
+        assert ev["counts"]["total"] == {"published": 1}
+
+        # the traces behind those counts, with filters by outcome, dependency, trigger
+        [filtered] = _get(tf, "/api/v1/traces?outcome=filtered")
+        assert filtered["sensor"] == "bert-only" and filtered["filtered"] is True
+        assert any("body.model" in r for r in filtered["filters"]), filtered["filters"]
+        [fired] = _get(tf, "/api/v1/traces?trigger=trigger-ml-pipeline")
+        assert fired["outcome"] == "fired"
+        params = {p["dest"]: (p["value"], p["source"]) for p in fired["triggers"][0]["parameters"]}
+        assert params["spec.arguments.parameters.0.value"] == ("resnet", "dataKey")
+        both = _get(tf, f"/api/v1/traces?eventId={fired['event_id']}")
+        assert {t["sensor"] for t in both} == {"bert-only", "ml-pipeline-sensor"}
+        assert _get(tf, "/api/v1/traces?dependency=training-event") == [fired]
+        older = _get(tf, f"/api/v1/traces?before={max(t['seq'] for t in both)}")
+        assert [t["seq"] for t in older] == [min(t["seq"] for t in both)]
+        r = httpx.get(f"http://127.0.0.1:{tf.api_port}/api/v1/traces?outcome=maybe")
+        assert r.status_code == 422
+    finally:
+        tf.stop()
+
+
+def test_a_bus_outage_shows_as_not_ready_with_its_reason(
+    tmp_path: Path, kube_api: Any, nats_server: EmbeddedNats
+) -> None:
+    tf, port = start_seed(tmp_path, kube_api, nats_url=nats_server.url)
+    try:
+        sensor_id = "sn:argo-events/ml-pipeline-sensor"
+
+        def status(node_id: str) -> dict[str, str]:
+            flow = _get(tf, "/api/v1/flow")
+            sensors = {s["id"]: s["status"] for s in flow["sensors"]}
+            return sensors[node_id] if node_id in sensors else node(flow, node_id)["status"]
+
+        assert status(sensor_id) == {"state": "ready", "reason": ""}
+        nats_server.stop()
+        wait_for(lambda: status(sensor_id)["state"] == "not ready", timeout=15)
+        assert "bus disconnected" in status(sensor_id)["reason"]
+        assert status(SEED_EVENT) == {
+            "state": "not ready",
+            "reason": "bus disconnected: posts get 503",
+        }
+        r = httpx.get(f"http://127.0.0.1:{tf.api_port}/api/v1/deadletters")
+        assert r.status_code == 503
+        nats_server.start()  # same port and store
+        wait_for(lambda: status(sensor_id)["state"] == "ready", timeout=30)
+        post(port, {"model": "resnet", "dataset": "after-outage"})
+        wait_for(lambda: len(workflows(kube_api)) == 1, timeout=15)
+    finally:
+        tf.stop()
+
+
+def test_traces_survive_a_restart(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        post(port, {"model": "resnet", "dataset": "kept"})
+        wait_for(lambda: len(_get(tf, "/api/v1/traces")) == 2, timeout=15)
+        before = _get(tf, "/api/v1/traces")
+    finally:
+        tf.stop()
+    tf, port = start_seed(tmp_path, kube_api)
+    try:
+        assert _get(tf, "/api/v1/traces") == before
+        flow = _get(tf, "/api/v1/flow")
+        # counts are this process's own (it has seen nothing yet); the objects are
+        # remembered from the persisted traces
+        assert node(flow, SEED_DEP)["counts"]["window"] == {}
+        [wf] = workflows(kube_api)
+        assert [o["name"] for o in node(flow, SEED_TRIGGER)["objects"]] == [wf["metadata"]["name"]]
+    finally:
+        tf.stop()
+
+
+def test_a_dead_letter_is_listed_then_replayed_once(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        kube_api.fault("POST", WORKFLOWS, status=403, times=1)  # permanent: dead-lettered
+        post(port, {"model": "resnet", "dataset": "coco"})
+        wait_for(lambda: _get(tf, "/api/v1/deadletters"), timeout=15)
+        [dl] = _get(tf, "/api/v1/deadletters")
+        assert (dl["sensor"], dl["trigger"], dl["attempts"]) == (
+            "ml-pipeline-sensor",
+            "trigger-ml-pipeline",
+            1,
+        )
+        assert "403" in dl["error"] or "orbidden" in dl["error"], dl["error"]
+        assert dl["events"]["training-event"]["data"]["body"]["dataset"] == "coco"
+        assert _get(tf, f"/api/v1/deadletters/{dl['bus']}/{dl['seq']}") == dl
+        assert _get(tf, "/api/v1/deadletters?sensor=bert-only") == []
+        flow = _get(tf, "/api/v1/flow")
+        trig = node(flow, SEED_TRIGGER)
+        assert trig["counts"]["window"] == {"failed": 1, "deadLettered": 1}
+        assert trig["status"]["state"] == "error"
+        assert "403" in trig["status"]["reason"] or "orbidden" in trig["status"]["reason"]
+        [seed] = [s for s in _get(tf, "/api/v1/sensors") if s["name"] == "ml-pipeline-sensor"]
+        assert seed["triggers"][0]["lastError"] == trig["status"]["reason"]
+        assert workflows(kube_api) == []
+        [failed] = _get(tf, "/api/v1/traces?outcome=failed")
+        assert failed["triggers"][0]["status"] == "dead-lettered"
+
+        # a double click: two replays at once; one runs the trigger, the other finds the
+        # dead letter gone; one Workflow
+        url = f"{base}/api/v1/deadletters/{dl['bus']}/{dl['seq']}/replay"
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: httpx.post(url, timeout=30), range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 404], [a.text for a in answers]
+        ok = next(a.json() for a in answers if a.status_code == 200)
+        assert ok["replayed"] is True
+        assert ok["trace"]["triggers"][0]["status"] == "succeeded"
+        [wf] = workflows(kube_api)
+        assert wf["spec"]["arguments"]["parameters"][1]["value"] == "coco"
+        assert _get(tf, "/api/v1/deadletters") == []
+        assert httpx.post(url).status_code == 404
+        trig = node(_get(tf, "/api/v1/flow"), SEED_TRIGGER)
+        assert trig["status"]["state"] == "ready"
+        assert trig["counts"]["window"]["fired"] == 1
+    finally:
+        tf.stop()
+
+
+def test_a_dead_letter_can_be_discarded(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        kube_api.fault("POST", WORKFLOWS, status=403, times=1)
+        post(port, {"model": "resnet", "dataset": "unwanted"})
+        wait_for(lambda: _get(tf, "/api/v1/deadletters"), timeout=15)
+        [dl] = _get(tf, "/api/v1/deadletters")
+        assert "Forbidden" in dl["error"]
+        url = f"{base}/api/v1/deadletters/{dl['bus']}/{dl['seq']}"
+        assert httpx.delete(url).json() == {"discarded": dl["id"]}
+        assert httpx.get(url).status_code == 404
+        assert httpx.delete(url).status_code == 404
+        assert httpx.post(f"{url}/replay").status_code == 404
+        assert _get(tf, "/api/v1/deadletters") == []
+        assert workflows(kube_api) == []
+        # not a dead letter: an event's sequence number is refused the same way
+        assert httpx.get(f"{base}/api/v1/deadletters/default/1").status_code == 404
+        assert httpx.get(f"{base}/api/v1/deadletters/nosuchbus/1").status_code == 404
+        assert httpx.get(f"{base}/api/v1/deadletters/default/0").status_code == 422
+    finally:
+        tf.stop()
+
+
+def _dlq(tf: Any, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERFISH_")}
+    if token:
+        env["TRIGGERFISH_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "app.compose.cli", "dlq", "--api",
+         f"http://127.0.0.1:{tf.api_port}", *args],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_the_dlq_command(tmp_path: Path, kube_api: Any) -> None:
+    tf, port = start_seed(tmp_path, kube_api, TRIGGERFISH_API_TOKEN="cli-t0ken")
+    try:
+        assert _dlq(tf, "list", token="cli-t0ken").stdout == "no dead letters\n"
+        denied = _dlq(tf, "list")
+        assert denied.returncode == 1
+        assert denied.stderr == "triggerfish: error: 401: missing or wrong bearer token\n"
+        kube_api.fault("POST", WORKFLOWS, status=403, times=2)
+        post(port, {"model": "resnet", "dataset": "first"})
+        post(port, {"model": "resnet", "dataset": "second"})
+        wait_for(lambda: len(_dlq(tf, "list", token="cli-t0ken").stdout.splitlines()) == 2)
+        lines = _dlq(tf, "list", "--sensor", "ml-pipeline-sensor", token="cli-t0ken").stdout
+        ids = [line.split("\t")[0] for line in lines.splitlines()]
+        assert all(
+            "argo-events/ml-pipeline-sensor/trigger-ml-pipeline" in x for x in lines.splitlines()
+        )
+        shown = [json.loads(_dlq(tf, "show", i, token="cli-t0ken").stdout) for i in ids]
+        by_dataset = {s["events"]["training-event"]["data"]["body"]["dataset"]: s for s in shown}
+        replay = _dlq(tf, "replay", by_dataset["first"]["id"], token="cli-t0ken")
+        assert replay.returncode == 0, replay.stderr
+        [wf] = workflows(kube_api)
+        assert replay.stdout.startswith(f"replayed {by_dataset['first']['id']}: created Workflow")
+        assert wf["metadata"]["name"] in replay.stdout
+        again = _dlq(tf, "replay", by_dataset["first"]["id"], token="cli-t0ken")
+        assert again.returncode == 1 and "404" in again.stderr
+        gone = _dlq(tf, "discard", by_dataset["second"]["id"], token="cli-t0ken")
+        assert gone.stdout == f"discarded {by_dataset['second']['id']}\n"
+        assert _dlq(tf, "list", token="cli-t0ken").stdout == "no dead letters\n"
+        assert len(workflows(kube_api)) == 1
+        bad = _dlq(tf, "show", "default", token="cli-t0ken")
+        assert bad.returncode == 2 and "expected BUS:SEQ" in bad.stderr
+    finally:
+        tf.stop()

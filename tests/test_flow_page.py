@@ -1,0 +1,337 @@
+"""The event-flow page in a real headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, driven by selenium), against a real ``triggerfish run``.
+
+The browser can reach nothing but loopback (every host name resolves to nothing, and
+every non-loopback request goes to a dead proxy), so the page is shown to work
+air-gapped. Screenshots are saved under the test's temp dir (and copied to
+``$TRIGGERFISH_SCREENSHOT_DIR`` when set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.support.flow import (
+    BERT_DEP,
+    SEED_DEP,
+    SEED_EVENT,
+    SEED_TRIGGER,
+    WORKFLOWS,
+    post,
+    start_seed,
+    workflows,
+)
+from tests.support.net import free_port, wait_for
+from tests.support.proc import Triggerfish
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1500,950",
+        # air-gapped: no name resolves, and anything not loopback goes to a dead proxy
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--proxy-server=http://127.0.0.1:{free_port()}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: webdriver.Chrome, check: Callable[[webdriver.Chrome], Any], timeout: float = 20):
+    """Until ``check`` is truthy; an element re-rendered under it (stale) is looked up again."""
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    ).until(check)
+
+
+def find(driver: webdriver.Chrome, css: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def text(driver: webdriver.Chrome, css: str) -> str | None:
+    """The rendered text of the first match, read in one step (the panel re-renders)."""
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+    )
+    return str(found) if found is not None else None
+
+
+def node_css(node_id: str) -> str:
+    return f'[data-node="{node_id}"]'
+
+
+def count_text(driver: webdriver.Chrome, node_id: str, kind: str) -> str:
+    els = driver.find_elements(By.CSS_SELECTOR, f'{node_css(node_id)} [data-count="{kind}"]')
+    return els[0].text if els else ""
+
+
+def screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)), "the screenshot was not written"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("TRIGGERFISH_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / name)
+    return path
+
+
+def only_loopback_was_fetched(driver: webdriver.Chrome, base: str) -> None:
+    urls = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])"
+    )
+    assert urls and all(u.startswith(base) for u in urls), urls
+
+
+def test_the_seed_pipeline_on_the_page(
+    tmp_path: Path, kube_api: Any, browser: webdriver.Chrome
+) -> None:
+    tf, port = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        browser.get(base + "/")
+        # the graph: source event, sensor with its dependency and trigger
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, node_css(SEED_TRIGGER)))
+        assert "trigger" in find(browser, node_css(SEED_EVENT)).text
+        sensor = find(browser, node_css("sn:argo-events/ml-pipeline-sensor")).text
+        assert "ml-pipeline-sensor" in sensor and "training-event" in sensor
+        assert "trigger-ml-pipeline" in sensor and "k8s" in sensor
+        assert "nothing created yet" in find(browser, "#col-objects").text
+        assert count_text(browser, SEED_DEP, "received") == "0 received"
+        browser.execute_script("window.stillTheSamePage = true")
+        dep_row = find(browser, node_css(SEED_DEP))
+        browser.execute_script("arguments[0].focus()", dep_row)
+
+        # an event: the counts and the created Workflow appear without a reload
+        post(port, {"model": "resnet", "dataset": "imagenet"})
+        wait(browser, lambda d: count_text(d, SEED_DEP, "received") == "1 received")
+        # ... updated in place: the same element (not stale), still focused
+        assert "1 received" in dep_row.text
+        assert browser.execute_script("return document.activeElement === arguments[0]", dep_row)
+        wait(browser, lambda d: count_text(d, SEED_TRIGGER, "fired") == "1 fired")
+        wait(browser, lambda d: count_text(d, BERT_DEP, "filtered") == "1 filtered")
+        assert count_text(browser, SEED_EVENT, "published") == "1 received"
+        [wf] = workflows(kube_api)
+        name = wf["metadata"]["name"]
+        wait(browser, lambda d: name in find(d, "#col-objects").text)
+        link = find(browser, "#col-objects a")
+        assert link.get_attribute("href") == (
+            f"http://argo.example.invalid:2746/workflows/argo-events/{name}"
+        )
+        assert browser.execute_script("return window.stillTheSamePage") is True
+        edge_labels = browser.execute_script(
+            "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
+        )
+        assert "1 in" in edge_labels and "1 fired" in edge_labels, edge_labels
+
+        # click the dependency: its trace, with each parameter's value and source
+        find(browser, node_css(SEED_DEP)).click()
+        trace = wait(browser, lambda d: text(d, "#panel .trace[open]"))
+        assert "fired" in trace and "succeeded" in trace
+        assert "spec.arguments.parameters.0.value" in trace
+        assert '"resnet"' in trace and "dataKey" in trace
+        event_id = browser.execute_script(
+            "return document.querySelector('#panel .trace[open]').dataset.eventId"
+        )
+
+        # the open panel follows new events through that node, keeping what is open
+        post(port, {"model": "resnet", "dataset": "more"})
+        wait(browser, lambda d: text(d, "#traces h4") == "Recent events (2)")
+        opened = browser.execute_script(
+            "return [...document.querySelectorAll('#panel .trace[open]')]"
+            ".map(t => t.dataset.eventId)"
+        )
+        assert opened == [event_id]
+
+        # the filtered sensor: the rejecting filter and its reason
+        find(browser, node_css(BERT_DEP)).click()
+        wait(browser, lambda d: "filtered" in (text(d, "#panel .trace summary") or ""))
+        reasons = text(browser, "#panel .trace .filters") or ""
+        assert "body.model" in reasons and "bert" in reasons, reasons
+
+        # search by event id: both sensors' traces of that event
+        box = find(browser, "#search")
+        box.send_keys(event_id)
+        find(browser, "#search-form button").click()
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#panel .trace")) == 2)
+        assert event_id in (text(browser, "#panel h3") or "")
+        screenshot(browser, tmp_path, "flow-page.png")
+
+        # a failing trigger: its error on the node and in the trace; a dead letter
+        kube_api.fault("POST", WORKFLOWS, status=403, times=1)
+        post(port, {"model": "resnet", "dataset": "coco"})
+        wait(browser, lambda d: count_text(d, SEED_TRIGGER, "deadLettered") == "1 dead-lettered")
+        wait(browser, lambda d: "Forbidden" in find(d, node_css(SEED_TRIGGER)).text)
+        wait(browser, lambda d: find(d, "#dlq-count").text == "1")
+        find(browser, node_css(SEED_TRIGGER)).click()
+        error = wait(browser, lambda d: text(d, "#panel .trigger-error"))
+        assert "Forbidden" in error
+        # only the failed firings of that trigger
+        Select(find(browser, "#outcome")).select_by_value("failed")
+        wait(browser, lambda d: text(d, "#traces h4") == "Recent events (1)")
+        assert "dead-lettered" in (text(browser, "#panel .trace[open]") or "")
+        replay = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#panel-dlq .replay"))[0]
+        screenshot(browser, tmp_path, "flow-page-dead-letter.png")
+
+        # replayed from the page (a double click): one Workflow for that event
+        ActionChains(browser).double_click(replay).perform()
+        wait(browser, lambda d: "replayed" in find(d, "#panel-dlq .result").text)
+        coco = [
+            w
+            for w in workflows(kube_api)
+            if w["spec"]["arguments"]["parameters"][1]["value"] == "coco"
+        ]
+        assert len(coco) == 1
+        wait(browser, lambda d: find(d, "#dlq-count").text == "0")
+        assert httpx.get(f"{base}/api/v1/deadletters").json() == []
+        wait(browser, lambda d: count_text(d, SEED_TRIGGER, "fired") == "3 fired")
+        only_loopback_was_fetched(browser, base)
+        assert browser.execute_script("return window.stillTheSamePage") is True
+    finally:
+        tf.stop()
+
+
+def test_the_page_asks_for_the_api_token(
+    tmp_path: Path, kube_api: Any, browser: webdriver.Chrome
+) -> None:
+    tf, _ = start_seed(tmp_path, kube_api, TRIGGERFISH_API_TOKEN="page-t0ken")
+    try:
+        browser.get(f"http://127.0.0.1:{tf.api_port}/")
+        wait(browser, lambda d: find(d, "#token-dialog").get_attribute("open") is not None)
+        assert not browser.find_elements(By.CSS_SELECTOR, node_css(SEED_TRIGGER))
+        find(browser, "#token").send_keys("page-t0ken")
+        find(browser, "#token-form button").click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, node_css(SEED_TRIGGER)))
+    finally:
+        tf.stop()
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` different free ports (all held at once while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _many(tmp: Path, sources: int, sensors: int, namespaces: int) -> tuple[list[str], list[int]]:
+    """``sources`` webhook EventSources (one event each, own port) and ``sensors``
+    Sensors spread over ``namespaces`` namespaces, each consuming one source's event."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ports = distinct_free_ports(sources)
+    docs = []
+    for i, port in enumerate(ports):
+        docs.append(
+            f"""apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: source-{i:02d}, namespace: team-{i % namespaces}}}
+spec:
+  webhook:
+    push-{i:02d}: {{port: "{port}", endpoint: /push, method: POST}}
+"""
+        )
+    for j in range(sensors):
+        i = j % sources
+        docs.append(
+            f"""apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {{name: sensor-{j:03d}, namespace: team-{j % namespaces}}}
+spec:
+  dependencies:
+    - {{name: dep, eventSourceName: source-{i:02d}, eventName: push-{i:02d}}}
+  triggers:
+    - template: {{name: note, log: {{}}}}
+"""
+        )
+    (tmp / "many.yaml").write_text("---\n".join(docs))
+    return [str(tmp / "many.yaml")], ports
+
+
+def test_fifty_sources_and_a_hundred_sensors_stay_readable(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    files, ports = _many(tmp_path / "manifests", sources=50, sensors=100, namespaces=5)
+    tf = Triggerfish(files=files, state_dir=tmp_path / "state").start(timeout=90)
+    try:
+        browser.get(f"http://127.0.0.1:{tf.api_port}/")
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#col-sensors .card")) == 100)
+        # collapsed to one line per sensor and per source, grouped by namespace
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#col-sensors .card.collapsed")) == 100
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#col-sources .card.collapsed")) == 50
+        groups = browser.find_elements(By.CSS_SELECTOR, "#col-sensors details.group > summary")
+        assert [g.text for g in groups] == [f"namespace team-{n} · 20 sensors" for n in range(5)]
+        # one edge per sensor, from its source's card to its own
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#edges path")) == 100
+        r = httpx.post(f"http://127.0.0.1:{ports[0]}/push", json={"n": 1})
+        assert r.status_code == 200
+        # sensors 0 and 50 consume source 0
+        for j in (0, 50):
+            css = node_css(f"sn:team-{j % 5}/sensor-{j:03d}")
+            wait(browser, lambda d, css=css: "1 received" in find(d, css).text)
+        screenshot(browser, tmp_path, "flow-page-100-sensors.png")
+        # the name filter narrows the graph to what matches
+        find(browser, "#filter").send_keys("sensor-057")
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#col-sensors .card")) == 1)
+        # ... and keeps the source that feeds it
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#col-sources .card")) == 1
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#edges path")) == 1
+        find(browser, node_css("sn:team-2/sensor-057") + " .toggle").click()
+        dep = node_css("dep:team-2/sensor-057/dep")
+        wait(browser, lambda d: find(d, dep).is_displayed())
+    finally:
+        tf.stop()
+    wait_for(lambda: tf.proc is None)
+
+
+def test_the_api_docs_render_without_a_network(
+    tmp_path: Path, kube_api: Any, browser: webdriver.Chrome
+) -> None:
+    tf, _ = start_seed(tmp_path, kube_api)
+    base = f"http://127.0.0.1:{tf.api_port}"
+    try:
+        browser.get(base + "/api/docs")
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
+        paths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+        assert "/api/v1/traces" in paths and "/api/v1/deadletters/{bus}/{seq}/replay" in paths
+        only_loopback_was_fetched(browser, base)
+    finally:
+        tf.stop()
