@@ -268,9 +268,9 @@ def test_unsupported_trigger_type_is_one_line() -> None:
     doc = sensor_doc()
     tpl = doc["spec"]["triggers"][0]["template"]
     del tpl["k8s"]
-    tpl["slack"] = {"channel": "general", "message": "hi", "whatever": {"x": 1}}
+    tpl["pulsar"] = {"topic": "t", "url": "pulsar://x:6650", "whatever": {"x": 1}}
     assert problems(doc) == [
-        "spec.triggers[0].template.slack: trigger type 'slack' is not supported"
+        "spec.triggers[0].template.pulsar: trigger type 'pulsar' is not supported"
     ]
 
 
@@ -539,28 +539,28 @@ def test_source_plugin_cross_event_checks_run() -> None:
     assert line.startswith("spec.webhook.again")
 
 
-class _SlackConfig(SpecModel):
-    channel: str
-    message: str = ""
+class _PulsarConfig(SpecModel):
+    topic: str
+    url: str = ""
 
 
-class _SlackTrigger(Trigger):
-    type_name = "slack"
-    config_model = _SlackConfig
+class _PulsarTrigger(Trigger):
+    type_name = "pulsar"
+    config_model = _PulsarConfig
 
     async def execute(self, inv: Invocation) -> TriggerResult:
         return TriggerResult(action="posted")
 
 
 def test_registering_a_trigger_type_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(TRIGGERS._entries, "slack", f"{__name__}:_SlackTrigger")
+    monkeypatch.setitem(TRIGGERS._entries, "pulsar", f"{__name__}:_PulsarTrigger")
     doc = sensor_doc()
-    doc["spec"]["triggers"][0]["template"] = {"name": "s", "slack": {"channel": "general"}}
+    doc["spec"]["triggers"][0]["template"] = {"name": "s", "pulsar": {"topic": "t"}}
     sensor = load_one(doc)
     assert isinstance(sensor, Sensor)
-    assert sensor.spec.triggers[0].template.trigger_type == "slack"
-    doc["spec"]["triggers"][0]["template"]["slack"] = {"chanel": "general"}
-    assert "spec.triggers[0].template.slack.chanel: unknown field" in problems(doc)
+    assert sensor.spec.triggers[0].template.trigger_type == "pulsar"
+    doc["spec"]["triggers"][0]["template"]["pulsar"] = {"topik": "t"}
+    assert "spec.triggers[0].template.pulsar.topik: unknown field" in problems(doc)
 
 
 # --- EventBus ------------------------------------------------------------------------

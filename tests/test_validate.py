@@ -66,13 +66,13 @@ def test_errors_name_file_document_kind_name_and_path(tmp_path: Path) -> None:
 
 
 def test_unsupported_type_is_exactly_one_line(tmp_path: Path) -> None:
-    p = tmp_path / "slack.yaml"
-    p.write_text(SENSOR_YAML.replace("k8s:", "slack:", 1))
+    p = tmp_path / "pulsar.yaml"
+    p.write_text(SENSOR_YAML.replace("k8s:", "pulsar:", 1))
     code, lines = run([str(p)])
     assert code == 1
     assert lines == [
         f"error {p} Sensor argo-events/ml-pipeline-sensor: "
-        "spec.triggers[0].template.slack: trigger type 'slack' is not supported"
+        "spec.triggers[0].template.pulsar: trigger type 'pulsar' is not supported"
     ]
 
 

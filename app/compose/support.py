@@ -95,6 +95,16 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.http.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.http.parameters[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.http.dynamicHeaders[].{k}": v for k, v in PARAMETER.items()},
+    "template.nats": True,
+    **{f"template.nats.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.nats.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.azureServiceBus": True,
+    **{f"template.azureServiceBus.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.azureServiceBus.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.slack": True,
+    **{f"template.slack.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.email": True,
+    **{f"template.email.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

@@ -77,6 +77,9 @@ class SensorSettings(BaseModel):
     default_retry_duration_seconds: float = Field(0.5, description="first retry delay")
     default_retry_factor: float = Field(2.0, description="backoff multiplier")
     max_retry_delay_seconds: float = Field(30.0, description="cap on a single backoff")
+    slack_api_url: str = Field(
+        "https://slack.com/api/", description="base URL of the Slack Web API (slack trigger)"
+    )
 
 
 class HttpServerSettings(BaseModel):

@@ -425,8 +425,12 @@ async def _ssl_context(ctx: TriggerContext, tls: TLSConfig, namespace: str) -> s
                         f.write(text)
                 context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, ValueError) as e:
-        raise PermanentError(f"http trigger tls: invalid certificate or key: {e}") from e
+        raise PermanentError(f"tls: invalid certificate or key: {e}") from e
     return context
+
+
+ssl_context = _ssl_context
+"""An SSL context from a ``tls`` block's Secrets (shared with other triggers' ``tls``)."""
 
 
 async def read_secret(ctx: TriggerContext, namespace: str, name: str, key: str) -> str:
@@ -471,4 +475,4 @@ async def read_configmap_key(ctx: TriggerContext, namespace: str, name: str, key
     )
 
 
-__all__ = ["HttpTrigger", "read_configmap_key", "read_secret", "safe_url"]
+__all__ = ["HttpTrigger", "read_configmap_key", "read_secret", "safe_url", "ssl_context"]

@@ -23,5 +23,9 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "log": "sensors.triggers.log:LogTrigger",
         "http": "sensors.triggers.http:HttpTrigger",
         "argoWorkflow": "sensors.triggers.argo_workflow:ArgoWorkflowTrigger",
+        "nats": "sensors.triggers.nats:NatsTrigger",
+        "azureServiceBus": "sensors.triggers.azure_service_bus:AzureServiceBusTrigger",
+        "slack": "sensors.triggers.slack:SlackTrigger",
+        "email": "sensors.triggers.email:EmailTrigger",
     },
 )
