@@ -308,3 +308,51 @@ def test_controller_process_serves_probes(kube_api: Any, tmp_path: Path) -> None
         proc.terminate()
         assert proc.wait(timeout=15) == 0
         log.close()
+
+
+SECRET_TOKEN = "tok-9f3a1c77e2b04d5e8a61"
+SECRET_PASSWORD = "pw-5b2e9d0c4a7f41e3b8d2"
+
+
+async def test_secret_values_never_reach_status_children_or_the_log(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The controller reads specs that reference Secrets (a webhook's ``authSecret``, an
+    http trigger's ``basicAuth``); the values stay in the Secrets: none is copied into an
+    object's status, into what the controller creates, or into its log."""
+    import yaml
+
+    extra = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook-auth"},
+         "stringData": {"token": SECRET_TOKEN, "password": SECRET_PASSWORD}},
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
+         "metadata": {"name": "guarded"},
+         "spec": {"webhook": {"in": {"port": "12001", "endpoint": "/in", "method": "POST",
+                                      "authSecret": {"name": "hook-auth", "key": "token"}}}}},
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "Sensor", "metadata": {"name": "caller"},
+         "spec": {"dependencies": [{"name": "d", "eventSourceName": "guarded", "eventName": "in"}],
+                  "triggers": [{"template": {"name": "call", "http": {
+                      "url": "http://example.invalid/hook", "method": "POST",
+                      "basicAuth": {"username": {"name": "hook-auth", "key": "token"},
+                                    "password": {"name": "hook-auth", "key": "password"}}}}}]}},
+    ]  # fmt: skip
+    caplog.set_level("DEBUG")
+    await h.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump_all(extra))
+    await _apply_seed_and_converge(h)
+    for kind, name in (("EventSource", "guarded"), ("Sensor", "caller")):
+
+        async def deployed(k: str = kind, n: str = name) -> bool:
+            c = await h.cond(k, n, "Deployed")
+            return c is not None and c["status"] == "True"
+
+        await eventually(deployed)
+    seen: list[str] = []
+    for kind in ("eventsources", "sensors", "eventbus", "deployments", "services", "roles",
+                 "rolebindings", "serviceaccounts", "statefulsets", "configmaps"):  # fmt: skip
+        out = await h.kubectl("get", kind, "-n", NS, "-o", "json")
+        seen.append(out)
+        assert json.loads(out)["items"] is not None
+    everything = "\n".join(seen) + "\n" + caplog.text
+    assert "guarded" in everything and "caller" in everything  # the scan saw them
+    for value in (SECRET_TOKEN, SECRET_PASSWORD):
+        assert value not in everything
