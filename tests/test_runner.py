@@ -339,3 +339,52 @@ async def test_rate_limit_per_minute_holds_the_firing_after_the_burst() -> None:
     # the next token comes after 30 s: it cannot be there a fraction of a second later
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(limiter.acquire(), 0.3)
+
+
+async def test_condition_path_trace_shows_state_fired_and_waiting(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a", "b"], conditions="a && b"))
+    await bus.publish("default", event("a", "x"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    await bus.publish("default", event("b", "y"))
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    second, first = h.traces.recent()
+    assert (first.dependency, first.fired) == ("a", False)
+    assert first.conditions == {
+        "state": {"make-job": ["a"]},
+        "fired": [],
+        "waiting": {"make-job": "a && b"},
+    }
+    assert first.triggers == []
+    assert (second.dependency, second.fired) == ("b", True)
+    assert second.conditions == {
+        "state": {"make-job": ["a", "b"]},
+        "fired": ["make-job"],
+        "waiting": {},
+    }
+    assert [t.status for t in second.triggers] == ["succeeded"]
+    await h.stop()
+
+
+async def test_state_left_satisfied_by_a_crash_fires_once_at_start(
+    bus: Bus, tmp_path: Path
+) -> None:
+    # a crash after both events were stored, before the trigger fired
+    kube = FileKube(tmp_path / "objects")
+    state = await bus.state_store("sensor-ns1-s1")
+    await state.put("make-job__a", event("a", "stored-a").to_json())
+    await state.put("make-job__b", event("b", "stored-b").to_json())
+    h = harness(bus, kube)
+    await h.start(sensor(["a", "b"]))
+    assert [o["data"] for o in objects(kube)] == [{"a": "stored-a", "b": "stored-b"}]
+    [trace] = h.traces.recent()
+    assert (trace.sensor, trace.namespace, trace.dependency) == ("s1", "ns1", "(restart)")
+    assert (trace.event_id, trace.event_source, trace.event_name) == ("", "", "")
+    assert trace.fired and [t.status for t in trace.triggers] == ["succeeded"]
+    assert await state.items() == {}
+    await h.stop()
+    h2 = harness(bus, kube)  # a second start finds nothing left to fire
+    await h2.start(sensor(["a", "b"]))
+    assert h2.traces.recent() == [] and len(objects(kube)) == 1
+    await h2.stop()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from app.adapters.bus import Bus
@@ -140,7 +141,8 @@ async def test_api_status_decides_between_retry_and_dead_letter(
         bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=3, duration_seconds=0.01)
     )
     await h.start(sensor())
-    await bus.publish("default", event())
+    ev = event()
+    await bus.publish("default", ev)
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
     got = [r["status"] for r in posts(kube_api)]
@@ -154,7 +156,14 @@ async def test_api_status_decides_between_retry_and_dead_letter(
         assert got == [status]
         assert f"{status}" in out.error
         assert configmaps(kube_api) == []
-        assert len(await dead_letters(bus)) == 1
+        [dead] = await dead_letters(bus)
+        assert dead == {
+            "sensor": "s1",
+            "namespace": NS,
+            "trigger": "make",
+            "error": out.error,
+            "events": {"a": orjson.loads(ev.to_json())},
+        }
     await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
     await h.stop()
 
