@@ -388,3 +388,57 @@ async def test_state_left_satisfied_by_a_crash_fires_once_at_start(
     await h2.start(sensor(["a", "b"]))
     assert h2.traces.recent() == [] and len(objects(kube)) == 1
     await h2.stop()
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [(0, []), (1, []), (2, [1.0]), (4, [1.0, 2.0, 4.0]), (6, [1.0, 2.0, 4.0, 5.0, 5.0])],
+)
+def test_retry_delays_grow_by_the_factor_up_to_the_cap(steps: int, expected: list[float]) -> None:
+    policy = RetryPolicy(steps=steps, duration_seconds=1.0, factor=2.0, jitter=0.0,
+                         max_delay_seconds=5.0)  # fmt: skip
+    assert policy.delays() == expected
+
+
+def test_retry_jitter_adds_up_to_its_fraction_of_each_delay() -> None:
+    import random
+
+    saved = random.getstate()
+    random.seed(1234)  # a fixed draw; the global generator is restored after
+    try:
+        policy = RetryPolicy(steps=9, duration_seconds=1.0, factor=1.5, jitter=0.5,
+                             max_delay_seconds=100.0)  # fmt: skip
+        delays = policy.delays()
+    finally:
+        random.setstate(saved)
+    bases = [1.5**i for i in range(8)]
+    assert all(b <= d < b * 1.5 for b, d in zip(bases, delays, strict=True)), delays
+    assert any(d > b for b, d in zip(bases, delays, strict=True))
+
+
+def test_firing_key_is_32_hex_chars_stable_and_per_event() -> None:
+    from sensors.runner import firing_key
+
+    a, b = event("a", "v"), event("a", "v")
+    key = firing_key("ns1", "s1", "t", {"a": a})
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert firing_key("ns1", "s1", "t", {"a": a}) == key
+    assert firing_key("ns1", "s1", "t", {"a": b}) != key
+    assert firing_key("ns1", "s1", "t2", {"a": a}) != key
+
+
+async def test_unexpected_trigger_error_is_retried_then_dead_lettered(
+    bus: Bus, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    h = harness(bus, FileKube(blocked / "objects"))  # writing there raises an OSError
+    await h.start(sensor(["a"]))
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    [trace] = h.traces.recent()
+    assert trace.error == "" and trace.delivery == 1
+    out = trace.triggers[0]
+    assert (out.status, out.attempts) == ("dead-lettered", 2)
+    assert out.error.startswith(("NotADirectoryError", "FileExistsError"))
+    await h.stop()
