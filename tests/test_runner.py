@@ -442,3 +442,37 @@ async def test_unexpected_trigger_error_is_retried_then_dead_lettered(
     assert (out.status, out.attempts) == ("dead-lettered", 2)
     assert out.error.startswith(("NotADirectoryError", "FileExistsError"))
     await h.stop()
+
+
+async def test_trigger_level_parameters_build_the_template_per_firing(
+    bus: Bus, tmp_path: Path
+) -> None:
+    from sensors.runner import firing_key
+
+    kube = FileKube(tmp_path / "objects")
+    # trigger-level parameters rewrite the template itself, here the object's data
+    s = sensor(
+        ["a"],
+        parameters=[
+            {"src": {"dependencyName": "a", "dataKey": "body.v"},
+             "dest": "k8s.source.resource.data.b"},
+        ],
+    )  # fmt: skip
+    h = harness(bus, kube)
+    await h.start(s)
+    ev = event("a", "from-template")
+    await bus.publish("default", ev)
+    await eventually(lambda: len(objects(kube)) == 1)
+    [obj] = objects(kube)
+    assert obj["data"] == {"a": "from-template", "b": "from-template"}
+    key = firing_key("ns1", "s1", "make-job", {"a": ev})
+    assert obj["metadata"]["annotations"]["events.triggerfish.io/trigger-key"] == key
+    assert obj["metadata"]["name"] == "job-" + key[:10]
+    out = h.traces.recent()[0].triggers[0]
+    assert out.trigger == "make-job"
+    # the template's parameter first, then the k8s one
+    assert [(p["where"], p["dest"]) for p in out.parameters] == [
+        ("parameters", "k8s.source.resource.data.b"),
+        ("k8s.parameters", "data.a"),
+    ]
+    await h.stop()

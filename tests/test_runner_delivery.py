@@ -187,6 +187,47 @@ async def test_429_retry_waits_the_retry_after_the_api_asked_for(
     await h.stop()
 
 
+async def test_transient_answers_until_retries_run_out_are_dead_lettered_with_the_error(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, status=503, times=0)
+    h = SensorHarness(
+        bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=3, duration_seconds=0.01)
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert (out.status, out.attempts) == ("dead-lettered", 3)
+    assert out.error.startswith("KubeTransientError: POST ") and "503" in out.error
+    assert [r["status"] for r in posts(kube_api)] == [503, 503, 503]
+    await h.stop()
+
+
+async def test_retries_longer_than_the_ack_wait_keep_the_message_in_progress(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    # Three failed attempts 1 s apart outlast the 2 s ack wait; in_progress() before
+    # each back-off keeps the bus from handing the message out a second time.
+    kube_api.fault("POST", CONFIGMAPS, status=503, times=3)
+    h = SensorHarness(
+        bus,
+        TriggerContext(kube=kube),
+        default_retry=RetryPolicy(steps=4, duration_seconds=1.0, jitter=0.0),
+        ack_wait_seconds=2.0,
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) >= 1, timeout=20)
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    [trace] = h.traces.recent()
+    assert (trace.delivery, trace.triggers[0].status, trace.triggers[0].attempts) == (
+        1, "succeeded", 4,
+    )  # fmt: skip
+    assert [r["status"] for r in posts(kube_api)] == [503, 503, 503, 201]
+    await h.stop()
+
+
 # -------------------------------------------------------------- dead letter not stored
 
 
