@@ -241,8 +241,12 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
     await eventually(lambda: len(h.traces.recent()) == 1, timeout=20)
     out = h.traces.recent()[0].triggers[0]
     assert out.status == "dead-lettered"
-    assert out.detail["dlqTrigger"]["status"] == "succeeded"
-    assert out.detail["dlqTrigger"]["action"] == "logged"
+    assert out.detail["dlqTrigger"] == {
+        "trigger": "to-log",
+        "status": "succeeded",
+        "action": "logged",
+        "error": "",
+    }
     assert len(await dead_letters(bus)) == 1
     await h.stop()
     dead.close()

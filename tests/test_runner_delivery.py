@@ -84,6 +84,12 @@ async def ack_pending(bus: Bus) -> int:
     return int(info.num_ack_pending)
 
 
+async def deliveries(bus: Bus) -> int:
+    """How many times the consumer handed a message out (redeliveries included)."""
+    info = await bus._jetstream().consumer_info("default", CONSUMER)
+    return int(info.delivered.consumer_seq)
+
+
 def posts(kube_api: KubeApi) -> list[dict[str, Any]]:
     return [r for r in kube_api.faults()["requests"] if r["method"] == "POST"]
 
@@ -220,11 +226,50 @@ async def test_retries_longer_than_the_ack_wait_keep_the_message_in_progress(
     await bus.publish("default", event())
     await eventually(lambda: len(h.traces.recent()) >= 1, timeout=20)
     await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    assert await deliveries(bus) == 1, "handed out again while its trigger was retrying"
     [trace] = h.traces.recent()
     assert (trace.delivery, trace.triggers[0].status, trace.triggers[0].attempts) == (
         1, "succeeded", 4,
     )  # fmt: skip
     assert [r["status"] for r in posts(kube_api)] == [503, 503, 503, 201]
+    await h.stop()
+
+
+async def test_dlq_trigger_retries_longer_than_the_ack_wait_keep_the_message_in_progress(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    # The trigger is refused for good (422); its dlqTrigger then needs four attempts
+    # 1 s apart, which outlast the 2 s ack wait: the message must not be handed out again.
+    kube_api.create_namespace("ns2")
+    kube_api.fault("POST", CONFIGMAPS, status=422, times=0)
+    kube_api.fault("POST", "/api/v1/namespaces/ns2/configmaps", status=503, times=3)
+    doc = sensor().model_dump(by_alias=True, exclude_none=True)
+    dlq_target = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"generateName": "dlq-", "namespace": "ns2"}}  # fmt: skip
+    trigger = doc["spec"]["triggers"][0]
+    trigger["atLeastOnce"] = True
+    trigger["dlqTrigger"] = {
+        "atLeastOnce": True,
+        "template": {
+            "name": "to-dlq",
+            "k8s": {"operation": "create", "source": {"resource": dlq_target}},
+        },
+    }
+    h = SensorHarness(
+        bus,
+        TriggerContext(kube=kube),
+        default_retry=RetryPolicy(steps=4, duration_seconds=1.0, jitter=0.0),
+        ack_wait_seconds=2.0,
+    )
+    await h.start(load_one(doc))
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) >= 1, timeout=20)
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    assert await deliveries(bus) == 1, "handed out again while its dlqTrigger was retrying"
+    [trace] = h.traces.recent()
+    out = trace.triggers[0]
+    assert (trace.delivery, out.status, out.attempts) == (1, "dead-lettered", 1)
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"
     await h.stop()
 
 
