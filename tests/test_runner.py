@@ -480,3 +480,21 @@ async def test_trigger_level_parameters_build_the_template_per_firing(
         ("k8s.parameters", "data.a"),
     ]
     await h.stop()
+
+
+async def test_fast_path_trace_names_the_event_and_what_was_done(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a"]))
+    ev = event("a", "v")
+    await bus.publish("default", ev)
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    [t] = h.traces.recent()
+    assert (t.sensor, t.namespace, t.dependency, t.delivery) == ("s1", "ns1", "a", 1)
+    assert (t.event_id, t.event_source, t.event_name) == (ev.id, "hook", "a")
+    assert t.conditions == {"satisfied": True}
+    assert (t.fired, t.filtered, t.error) == (True, False, "")
+    assert [(o.trigger, o.status, o.action) for o in t.triggers] == [
+        ("make-job", "succeeded", "created")
+    ]
+    await h.stop()
