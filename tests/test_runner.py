@@ -8,6 +8,7 @@ implementation) or, for failures, to an API server address nothing listens on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -498,3 +499,39 @@ async def test_fast_path_trace_names_the_event_and_what_was_done(bus: Bus, tmp_p
         ("make-job", "succeeded", "created")
     ]
     await h.stop()
+
+
+async def test_one_trace_log_line_per_event(
+    bus: Bus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="triggerfish.trace")
+    kube = FileKube(tmp_path / "objects")
+    s = load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "f1", "namespace": "ns1"},
+            "spec": {
+                "dependencies": [{
+                    "name": "a", "eventSourceName": "hook", "eventName": "a",
+                    "filters": {"data": [{"path": "body.v", "type": "string", "value": ["go"]}]},
+                }],
+                "triggers": [{"template": {"name": "t1", "log": {}}},
+                             {"template": {"name": "t2", "log": {}}}],
+            },
+        }
+    )  # fmt: skip
+    h = harness(bus, kube)
+    await h.start(s)
+    stop, go = event("a", "stop"), event("a", "go")
+    await bus.publish("default", stop)
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    await bus.publish("default", go)
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    await h.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "triggerfish.trace"]
+    assert lines == [
+        f"trace sensor=f1 event={stop.id} dependency=a filtered=True fired=False triggers=-",
+        f"trace sensor=f1 event={go.id} dependency=a filtered=False fired=True"
+        " triggers=t1:succeeded, t2:succeeded",
+    ]

@@ -16,6 +16,7 @@ answer the statuses and hold the requests).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +295,16 @@ async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
 
     await eventually(redelivered, "the message is redelivered after the lost dead letter")
     first = next(t for t in h.traces.recent() if t.delivery == 1)
-    assert "not acknowledged" in first.error
+    second = next(t for t in h.traces.recent() if t.delivery == 2)
+    assert first.error.startswith("BusUnavailableError: publish to default._dlq.s1.make ")
     assert await dead_letters(bus) == []
+    # nak'd with a delay of a second (a lower bound: it cannot come back sooner)
+    gap = datetime.fromisoformat(second.received) - datetime.fromisoformat(first.received)
+    assert gap.total_seconds() >= 0.9
+    failed = h.metrics.registry.get_sample_value(
+        "argo_events_events_processing_failed_total", {"namespace": NS, "sensor_name": "s1"}
+    )
+    assert failed is not None and failed >= 1
 
     await js.update_stream(full)  # the bus takes dead letters again
     await eventually(
