@@ -8,6 +8,7 @@ firing's key, or none, is a name clash: a PermanentError, never a silent success
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -108,3 +109,112 @@ async def test_fixed_name_redelivered_firing_finds_its_own_object(
     assert (await t.execute(inv())).action == "already-exists"
     with pytest.raises(PermanentError, match="name clash"):
         await t.execute(inv(OTHER_KEY))
+
+
+# --------------------------------------------------------------------------- create details
+
+
+def make(ctx: TriggerContext, **cfg: Any) -> K8sTrigger:
+    return K8sTrigger(K8sTriggerConfig.model_validate(cfg), ctx)
+
+
+async def test_create_labels_namespaces_and_the_result(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
+    kube_api.create_namespace("ns2")
+    template = configmap(generateName="job-", labels={"team": "ml"})
+    t = make(ctx, source={"resource": template})  # no operation: create
+    before = int(time.time() * 1000)
+    first = await t.execute(inv())
+    after = int(time.time() * 1000)
+    live = await kube.get("v1", "ConfigMap", first.detail["name"], NS)
+    assert live is not None
+    labels = live["metadata"]["labels"]
+    assert labels["team"] == "ml"
+    assert (labels["events.argoproj.io/sensor"], labels["events.argoproj.io/trigger"]) == (
+        "s1", "t1",
+    )  # fmt: skip
+    assert before <= int(labels["events.argoproj.io/action-timestamp"]) <= after  # ms
+    assert first.action == "created"
+    assert first.detail == {"kind": "ConfigMap", "namespace": NS, "name": live["metadata"]["name"],
+                            "uid": live["metadata"]["uid"]}  # fmt: skip
+    # the template is not changed by a firing: another firing gets its own name
+    second = await t.execute(inv(OTHER_KEY))
+    assert second.detail["name"] == "job-" + OTHER_KEY[:NAME_HASH_CHARS]
+    assert template["metadata"] == {"generateName": "job-", "labels": {"team": "ml"}}
+    # an object that names its namespace is created there
+    there = make(ctx, source={"resource": configmap(name="there", namespace="ns2")})
+    out = await there.execute(inv())
+    assert (out.detail["namespace"], out.detail["name"]) == ("ns2", "there")
+    assert await kube.get("v1", "ConfigMap", "there", "ns2") is not None
+
+
+async def test_parameters_set_values_and_errors_name_the_field(ctx: TriggerContext) -> None:
+    t = make(
+        ctx,
+        source={"resource": configmap(name="p")},
+        parameters=[{"src": {"dependencyName": "a", "dataKey": "body.v"}, "dest": "data.k"}],
+    )
+    ev = Event(id=new_event_id(), source="hook", subject="a", type="webhook",
+               data={"body": {"v": "from-event"}})  # fmt: skip
+    out = await t.execute(Invocation("s1", NS, "t1", {"a": ev}, KEY))
+    assert [(r["where"], r["value"]) for r in out.parameters] == [("k8s.parameters", "from-event")]
+    with pytest.raises(PermanentError, match=r"parameter 0 \(a\) in k8s\.parameters"):
+        await t.execute(inv())
+    with pytest.raises(PermanentError, match=r"^k8s\.source\.file\.path is empty"):
+        await make(ctx, source={"file": {"path": ""}}).execute(inv())
+
+
+async def test_update_patch_and_delete(ctx: TriggerContext, kube: ApiKube) -> None:
+    await existing(kube, "cm", KEY)
+    updated = await make(ctx, operation="update",
+                         source={"resource": {**configmap(name="cm"), "data": {"k": "u"}}}
+                         ).execute(inv())  # fmt: skip
+    assert (updated.action, updated.detail["name"]) == ("updated", "cm")
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "u"}
+    patched = await make(ctx, operation="patch", patchStrategy="application/merge-patch+json",
+                         source={"resource": {**configmap(name="cm"), "data": {"p": "1"}}}
+                         ).execute(inv())  # fmt: skip
+    assert patched.action == "patched"
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "u", "p": "1"}
+    deleted = await make(ctx, operation="delete", source={"resource": configmap(name="cm")}
+                         ).execute(inv())  # fmt: skip
+    assert (deleted.action, deleted.detail["name"], deleted.detail["namespace"]) == (
+        "deleted", "cm", NS,
+    )  # fmt: skip
+    assert await kube.get("v1", "ConfigMap", "cm", NS) is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "patch_type"),
+    [
+        (None, "merge"),
+        ("", "merge"),
+        ("application/merge-patch+json", "merge"),
+        ("application/json-patch+json", "json"),
+        ("Application/JSON-Patch+JSON", "json"),
+        ("json", "json"),
+        ("JSON", "json"),
+        ("application/strategic-merge-patch+json", "strategic"),
+        ("application/apply-patch+yaml", "apply"),
+        ("Application/Apply-Patch+YAML", "apply"),
+    ],
+)
+def test_patch_strategy_names_the_patch_type(strategy: str | None, patch_type: str) -> None:
+    from sensors.triggers.k8s import _patch_type
+
+    assert _patch_type(strategy) == patch_type
+
+
+async def test_policy_reads_the_created_object_through_the_api(kube: ApiKube) -> None:
+    from sensors.spec import TriggerPolicy
+
+    policy = TriggerPolicy.model_validate(
+        {"k8s": {"labels": {"events.argoproj.io/trigger": "t1"}, "errorOnBackoffTimeout": True}}
+    )
+    ctx = TriggerContext(kube=kube, policy=policy)
+    out = await make(ctx, source={"resource": configmap(generateName="pol-")}).execute(inv())
+    assert (out.action, out.detail["policy"]) == ("created", "labels matched")
+    await ctx.shared.aclose()
