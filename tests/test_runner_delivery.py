@@ -15,6 +15,7 @@ answer the statuses and hold the requests).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -315,4 +316,23 @@ async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
     assert done.triggers[0].status == "dead-lettered" and done.delivery >= 2
     await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
     assert len(await dead_letters(bus)) == 1
+    await h.stop()
+
+
+async def test_action_duration_is_measured_in_milliseconds(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, hold=True)
+    h = SensorHarness(bus, TriggerContext(kube=kube))
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: kube_api.faults()["rules"][0]["held"] == 1, "the create is held")
+    await asyncio.sleep(0.3)  # the attempt lasts at least this long
+    kube_api.release()
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    labels = {"namespace": NS, "sensor_name": "s1", "trigger_name": "make"}
+    registry = h.metrics.registry
+    assert registry.get_sample_value("argo_events_action_duration_milliseconds_count", labels) == 1
+    total = registry.get_sample_value("argo_events_action_duration_milliseconds_sum", labels)
+    assert total is not None and 300 <= total < 60_000
     await h.stop()
