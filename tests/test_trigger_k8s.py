@@ -218,3 +218,32 @@ async def test_policy_reads_the_created_object_through_the_api(kube: ApiKube) ->
     out = await make(ctx, source={"resource": configmap(generateName="pol-")}).execute(inv())
     assert (out.action, out.detail["policy"]) == ("created", "labels matched")
     await ctx.shared.aclose()
+
+
+async def test_name_wins_over_generate_name_and_annotations_are_kept(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    both = configmap(name="given", generateName="gen-", annotations={"team/owner": "ml"})
+    out = await make(ctx, source={"resource": both}).execute(inv())
+    assert out.detail["name"] == "given"
+    live = await kube.get("v1", "ConfigMap", "given", NS)
+    assert live is not None
+    assert live["metadata"]["annotations"] == {"team/owner": "ml", ANNOTATION_KEY: KEY}
+
+
+async def test_object_without_metadata_is_refused_by_the_api_for_good(
+    ctx: TriggerContext,
+) -> None:
+    bare = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}}
+    with pytest.raises(PermanentError, match="422"):
+        await make(ctx, source={"resource": bare}).execute(inv())
+
+
+async def test_delete_result_names_the_object_without_a_uid(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    await existing(kube, "gone", KEY)
+    out = await make(ctx, operation="delete", source={"resource": configmap(name="gone")}).execute(
+        inv()
+    )
+    assert out.detail == {"kind": "ConfigMap", "namespace": NS, "name": "gone", "uid": ""}
