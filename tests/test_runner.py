@@ -535,3 +535,21 @@ async def test_one_trace_log_line_per_event(
         f"trace sensor=f1 event={go.id} dependency=a filtered=False fired=True"
         " triggers=t1:succeeded, t2:succeeded",
     ]
+
+
+async def test_each_failed_firing_gets_its_own_dead_letter(bus: Bus, tmp_path: Path) -> None:
+    # dead letters carry the firing key as their dedup id: two firings, two dead letters
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a"], parameters=[
+        {"src": {"dependencyName": "a", "dataKey": "body.missing"},
+         "dest": "k8s.source.resource.data.b"},
+    ]))  # fmt: skip
+    first, second = event("a", "1"), event("a", "2")
+    await bus.publish("default", first)
+    await bus.publish("default", second)
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    assert [t.triggers[0].status for t in h.traces.recent()] == ["dead-lettered"] * 2
+    ids = sorted(d["events"]["a"]["id"] for d in await dead_letters(bus))
+    assert ids == sorted([first.id, second.id])
+    await h.stop()

@@ -319,7 +319,7 @@ async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
     await h.stop()
 
 
-async def test_action_duration_is_measured_in_milliseconds(
+async def test_action_and_event_durations_are_measured_in_milliseconds(
     bus: Bus, kube_api: KubeApi, kube: ApiKube
 ) -> None:
     kube_api.fault("POST", CONFIGMAPS, hold=True)
@@ -334,5 +334,10 @@ async def test_action_duration_is_measured_in_milliseconds(
     registry = h.metrics.registry
     assert registry.get_sample_value("argo_events_action_duration_milliseconds_count", labels) == 1
     total = registry.get_sample_value("argo_events_action_duration_milliseconds_sum", labels)
+    assert total is not None and 300 <= total < 60_000
+    per_event = {"namespace": NS, "sensor_name": "s1"}
+    name = "argo_events_event_processing_duration_milliseconds"
+    assert registry.get_sample_value(f"{name}_count", per_event) == 1
+    total = registry.get_sample_value(f"{name}_sum", per_event)
     assert total is not None and 300 <= total < 60_000
     await h.stop()
