@@ -78,17 +78,23 @@ async def test_redelivered_firing_finds_its_own_object(ctx: TriggerContext, kube
     live = await kube.get("v1", "ConfigMap", first.detail["name"], NS)
     assert live is not None and live["metadata"]["annotations"][ANNOTATION_KEY] == KEY
     again = await t.execute(inv())
-    assert (again.action, again.detail["name"]) == ("already-exists", first.detail["name"])
+    assert again.action == "already-exists"
+    assert again.detail == {"kind": "ConfigMap", "namespace": NS, "name": first.detail["name"],
+                            "uid": live["metadata"]["uid"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("live_key", [OTHER_KEY, None], ids=["another-firing", "no-key"])
 async def test_generated_name_taken_by_another_object_is_a_name_clash(
     ctx: TriggerContext, kube: ApiKube, live_key: str | None
 ) -> None:
-    await existing(kube, "job-" + KEY[:NAME_HASH_CHARS], live_key)
+    name = "job-" + KEY[:NAME_HASH_CHARS]
+    await existing(kube, name, live_key)
     t = trigger(ctx, configmap(generateName="job-"))
-    with pytest.raises(PermanentError, match="name clash"):
+    with pytest.raises(PermanentError) as e:
         await t.execute(inv())
+    assert str(e.value) == (
+        f"ConfigMap {NS}/{name} exists but was not created for these events (name clash)"
+    )
 
 
 @pytest.mark.parametrize("live_key", [OTHER_KEY, None], ids=["another-firing", "no-key"])
@@ -165,26 +171,41 @@ async def test_parameters_set_values_and_errors_name_the_field(ctx: TriggerConte
         await make(ctx, source={"file": {"path": ""}}).execute(inv())
 
 
-async def test_update_patch_and_delete(ctx: TriggerContext, kube: ApiKube) -> None:
+async def test_update_patch_and_delete(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
     await existing(kube, "cm", KEY)
-    updated = await make(ctx, operation="update",
-                         source={"resource": {**configmap(name="cm"), "data": {"k": "u"}}}
-                         ).execute(inv())  # fmt: skip
-    assert (updated.action, updated.detail["name"]) == ("updated", "cm")
+    await existing(kube, "other", KEY)
+    ref = {"kind": "ConfigMap", "namespace": NS, "name": "cm"}
+    params = [{"src": {"dependencyName": "a", "value": "v"}, "dest": "data.from-param"}]
+
+    def trigger_for(op: str, data: dict[str, str], **extra: Any) -> K8sTrigger:
+        resource = {**configmap(name="cm"), "data": data}
+        return make(ctx, operation=op, source={"resource": resource}, parameters=params, **extra)
+
+    updated = await trigger_for("update", {"k": "u"}).execute(inv())
     live = await kube.get("v1", "ConfigMap", "cm", NS)
-    assert live is not None and live["data"] == {"k": "u"}
-    patched = await make(ctx, operation="patch", patchStrategy="application/merge-patch+json",
-                         source={"resource": {**configmap(name="cm"), "data": {"p": "1"}}}
-                         ).execute(inv())  # fmt: skip
+    assert live is not None and live["data"] == {"k": "u", "from-param": "v"}
+    assert updated.action == "updated"
+    assert updated.detail == {**ref, "uid": live["metadata"]["uid"]}
+    assert [r["dest"] for r in updated.parameters] == ["data.from-param"]
+
+    path = f"/api/v1/namespaces/{NS}/configmaps/cm"
+    kube_api.fault("PATCH", path, times=0)  # no fault: only logs the request
+    strategic = "application/strategic-merge-patch+json"
+    patched = await trigger_for("patch", {"p": "1"}, patchStrategy=strategic).execute(inv())
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "u", "from-param": "v", "p": "1"}
     assert patched.action == "patched"
-    live = await kube.get("v1", "ConfigMap", "cm", NS)
-    assert live is not None and live["data"] == {"k": "u", "p": "1"}
-    deleted = await make(ctx, operation="delete", source={"resource": configmap(name="cm")}
-                         ).execute(inv())  # fmt: skip
-    assert (deleted.action, deleted.detail["name"], deleted.detail["namespace"]) == (
-        "deleted", "cm", NS,
-    )  # fmt: skip
+    assert patched.detail == {**ref, "uid": live["metadata"]["uid"]}
+    assert [r["dest"] for r in patched.parameters] == ["data.from-param"]
+    assert [r["contentType"] for r in kube_api.faults()["requests"]] == [strategic]
+
+    deleted = await trigger_for("delete", {}).execute(inv())
+    assert (deleted.action, deleted.detail) == ("deleted", {**ref, "uid": ""})
+    assert [r["dest"] for r in deleted.parameters] == ["data.from-param"]
     assert await kube.get("v1", "ConfigMap", "cm", NS) is None
+    assert await kube.get("v1", "ConfigMap", "other", NS) is not None  # only that one
 
 
 @pytest.mark.parametrize(

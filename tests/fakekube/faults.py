@@ -14,8 +14,8 @@ told to do that on demand, so the fake can, through its ``/fake/`` admin endpoin
   there is no ``status``.
 - ``GET /fake/faults`` answers the rules (with ``hits`` and ``held``, the requests
   waiting now) and ``requests``: every request that matched a rule's method and path,
-  faulted or not, in arrival order, with the status it got and ``t``, the server's
-  monotonic clock in seconds when it arrived.
+  faulted or not, in arrival order, with its ``contentType``, the status it got and
+  ``t``, the server's monotonic clock in seconds when it arrived.
 - ``POST /fake/faults/release`` lets every held request go on.
 - ``DELETE /fake/faults`` (and ``POST /fake/reset``) drops the rules and the request
   log, releasing whatever was held.
@@ -133,9 +133,11 @@ class FaultMiddleware:
         if not matched:
             await self.app(scope, receive, send)
             return
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
         entry: dict[str, Any] = {
             "method": scope["method"], "path": scope["path"], "t": time.monotonic(),
             "rule": rule.id if rule is not None else None, "status": None,
+            "contentType": content_type,
         }  # fmt: skip
         self.faults.requests.append(entry)
         if rule is not None and rule.hold:
