@@ -8,6 +8,7 @@ implementation) or, for failures, to an API server address nothing listens on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from app.adapters.kube import ApiKube, FileKube
 from app.compose.manifests import load_one
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
+from sensors.conditions import Condition
+from sensors.condstate import ConditionState
 from sensors.runner import RetryPolicy, firing_concurrency
 from sensors.triggers.base import TriggerContext
 from tests.support.net import free_port
@@ -241,8 +244,12 @@ async def test_dlq_trigger_runs_when_retries_are_exhausted(bus: Bus, tmp_path: P
     await eventually(lambda: len(h.traces.recent()) == 1, timeout=20)
     out = h.traces.recent()[0].triggers[0]
     assert out.status == "dead-lettered"
-    assert out.detail["dlqTrigger"]["status"] == "succeeded"
-    assert out.detail["dlqTrigger"]["action"] == "logged"
+    assert out.detail["dlqTrigger"] == {
+        "trigger": "to-log",
+        "status": "succeeded",
+        "action": "logged",
+        "error": "",
+    }
     assert len(await dead_letters(bus)) == 1
     await h.stop()
     await dead.close()
@@ -352,3 +359,214 @@ def test_fast_path_keeps_the_api_clients_slots_busy_within_max_ack_pending(
     assert firing_concurrency(64, api, 150) == 150  # never above max_ack_pending
     assert firing_concurrency(300, api, 4096) == 300  # the setting is a floor
     assert firing_concurrency(64, FileKube(tmp_path), 0) == 64  # no in-flight limit
+
+
+async def test_condition_path_trace_shows_state_fired_and_waiting(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a", "b"], conditions="a && b"))
+    await bus.publish("default", event("a", "x"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    await bus.publish("default", event("b", "y"))
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    second, first = h.traces.recent()
+    assert (first.dependency, first.fired) == ("a", False)
+    assert first.conditions == {
+        "state": {"make-job": ["a"]},
+        "fired": [],
+        "waiting": {"make-job": "a && b"},
+    }
+    assert first.triggers == []
+    assert (second.dependency, second.fired) == ("b", True)
+    assert second.conditions == {
+        "state": {"make-job": ["a", "b"]},
+        "fired": ["make-job"],
+        "waiting": {},
+    }
+    assert [t.status for t in second.triggers] == ["succeeded"]
+    await h.stop()
+
+
+async def test_state_left_satisfied_by_a_crash_fires_once_at_start(
+    bus: Bus, tmp_path: Path
+) -> None:
+    # a crash after both events were stored, before the trigger fired
+    kube = FileKube(tmp_path / "objects")
+    state = await bus.state_store("sensor-ns1-s1")
+    await state.put("make-job__a", event("a", "stored-a").to_json())
+    await state.put("make-job__b", event("b", "stored-b").to_json())
+    h = harness(bus, kube)
+    await h.start(sensor(["a", "b"]))
+    assert [o["data"] for o in objects(kube)] == [{"a": "stored-a", "b": "stored-b"}]
+    [trace] = h.traces.recent()
+    assert (trace.sensor, trace.namespace, trace.dependency) == ("s1", "ns1", "(restart)")
+    assert (trace.event_id, trace.event_source, trace.event_name) == ("", "", "")
+    assert trace.fired and [t.status for t in trace.triggers] == ["succeeded"]
+    left = ConditionState(state, {"make-job": Condition.compile(None, ["a", "b"])}, ["a", "b"])
+    await left.load()
+    assert left.present("make-job") == []  # the fired round's events are gone
+    await h.stop()
+    h2 = harness(bus, kube)  # a second start finds nothing left to fire
+    await h2.start(sensor(["a", "b"]))
+    assert h2.traces.recent() == [] and len(objects(kube)) == 1
+    await h2.stop()
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [(0, []), (1, []), (2, [1.0]), (4, [1.0, 2.0, 4.0]), (6, [1.0, 2.0, 4.0, 5.0, 5.0])],
+)
+def test_retry_delays_grow_by_the_factor_up_to_the_cap(steps: int, expected: list[float]) -> None:
+    policy = RetryPolicy(steps=steps, duration_seconds=1.0, factor=2.0, jitter=0.0,
+                         max_delay_seconds=5.0)  # fmt: skip
+    assert policy.delays() == expected
+
+
+def test_retry_jitter_adds_up_to_its_fraction_of_each_delay() -> None:
+    import random
+
+    saved = random.getstate()
+    random.seed(1234)  # a fixed draw; the global generator is restored after
+    try:
+        policy = RetryPolicy(steps=9, duration_seconds=1.0, factor=1.5, jitter=0.5,
+                             max_delay_seconds=100.0)  # fmt: skip
+        delays = policy.delays()
+    finally:
+        random.setstate(saved)
+    bases = [1.5**i for i in range(8)]
+    assert all(b <= d < b * 1.5 for b, d in zip(bases, delays, strict=True)), delays
+    assert any(d > b for b, d in zip(bases, delays, strict=True))
+
+
+def test_firing_key_is_32_hex_chars_stable_and_per_event() -> None:
+    from sensors.runner import firing_key
+
+    a, b = event("a", "v"), event("a", "v")
+    key = firing_key("ns1", "s1", "t", {"a": a})
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert firing_key("ns1", "s1", "t", {"a": a}) == key
+    assert firing_key("ns1", "s1", "t", {"a": b}) != key
+    assert firing_key("ns1", "s1", "t2", {"a": a}) != key
+
+
+async def test_unexpected_trigger_error_is_retried_then_dead_lettered(
+    bus: Bus, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    h = harness(bus, FileKube(blocked / "objects"))  # writing there raises an OSError
+    await h.start(sensor(["a"]))
+    await bus.publish("default", event("a", "v"))
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    [trace] = h.traces.recent()
+    assert trace.error == "" and trace.delivery == 1
+    out = trace.triggers[0]
+    assert (out.status, out.attempts) == ("dead-lettered", 2)
+    assert out.error.startswith(("NotADirectoryError", "FileExistsError"))
+    await h.stop()
+
+
+async def test_trigger_level_parameters_build_the_template_per_firing(
+    bus: Bus, tmp_path: Path
+) -> None:
+    from sensors.runner import firing_key
+
+    kube = FileKube(tmp_path / "objects")
+    # trigger-level parameters rewrite the template itself, here the object's data
+    s = sensor(
+        ["a"],
+        parameters=[
+            {"src": {"dependencyName": "a", "dataKey": "body.v"},
+             "dest": "k8s.source.resource.data.b"},
+        ],
+    )  # fmt: skip
+    h = harness(bus, kube)
+    await h.start(s)
+    ev = event("a", "from-template")
+    await bus.publish("default", ev)
+    await eventually(lambda: len(objects(kube)) == 1)
+    [obj] = objects(kube)
+    assert obj["data"] == {"a": "from-template", "b": "from-template"}
+    key = firing_key("ns1", "s1", "make-job", {"a": ev})
+    assert obj["metadata"]["annotations"]["events.triggerfish.io/trigger-key"] == key
+    assert obj["metadata"]["name"] == "job-" + key[:10]
+    out = h.traces.recent()[0].triggers[0]
+    assert out.trigger == "make-job"
+    # the template's parameter first, then the k8s one
+    assert [(p["where"], p["dest"]) for p in out.parameters] == [
+        ("parameters", "k8s.source.resource.data.b"),
+        ("k8s.parameters", "data.a"),
+    ]
+    await h.stop()
+
+
+async def test_fast_path_trace_names_the_event_and_what_was_done(bus: Bus, tmp_path: Path) -> None:
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a"]))
+    ev = event("a", "v")
+    await bus.publish("default", ev)
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    [t] = h.traces.recent()
+    assert (t.sensor, t.namespace, t.dependency, t.delivery) == ("s1", "ns1", "a", 1)
+    assert (t.event_id, t.event_source, t.event_name) == (ev.id, "hook", "a")
+    assert t.conditions == {"satisfied": True}
+    assert (t.fired, t.filtered, t.error) == (True, False, "")
+    assert [(o.trigger, o.status, o.action) for o in t.triggers] == [
+        ("make-job", "succeeded", "created")
+    ]
+    await h.stop()
+
+
+async def test_one_trace_log_line_per_event(
+    bus: Bus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="triggerfish.trace")
+    kube = FileKube(tmp_path / "objects")
+    s = load_one(
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Sensor",
+            "metadata": {"name": "f1", "namespace": "ns1"},
+            "spec": {
+                "dependencies": [{
+                    "name": "a", "eventSourceName": "hook", "eventName": "a",
+                    "filters": {"data": [{"path": "body.v", "type": "string", "value": ["go"]}]},
+                }],
+                "triggers": [{"template": {"name": "t1", "log": {}}},
+                             {"template": {"name": "t2", "log": {}}}],
+            },
+        }
+    )  # fmt: skip
+    h = harness(bus, kube)
+    await h.start(s)
+    stop, go = event("a", "stop"), event("a", "go")
+    await bus.publish("default", stop)
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    await bus.publish("default", go)
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    await h.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "triggerfish.trace"]
+    assert lines == [
+        f"trace sensor=f1 event={stop.id} dependency=a filtered=True fired=False triggers=-",
+        f"trace sensor=f1 event={go.id} dependency=a filtered=False fired=True"
+        " triggers=t1:succeeded, t2:succeeded",
+    ]
+
+
+async def test_each_failed_firing_gets_its_own_dead_letter(bus: Bus, tmp_path: Path) -> None:
+    # dead letters carry the firing key as their dedup id: two firings, two dead letters
+    kube = FileKube(tmp_path / "objects")
+    h = harness(bus, kube)
+    await h.start(sensor(["a"], parameters=[
+        {"src": {"dependencyName": "a", "dataKey": "body.missing"},
+         "dest": "k8s.source.resource.data.b"},
+    ]))  # fmt: skip
+    first, second = event("a", "1"), event("a", "2")
+    await bus.publish("default", first)
+    await bus.publish("default", second)
+    await eventually(lambda: len(h.traces.recent()) == 2)
+    assert [t.triggers[0].status for t in h.traces.recent()] == ["dead-lettered"] * 2
+    ids = sorted(d["events"]["a"]["id"] for d in await dead_letters(bus))
+    assert ids == sorted([first.id, second.id])
+    await h.stop()

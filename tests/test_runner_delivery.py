@@ -15,10 +15,13 @@ answer the statuses and hold the requests).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from app.adapters.bus import Bus
@@ -83,6 +86,12 @@ async def ack_pending(bus: Bus) -> int:
     return int(info.num_ack_pending)
 
 
+async def deliveries(bus: Bus) -> int:
+    """How many times the consumer handed a message out (redeliveries included)."""
+    info = await bus._jetstream().consumer_info("default", CONSUMER)
+    return int(info.delivered.consumer_seq)
+
+
 def posts(kube_api: KubeApi) -> list[dict[str, Any]]:
     return [r for r in kube_api.faults()["requests"] if r["method"] == "POST"]
 
@@ -140,7 +149,8 @@ async def test_api_status_decides_between_retry_and_dead_letter(
         bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=3, duration_seconds=0.01)
     )
     await h.start(sensor())
-    await bus.publish("default", event())
+    ev = event()
+    await bus.publish("default", ev)
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
     got = [r["status"] for r in posts(kube_api)]
@@ -154,7 +164,15 @@ async def test_api_status_decides_between_retry_and_dead_letter(
         assert got == [status]
         assert f"{status}" in out.error
         assert configmaps(kube_api) == []
-        assert len(await dead_letters(bus)) == 1
+        [dead] = await dead_letters(bus)
+        assert {k: dead[k] for k in ("sensor", "namespace", "trigger", "error", "events")} == {
+            "sensor": "s1",
+            "namespace": NS,
+            "trigger": "make",
+            "error": out.error,
+            "events": {"a": orjson.loads(ev.to_json())},
+        }
+        assert dead["attempts"] == 1 and len(dead["key"]) == 32
     await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
     await h.stop()
 
@@ -179,6 +197,86 @@ async def test_429_retry_waits_the_retry_after_the_api_asked_for(
     await h.stop()
 
 
+async def test_transient_answers_until_retries_run_out_are_dead_lettered_with_the_error(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, status=503, times=0)
+    h = SensorHarness(
+        bus, TriggerContext(kube=kube), default_retry=RetryPolicy(steps=3, duration_seconds=0.01)
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    out = h.traces.recent()[0].triggers[0]
+    assert (out.status, out.attempts) == ("dead-lettered", 3)
+    assert out.error.startswith("KubeTransientError: POST ") and "503" in out.error
+    assert [r["status"] for r in posts(kube_api)] == [503, 503, 503]
+    await h.stop()
+
+
+async def test_retries_longer_than_the_ack_wait_keep_the_message_in_progress(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    # Three failed attempts 1 s apart outlast the 2 s ack wait; in_progress() before
+    # each back-off keeps the bus from handing the message out a second time.
+    kube_api.fault("POST", CONFIGMAPS, status=503, times=3)
+    h = SensorHarness(
+        bus,
+        TriggerContext(kube=kube),
+        default_retry=RetryPolicy(steps=4, duration_seconds=1.0, jitter=0.0),
+        ack_wait_seconds=2.0,
+    )
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) >= 1, timeout=20)
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    assert await deliveries(bus) == 1, "handed out again while its trigger was retrying"
+    [trace] = h.traces.recent()
+    assert (trace.delivery, trace.triggers[0].status, trace.triggers[0].attempts) == (
+        1, "succeeded", 4,
+    )  # fmt: skip
+    assert [r["status"] for r in posts(kube_api)] == [503, 503, 503, 201]
+    await h.stop()
+
+
+async def test_dlq_trigger_retries_longer_than_the_ack_wait_keep_the_message_in_progress(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    # The trigger is refused for good (422); its dlqTrigger then needs four attempts
+    # 1 s apart, which outlast the 2 s ack wait: the message must not be handed out again.
+    kube_api.create_namespace("ns2")
+    kube_api.fault("POST", CONFIGMAPS, status=422, times=0)
+    kube_api.fault("POST", "/api/v1/namespaces/ns2/configmaps", status=503, times=3)
+    doc = sensor().model_dump(by_alias=True, exclude_none=True)
+    dlq_target = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"generateName": "dlq-", "namespace": "ns2"}}  # fmt: skip
+    trigger = doc["spec"]["triggers"][0]
+    trigger["atLeastOnce"] = True
+    trigger["dlqTrigger"] = {
+        "atLeastOnce": True,
+        "template": {
+            "name": "to-dlq",
+            "k8s": {"operation": "create", "source": {"resource": dlq_target}},
+        },
+    }
+    h = SensorHarness(
+        bus,
+        TriggerContext(kube=kube),
+        default_retry=RetryPolicy(steps=4, duration_seconds=1.0, jitter=0.0),
+        ack_wait_seconds=2.0,
+    )
+    await h.start(load_one(doc))
+    await bus.publish("default", event())
+    await eventually(lambda: len(h.traces.recent()) >= 1, timeout=20)
+    await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
+    assert await deliveries(bus) == 1, "handed out again while its dlqTrigger was retrying"
+    [trace] = h.traces.recent()
+    out = trace.triggers[0]
+    assert (trace.delivery, out.status, out.attempts) == (1, "dead-lettered", 1)
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"
+    await h.stop()
+
+
 # -------------------------------------------------------------- dead letter not stored
 
 
@@ -200,8 +298,16 @@ async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
 
     await eventually(redelivered, "the message is redelivered after the lost dead letter")
     first = next(t for t in h.traces.recent() if t.delivery == 1)
-    assert "not acknowledged" in first.error
+    second = next(t for t in h.traces.recent() if t.delivery == 2)
+    assert first.error.startswith("BusUnavailableError: publish to default._dlq.s1.make ")
     assert await dead_letters(bus) == []
+    # nak'd with a delay of a second (a lower bound: it cannot come back sooner)
+    gap = datetime.fromisoformat(second.received) - datetime.fromisoformat(first.received)
+    assert gap.total_seconds() >= 0.9
+    failed = h.metrics.registry.get_sample_value(
+        "triggerfish_sensor_events_processing_failed_total", {"namespace": NS, "sensor_name": "s1"}
+    )
+    assert failed is not None and failed >= 1
 
     await js.update_stream(full)  # the bus takes dead letters again
     await eventually(
@@ -212,4 +318,28 @@ async def test_dead_letter_the_bus_refuses_is_nakd_and_redelivered(
     assert done.triggers[0].status == "dead-lettered" and done.delivery >= 2
     await eventually(lambda: _is_zero(ack_pending(bus)), "the message is acked")
     assert len(await dead_letters(bus)) == 1
+    await h.stop()
+
+
+async def test_action_and_event_durations_are_measured_in_milliseconds(
+    bus: Bus, kube_api: KubeApi, kube: ApiKube
+) -> None:
+    kube_api.fault("POST", CONFIGMAPS, hold=True)
+    h = SensorHarness(bus, TriggerContext(kube=kube))
+    await h.start(sensor())
+    await bus.publish("default", event())
+    await eventually(lambda: kube_api.faults()["rules"][0]["held"] == 1, "the create is held")
+    await asyncio.sleep(0.3)  # the attempt lasts at least this long
+    kube_api.release()
+    await eventually(lambda: len(h.traces.recent()) == 1)
+    labels = {"namespace": NS, "sensor_name": "s1", "trigger_name": "make"}
+    registry = h.metrics.registry
+    assert registry.get_sample_value("argo_events_action_duration_milliseconds_count", labels) == 1
+    total = registry.get_sample_value("argo_events_action_duration_milliseconds_sum", labels)
+    assert total is not None and 300 <= total < 60_000
+    per_event = {"namespace": NS, "sensor_name": "s1"}
+    name = "triggerfish_sensor_event_processing_duration_milliseconds"
+    assert registry.get_sample_value(f"{name}_count", per_event) == 1
+    total = registry.get_sample_value(f"{name}_sum", per_event)
+    assert total is not None and 300 <= total < 60_000
     await h.stop()

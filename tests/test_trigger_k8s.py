@@ -8,6 +8,7 @@ firing's key, or none, is a name clash: a PermanentError, never a silent success
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,17 +77,23 @@ async def test_redelivered_firing_finds_its_own_object(ctx: TriggerContext, kube
     live = await kube.get("v1", "ConfigMap", first.detail["name"], NS)
     assert live is not None and live["metadata"]["annotations"][ANNOTATION_KEY] == KEY
     again = await t.execute(inv())
-    assert (again.action, again.detail["name"]) == ("already-exists", first.detail["name"])
+    assert again.action == "already-exists"
+    assert again.detail == {"kind": "ConfigMap", "namespace": NS, "name": first.detail["name"],
+                            "uid": live["metadata"]["uid"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("live_key", [OTHER_KEY, None], ids=["another-firing", "no-key"])
 async def test_generated_name_taken_by_another_object_is_a_name_clash(
     ctx: TriggerContext, kube: ApiKube, live_key: str | None
 ) -> None:
-    await existing(kube, "job-" + KEY[:NAME_HASH_CHARS], live_key)
+    name = "job-" + KEY[:NAME_HASH_CHARS]
+    await existing(kube, name, live_key)
     t = trigger(ctx, configmap(generateName="job-"))
-    with pytest.raises(PermanentError, match="name clash"):
+    with pytest.raises(PermanentError) as e:
         await t.execute(inv())
+    assert str(e.value) == (
+        f"ConfigMap {NS}/{name} exists but was not created for these events (name clash)"
+    )
 
 
 @pytest.mark.parametrize("live_key", [OTHER_KEY, None], ids=["another-firing", "no-key"])
@@ -107,3 +114,156 @@ async def test_fixed_name_redelivered_firing_finds_its_own_object(
     assert (await t.execute(inv())).action == "already-exists"
     with pytest.raises(PermanentError, match="name clash"):
         await t.execute(inv(OTHER_KEY))
+
+
+# --------------------------------------------------------------------------- create details
+
+
+def make(ctx: TriggerContext, **cfg: Any) -> K8sTrigger:
+    return K8sTrigger(K8sTriggerConfig.model_validate(cfg), ctx)
+
+
+async def test_create_labels_namespaces_and_the_result(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
+    kube_api.create_namespace("ns2")
+    template = configmap(generateName="job-", labels={"team": "ml"})
+    t = make(ctx, source={"resource": template})  # no operation: create
+    before = int(time.time() * 1000)
+    first = await t.execute(inv())
+    after = int(time.time() * 1000)
+    live = await kube.get("v1", "ConfigMap", first.detail["name"], NS)
+    assert live is not None
+    labels = live["metadata"]["labels"]
+    assert labels["team"] == "ml"
+    assert (labels["events.argoproj.io/sensor"], labels["events.argoproj.io/trigger"]) == (
+        "s1", "t1",
+    )  # fmt: skip
+    assert before <= int(labels["events.argoproj.io/action-timestamp"]) <= after  # ms
+    assert first.action == "created"
+    assert first.detail == {"kind": "ConfigMap", "namespace": NS, "name": live["metadata"]["name"],
+                            "uid": live["metadata"]["uid"]}  # fmt: skip
+    # the template is not changed by a firing: another firing gets its own name
+    second = await t.execute(inv(OTHER_KEY))
+    assert second.detail["name"] == "job-" + OTHER_KEY[:NAME_HASH_CHARS]
+    assert template["metadata"] == {"generateName": "job-", "labels": {"team": "ml"}}
+    # an object that names its namespace is created there
+    there = make(ctx, source={"resource": configmap(name="there", namespace="ns2")})
+    out = await there.execute(inv())
+    assert (out.detail["namespace"], out.detail["name"]) == ("ns2", "there")
+    assert await kube.get("v1", "ConfigMap", "there", "ns2") is not None
+
+
+async def test_parameters_set_values_and_errors_name_the_field(ctx: TriggerContext) -> None:
+    t = make(
+        ctx,
+        source={"resource": configmap(name="p")},
+        parameters=[{"src": {"dependencyName": "a", "dataKey": "body.v"}, "dest": "data.k"}],
+    )
+    ev = Event(id=new_event_id(), source="hook", subject="a", type="webhook",
+               data={"body": {"v": "from-event"}})  # fmt: skip
+    out = await t.execute(Invocation("s1", NS, "t1", {"a": ev}, KEY))
+    assert [(r["where"], r["value"]) for r in out.parameters] == [("k8s.parameters", "from-event")]
+    with pytest.raises(PermanentError, match=r"parameter 0 \(a\) in k8s\.parameters"):
+        await t.execute(inv())
+    with pytest.raises(PermanentError, match=r"^k8s\.source\.file\.path is empty"):
+        await make(ctx, source={"file": {"path": ""}}).execute(inv())
+
+
+async def test_update_patch_and_delete(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
+    await existing(kube, "cm", KEY)
+    await existing(kube, "other", KEY)
+    ref = {"kind": "ConfigMap", "namespace": NS, "name": "cm"}
+    params = [{"src": {"dependencyName": "a", "value": "v"}, "dest": "data.from-param"}]
+
+    def trigger_for(op: str, data: dict[str, str], **extra: Any) -> K8sTrigger:
+        resource = {**configmap(name="cm"), "data": data}
+        return make(ctx, operation=op, source={"resource": resource}, parameters=params, **extra)
+
+    updated = await trigger_for("update", {"k": "u"}).execute(inv())
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "u", "from-param": "v"}
+    assert updated.action == "updated"
+    assert updated.detail == {**ref, "uid": live["metadata"]["uid"]}
+    assert [r["dest"] for r in updated.parameters] == ["data.from-param"]
+
+    path = f"/api/v1/namespaces/{NS}/configmaps/cm"
+    kube_api.fault("PATCH", path, times=0)  # no fault: only logs the request
+    strategic = "application/strategic-merge-patch+json"
+    patched = await trigger_for("patch", {"p": "1"}, patchStrategy=strategic).execute(inv())
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "u", "from-param": "v", "p": "1"}
+    assert patched.action == "patched"
+    assert patched.detail == {**ref, "uid": live["metadata"]["uid"]}
+    assert [r["dest"] for r in patched.parameters] == ["data.from-param"]
+    assert [r["contentType"] for r in kube_api.faults()["requests"]] == [strategic]
+
+    deleted = await trigger_for("delete", {}).execute(inv())
+    assert (deleted.action, deleted.detail) == ("deleted", {**ref, "uid": ""})
+    assert [r["dest"] for r in deleted.parameters] == ["data.from-param"]
+    assert await kube.get("v1", "ConfigMap", "cm", NS) is None
+    assert await kube.get("v1", "ConfigMap", "other", NS) is not None  # only that one
+
+
+@pytest.mark.parametrize(
+    ("strategy", "patch_type"),
+    [
+        (None, "merge"),
+        ("", "merge"),
+        ("application/merge-patch+json", "merge"),
+        ("application/json-patch+json", "json"),
+        ("Application/JSON-Patch+JSON", "json"),
+        ("json", "json"),
+        ("JSON", "json"),
+        ("application/strategic-merge-patch+json", "strategic"),
+        ("application/apply-patch+yaml", "apply"),
+        ("Application/Apply-Patch+YAML", "apply"),
+    ],
+)
+def test_patch_strategy_names_the_patch_type(strategy: str | None, patch_type: str) -> None:
+    from sensors.triggers.k8s import _patch_type
+
+    assert _patch_type(strategy) == patch_type
+
+
+async def test_policy_reads_the_created_object_through_the_api(kube: ApiKube) -> None:
+    from sensors.spec import TriggerPolicy
+
+    policy = TriggerPolicy.model_validate(
+        {"k8s": {"labels": {"events.argoproj.io/trigger": "t1"}, "errorOnBackoffTimeout": True}}
+    )
+    ctx = TriggerContext(kube=kube, policy=policy)
+    out = await make(ctx, source={"resource": configmap(generateName="pol-")}).execute(inv())
+    assert (out.action, out.detail["policy"]) == ("created", "labels matched")
+    await ctx.shared.aclose()
+
+
+async def test_name_wins_over_generate_name_and_annotations_are_kept(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    both = configmap(name="given", generateName="gen-", annotations={"team/owner": "ml"})
+    out = await make(ctx, source={"resource": both}).execute(inv())
+    assert out.detail["name"] == "given"
+    live = await kube.get("v1", "ConfigMap", "given", NS)
+    assert live is not None
+    assert live["metadata"]["annotations"] == {"team/owner": "ml", ANNOTATION_KEY: KEY}
+
+
+async def test_object_without_metadata_is_refused_by_the_api_for_good(
+    ctx: TriggerContext,
+) -> None:
+    bare = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}}
+    with pytest.raises(PermanentError, match="422"):
+        await make(ctx, source={"resource": bare}).execute(inv())
+
+
+async def test_delete_result_names_the_object_without_a_uid(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    await existing(kube, "gone", KEY)
+    out = await make(ctx, operation="delete", source={"resource": configmap(name="gone")}).execute(
+        inv()
+    )
+    assert out.detail == {"kind": "ConfigMap", "namespace": NS, "name": "gone", "uid": ""}

@@ -17,11 +17,11 @@ told to do that on demand, so the fake can, through its ``/fake/`` admin endpoin
   request, or ``"after"`` it served it (the answer is lost).
 - ``GET /fake/faults`` answers the rules (with ``hits`` and ``held``, the requests
   waiting now) and ``requests``: every request that matched a rule's method and path,
-  faulted or not, in arrival order, with the status it got (``None`` when reset before
-  serving; for a reset after, the status that was lost), ``t``, the server's monotonic
-  clock in seconds when it arrived, and ``name``, the object's name when the body is
-  a JSON object with ``metadata.name`` (so a test can follow the retries of one
-  object).
+  faulted or not, in arrival order, with its ``contentType``, the status it got
+  (``None`` when reset before serving; for a reset after, the status that was
+  lost), ``t``, the server's monotonic clock in seconds when it arrived, and
+  ``name``, the object's name when the body is a JSON object with
+  ``metadata.name`` (so a test can follow the retries of one object).
 - ``POST /fake/faults/release`` lets every held request go on.
 - ``DELETE /fake/faults`` (and ``POST /fake/reset``) drops the rules and the request
   log, releasing whatever was held.
@@ -150,9 +150,11 @@ class FaultMiddleware:
         if not matched:
             await self.app(scope, receive, send)
             return
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
         entry: dict[str, Any] = {
             "method": scope["method"], "path": scope["path"], "t": time.monotonic(),
             "rule": rule.id if rule is not None else None, "status": None, "name": None,
+            "contentType": content_type,
         }  # fmt: skip
         self.faults.requests.append(entry)
         if scope["method"] in ("POST", "PUT", "PATCH"):  # note the object's name

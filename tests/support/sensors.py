@@ -35,11 +35,12 @@ class SensorHarness:
             **runner_options,
         }
         self.traces = TraceStore()
+        self.metrics = Metrics()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, sensor: Any, **overrides: Any) -> None:
         runner = SensorRunner(
-            sensor, self.bus, self.ctx, self.traces, Metrics(), **{**self.options, **overrides}
+            sensor, self.bus, self.ctx, self.traces, self.metrics, **{**self.options, **overrides}
         )
         ready = asyncio.Event()
         self.task = asyncio.create_task(runner.run(ready))
