@@ -267,3 +267,16 @@ async def test_delete_result_names_the_object_without_a_uid(
         inv()
     )
     assert out.detail == {"kind": "ConfigMap", "namespace": NS, "name": "gone", "uid": ""}
+
+
+async def test_delete_without_a_name_is_refused_and_deletes_nothing(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    """A nameless delete would address the whole collection: it fails for good instead."""
+    await existing(kube, "keep-1", KEY)
+    await existing(kube, "keep-2", KEY)
+    nameless = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x-"}}
+    with pytest.raises(PermanentError, match=r"delete needs metadata\.name"):
+        await make(ctx, operation="delete", source={"resource": nameless}).execute(inv())
+    for name in ("keep-1", "keep-2"):
+        assert await kube.get("v1", "ConfigMap", name, NS) is not None

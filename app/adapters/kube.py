@@ -479,6 +479,8 @@ class ApiKube:
         return dict(await self._request("PATCH", info.path(ns, name), obj, query, ctype))
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        if not name:  # the path would be the collection: every object of the kind
+            raise KubePermanentError(f"delete {kind}: no name given", 0, "Invalid")
         info = await self._resource(api_version, kind)
         await self._request("DELETE", info.path(namespace, name))
 

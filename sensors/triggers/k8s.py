@@ -160,7 +160,11 @@ class K8sTrigger(Trigger):
                 "patched", patched, kind, namespace, records, api_version
             )
         if self.operation == "delete":
-            await kube.delete(api_version, kind, meta.get("name", ""), namespace)
+            name = str(meta.get("name") or "")
+            if not name:
+                # Without a name the API call would address the whole collection.
+                raise PermanentError(f"k8s.source: delete needs metadata.name ({kind})")
+            await kube.delete(api_version, kind, name, namespace)
             return TriggerResult("deleted", _ref(obj, kind, namespace), records)
         raise PermanentError(f"unknown k8s operation {self.operation!r}")
 
