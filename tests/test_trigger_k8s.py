@@ -268,3 +268,16 @@ async def test_delete_result_names_the_object_without_a_uid(
         inv()
     )
     assert out.detail == {"kind": "ConfigMap", "namespace": NS, "name": "gone", "uid": ""}
+
+
+async def test_redelivered_firing_reports_its_parameters_too(ctx: TriggerContext) -> None:
+    t = make(
+        ctx,
+        source={"resource": configmap(generateName="p-")},
+        parameters=[{"src": {"dependencyName": "a", "value": "v"}, "dest": "data.k"}],
+    )
+    first, again = await t.execute(inv()), await t.execute(inv())
+    assert (first.action, again.action) == ("created", "already-exists")
+    assert (
+        [r["dest"] for r in again.parameters] == ["data.k"] == [r["dest"] for r in first.parameters]
+    )
