@@ -280,3 +280,16 @@ async def test_delete_without_a_name_is_refused_and_deletes_nothing(
         await make(ctx, operation="delete", source={"resource": nameless}).execute(inv())
     for name in ("keep-1", "keep-2"):
         assert await kube.get("v1", "ConfigMap", name, NS) is not None
+
+
+async def test_redelivered_firing_reports_its_parameters_too(ctx: TriggerContext) -> None:
+    t = make(
+        ctx,
+        source={"resource": configmap(generateName="p-")},
+        parameters=[{"src": {"dependencyName": "a", "value": "v"}, "dest": "data.k"}],
+    )
+    first, again = await t.execute(inv()), await t.execute(inv())
+    assert (first.action, again.action) == ("created", "already-exists")
+    assert (
+        [r["dest"] for r in again.parameters] == ["data.k"] == [r["dest"] for r in first.parameters]
+    )
