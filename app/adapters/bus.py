@@ -274,6 +274,8 @@ class Bus:
         cluster's gossip); raise if the first attempt fails."""
 
         async def on_disconnect() -> None:
+            if self._closed:  # our own close: not an outage
+                return
             log.warning("bus disconnected from %s", self._server_now())
 
         async def on_reconnect() -> None:
