@@ -12,10 +12,8 @@ aio-pika is imported only here. Registered as ``amqp`` in :mod:`eventsources.reg
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -30,17 +28,15 @@ from app.kernel.argo import SecretKeySelector, TLSConfig
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from, new_event_id
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.brokers import (
     Backoff,
     BasicAuth,
     BusBackoff,
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
     body_of,
-    check_filters,
-    first_failure,
     read_secret,
     ssl_context,
 )
@@ -199,7 +195,7 @@ class _Consumer:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.amqp.{event_name}"
-        self.consuming = False
+        self.live = False
         self._bus_backoff = BusBackoff()
 
     async def _connect(self) -> aio_pika.abc.AbstractConnection:
@@ -266,7 +262,7 @@ class _Consumer:
                     e or type(e).__name__,
                 )
             finally:
-                self.consuming = False
+                self.live = False
                 with contextlib.suppress(Exception):
                     await connection.close()
             await retry.wait()
@@ -298,7 +294,7 @@ class _Consumer:
             exclusive=consume.exclusive,
             consumer_tag=consume.consumer_tag or None,
         ) as messages:
-            self.consuming = True
+            self.live = True
             retry.reset()
             self.log.info(
                 "%s: consuming queue %s bound to %s with %r",
@@ -371,7 +367,7 @@ def _expiration(value: Any) -> str:
     return ""
 
 
-class AMQPSource(EventSourcePlugin[AMQPConfig]):
+class AMQPSource(PerEventSource[AMQPConfig]):
     """AMQP queues as events: ``spec.amqp.<eventName>``, one connection per event name.
 
     Fields (Argo's ``AMQPEventSource``): ``url`` or ``urlSecret``, ``exchangeName``,
@@ -402,24 +398,5 @@ class AMQPSource(EventSourcePlugin[AMQPConfig]):
     type_name: ClassVar[str] = "amqp"
     config_model: ClassVar[type[SpecModel]] = AMQPConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, AMQPConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self._consumers: list[_Consumer] = []
-
-    @classmethod
-    def check_config(cls, source_name: str, events: Mapping[str, AMQPConfig]) -> list[str]:
-        return check_filters("amqp", dict(events))
-
-    async def run(self) -> None:
-        self._consumers = [_Consumer(self, n, c) for n, c in self.events.items()]
-        tasks = [asyncio.create_task(c.run(), name=c.where) for c in self._consumers]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self._consumers) and all(c.consuming for c in self._consumers)
+    def worker(self, event_name: str, cfg: AMQPConfig) -> _Consumer:
+        return _Consumer(self, event_name, cfg)

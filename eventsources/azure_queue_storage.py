@@ -18,7 +18,6 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
@@ -29,15 +28,13 @@ from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.brokers import (
     BusBackoff,
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
     body_of,
-    check_filters,
-    first_failure,
     read_secret,
 )
 from eventsources.common import EventSourceFilter
@@ -113,7 +110,7 @@ class _Poller:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.azureQueueStorage.{event_name}"
-        self.receiving = False
+        self.live = False
         self._bus_backoff = BusBackoff()
 
     async def _client(self) -> tuple[QueueClient, Any]:
@@ -159,7 +156,7 @@ class _Poller:
             except _CALL_ERRORS as e:
                 self.log.warning("%s: %s; retrying", self.where, type(e).__name__)
             finally:
-                self.receiving = False
+                self.live = False
                 if credential is not None:
                     with contextlib.suppress(Exception):
                         await credential.close()
@@ -172,7 +169,7 @@ class _Poller:
             else self.cfg.wait_time_in_seconds
         )
         await client.get_queue_properties()  # fails here when the queue is missing
-        self.receiving = True
+        self.live = True
         retry.reset()
         self.log.info("%s: receiving from queue %s", self.where, self.cfg.queue_name)
         while True:
@@ -240,7 +237,7 @@ class _Poller:
             self.log.warning("%s: message %s handled but not deleted: %s", self.where, m.id, e)
 
 
-class AzureQueueStorageSource(EventSourcePlugin[AzureQueueStorageConfig]):
+class AzureQueueStorageSource(PerEventSource[AzureQueueStorageConfig]):
     """Azure storage queues as events: ``spec.azureQueueStorage.<eventName>``.
 
     Fields (Argo's ``AzureQueueStorageEventSource``): ``connectionString`` (a Secret
@@ -263,26 +260,5 @@ class AzureQueueStorageSource(EventSourcePlugin[AzureQueueStorageConfig]):
     type_name: ClassVar[str] = "azureQueueStorage"
     config_model: ClassVar[type[SpecModel]] = AzureQueueStorageConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, AzureQueueStorageConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self._pollers: list[_Poller] = []
-
-    @classmethod
-    def check_config(
-        cls, source_name: str, events: Mapping[str, AzureQueueStorageConfig]
-    ) -> list[str]:
-        return check_filters("azureQueueStorage", dict(events))
-
-    async def run(self) -> None:
-        self._pollers = [_Poller(self, n, c) for n, c in self.events.items()]
-        tasks = [asyncio.create_task(p.run(), name=p.where) for p in self._pollers]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self._pollers) and all(p.receiving for p in self._pollers)
+    def worker(self, event_name: str, cfg: AzureQueueStorageConfig) -> _Poller:
+        return _Poller(self, event_name, cfg)

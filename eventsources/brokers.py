@@ -10,14 +10,16 @@ imported here; each type imports its own (one forbidden contract per library).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import enum
 import random
 import ssl
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import orjson
 from pydantic import Field, PlainValidator, WithJsonSchema, field_validator
@@ -377,3 +379,46 @@ async def first_failure(tasks: list[asyncio.Task[None]]) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Worker(Protocol):
+    """What a broker source runs per event name: a subscription, a consumer, a poller."""
+
+    where: str
+    live: bool
+    """True while it is connected and receiving (the source's readiness)."""
+
+    async def run(self) -> None: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=SpecModel)
+
+
+class PerEventSource(EventSourcePlugin[ConfigT]):
+    """A broker source: one :class:`Worker` per event name (made by :meth:`worker`), all
+    run together; the first that fails for good stops the others. Ready once every
+    worker is live; ``filter.expression`` checked at load."""
+
+    def __init__(
+        self,
+        source_name: str,
+        namespace: str,
+        events: Mapping[str, ConfigT],
+        ctx: SourceContext,
+    ) -> None:
+        super().__init__(source_name, namespace, events, ctx)
+        self.workers: list[Worker] = [self.worker(n, c) for n, c in self.events.items()]
+
+    @abc.abstractmethod
+    def worker(self, event_name: str, cfg: ConfigT) -> Worker:
+        """The worker serving ``event_name``."""
+
+    @classmethod
+    def check_config(cls, source_name: str, events: Mapping[str, ConfigT]) -> list[str]:
+        return check_filters(cls.type_name, dict(events))
+
+    async def run(self) -> None:
+        await first_failure([asyncio.create_task(w.run(), name=w.where) for w in self.workers])
+
+    def ready(self) -> bool:
+        return bool(self.workers) and all(w.live for w in self.workers)

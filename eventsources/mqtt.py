@@ -16,7 +16,6 @@ acknowledgement of its own; the paho client under it does (``manual_ack_set`` an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import Mapping
@@ -30,17 +29,15 @@ from app.kernel.argo import TLSConfig
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from, new_event_id
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.brokers import (
     Backoff,
     BasicAuth,
     BusBackoff,
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
     body_of,
-    check_filters,
-    first_failure,
     read_secret,
     ssl_context,
 )
@@ -117,7 +114,7 @@ class _Subscriber:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.mqtt.{event_name}"
-        self.subscribed = False
+        self.live = False
 
     async def _client(self) -> aiomqtt.Client:
         cfg, ns = self.cfg, self.plugin.namespace
@@ -158,7 +155,7 @@ class _Subscriber:
             try:
                 async with client:
                     await client.subscribe(self.cfg.topic, qos=self.cfg.qos)
-                    self.subscribed = True
+                    self.live = True
                     retry.reset()
                     self.log.info(
                         "%s: subscribed to %s (QoS %d)", self.where, self.cfg.topic, self.cfg.qos
@@ -172,7 +169,7 @@ class _Subscriber:
             except (aiomqtt.MqttError, OSError) as e:
                 self.log.warning("%s: connection lost (%s); reconnecting", self.where, e)
             finally:
-                self.subscribed = False
+                self.live = False
             await retry.wait()
 
     def _event_id(self, message: aiomqtt.Message, payload: bytes) -> str:
@@ -232,7 +229,7 @@ class _Subscriber:
                 client._client.ack(message.mid, message.qos)
 
 
-class MQTTSource(EventSourcePlugin[MQTTConfig]):
+class MQTTSource(PerEventSource[MQTTConfig]):
     """MQTT topics as events: ``spec.mqtt.<eventName>``, one client session per event name.
 
     Fields (Argo's ``MQTTEventSource``): ``url`` (``tcp://`` / ``mqtt://``, or ``ssl://``
@@ -258,19 +255,12 @@ class MQTTSource(EventSourcePlugin[MQTTConfig]):
     type_name: ClassVar[str] = "mqtt"
     config_model: ClassVar[type[SpecModel]] = MQTTConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, MQTTConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self._subscribers: list[_Subscriber] = []
+    def worker(self, event_name: str, cfg: MQTTConfig) -> _Subscriber:
+        return _Subscriber(self, event_name, cfg)
 
     @classmethod
     def check_config(cls, source_name: str, events: Mapping[str, MQTTConfig]) -> list[str]:
-        lines = check_filters("mqtt", dict(events))
+        lines = super().check_config(source_name, events)
         seen: dict[tuple[str, str], str] = {}
         for name, cfg in events.items():
             key = (cfg.url, cfg.client_id)
@@ -279,11 +269,3 @@ class MQTTSource(EventSourcePlugin[MQTTConfig]):
                 lines.append(f"spec.mqtt.{name}.clientId: also used by {seen[key]}")
             seen[key] = name
         return lines
-
-    async def run(self) -> None:
-        self._subscribers = [_Subscriber(self, n, c) for n, c in self.events.items()]
-        tasks = [asyncio.create_task(s.run(), name=s.where) for s in self._subscribers]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self._subscribers) and all(s.subscribed for s in self._subscribers)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import nats
@@ -34,17 +33,15 @@ from app.kernel.argo import SecretKeySelector, TLSConfig
 from app.kernel.errors import TransientError
 from app.kernel.events import event_id_from, new_event_id
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.brokers import (
     Backoff,
     BasicAuth,
     BusBackoff,
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
     body_of,
-    check_filters,
-    first_failure,
     read_secret,
     redact_url,
     ssl_context,
@@ -118,7 +115,7 @@ class _Subscriber:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.nats.{event_name}"
-        self.subscribed = False
+        self.live = False
         self.nc: Client | None = None
 
     async def _options(self) -> dict[str, Any]:
@@ -241,12 +238,12 @@ class _Subscriber:
 
         sub = await nc.subscribe(self.cfg.subject, queue=self.cfg.queue or "", cb=handle)
         await nc.flush()
-        self.subscribed = True
+        self.live = True
         self.log.info("%s: subscribed to %s", self.where, self.cfg.subject)
         try:
             await asyncio.Event().wait()
         finally:
-            self.subscribed = False
+            self.live = False
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -281,7 +278,7 @@ class _Subscriber:
                     "%s: cannot create consumer %s: %r; retrying", self.where, durable, e
                 )
                 await retry.wait()
-        self.subscribed = True
+        self.live = True
         self.log.info("%s: consuming %s as durable %s", self.where, self.cfg.subject, durable)
         bus_backoff = BusBackoff()
         try:
@@ -308,7 +305,7 @@ class _Subscriber:
                 else:
                     bus_backoff.reset()
         finally:
-            self.subscribed = False
+            self.live = False
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -350,7 +347,7 @@ async def _quietly(call: Any) -> None:
         await call
 
 
-class NATSSource(EventSourcePlugin[NATSConfig]):
+class NATSSource(PerEventSource[NATSConfig]):
     """NATS subjects as events: ``spec.nats.<eventName>``, one subscription per event name.
 
     Fields (Argo's ``NATSEventsSource``): ``url``, ``subject``, ``queue`` (queue group),
@@ -377,24 +374,5 @@ class NATSSource(EventSourcePlugin[NATSConfig]):
     type_name: ClassVar[str] = "nats"
     config_model: ClassVar[type[SpecModel]] = NATSConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, NATSConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self._subscribers: list[_Subscriber] = []
-
-    @classmethod
-    def check_config(cls, source_name: str, events: Mapping[str, NATSConfig]) -> list[str]:
-        return check_filters("nats", dict(events))
-
-    async def run(self) -> None:
-        self._subscribers = [_Subscriber(self, n, c) for n, c in self.events.items()]
-        tasks = [asyncio.create_task(s.run(), name=s.where) for s in self._subscribers]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self._subscribers) and all(s.subscribed for s in self._subscribers)
+    def worker(self, event_name: str, cfg: NATSConfig) -> _Subscriber:
+        return _Subscriber(self, event_name, cfg)

@@ -11,7 +11,6 @@ which shares :func:`redis_client`. Registered as ``redis`` in :mod:`eventsources
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -25,14 +24,13 @@ from app.kernel.argo import SecretKeySelector, TLSConfig
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import new_event_id
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
+from eventsources.base import SourceContext
 from eventsources.brokers import (
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
     TLSFiles,
-    check_filters,
-    first_failure,
     go_string,
     read_secret,
 )
@@ -135,7 +133,7 @@ class _Channels:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.redis.{event_name}"
-        self.subscribed = False
+        self.live = False
 
     async def run(self) -> None:
         retry = Retry(None)
@@ -161,7 +159,7 @@ class _Channels:
                     e or type(e).__name__,
                 )
             finally:
-                self.subscribed = False
+                self.live = False
                 with contextlib.suppress(Exception):
                     await client.aclose()
                 if tls is not None:
@@ -174,7 +172,7 @@ class _Channels:
             await pubsub.subscribe(*self.cfg.channels)
             # The first reply confirms the subscription (Argo waits for it too).
             await pubsub.get_message(timeout=5)
-            self.subscribed = True
+            self.live = True
             retry.reset()
             self.log.info(
                 "%s: subscribed to %s on %s",
@@ -220,7 +218,7 @@ class _Channels:
             )
 
 
-class RedisSource(EventSourcePlugin[RedisConfig]):
+class RedisSource(PerEventSource[RedisConfig]):
     """Redis channels as events: ``spec.redis.<eventName>``, one subscription per event name.
 
     Fields (Argo's ``RedisEventSource``): ``hostAddress`` (host:port), ``db``,
@@ -241,24 +239,5 @@ class RedisSource(EventSourcePlugin[RedisConfig]):
     type_name: ClassVar[str] = "redis"
     config_model: ClassVar[type[SpecModel]] = RedisConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, RedisConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self._channels: list[_Channels] = []
-
-    @classmethod
-    def check_config(cls, source_name: str, events: Mapping[str, RedisConfig]) -> list[str]:
-        return check_filters("redis", dict(events))
-
-    async def run(self) -> None:
-        self._channels = [_Channels(self, n, c) for n, c in self.events.items()]
-        tasks = [asyncio.create_task(c.run(), name=c.where) for c in self._channels]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self._channels) and all(c.subscribed for c in self._channels)
+    def worker(self, event_name: str, cfg: RedisConfig) -> _Channels:
+        return _Channels(self, event_name, cfg)

@@ -13,10 +13,8 @@ client this module shares). Registered as ``redisStream`` in :mod:`eventsources.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
@@ -26,14 +24,12 @@ from pydantic import Field, field_validator
 from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
-from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.brokers import (
     BusBackoff,
     Deliverer,
     Outcome,
+    PerEventSource,
     Retry,
-    check_filters,
-    first_failure,
     go_string,
 )
 from eventsources.common import EventSourceFilter
@@ -88,7 +84,7 @@ class _GroupReader:
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
         self.path = f"spec.redisStream.{event_name}"
-        self.reading = False
+        self.live = False
         self.claim_min_idle_seconds = CLAIM_MIN_IDLE_SECONDS
         self.claim_interval_seconds = CLAIM_INTERVAL_SECONDS
         self._bus_backoff = BusBackoff()
@@ -117,7 +113,7 @@ class _GroupReader:
                     e or type(e).__name__,
                 )
             finally:
-                self.reading = False
+                self.live = False
                 with contextlib.suppress(Exception):
                     await client.aclose()
                 if tls is not None:
@@ -140,7 +136,7 @@ class _GroupReader:
 
     async def _serve(self, client: aioredis.Redis, retry: Retry) -> None:
         await self._ensure_groups(client, "$")
-        self.reading = True
+        self.live = True
         retry.reset()
         self.log.info(
             "%s: reading %s as group %s", self.where, ", ".join(self.cfg.streams), self.cfg.group
@@ -256,7 +252,7 @@ class _GroupReader:
         return ok
 
 
-class RedisStreamSource(EventSourcePlugin[RedisStreamConfig]):
+class RedisStreamSource(PerEventSource[RedisStreamConfig]):
     """Redis streams as events: ``spec.redisStream.<eventName>``.
 
     Fields (Argo's ``RedisStreamEventSource``): ``hostAddress``, ``db``, ``streams``,
@@ -281,23 +277,5 @@ class RedisStreamSource(EventSourcePlugin[RedisStreamConfig]):
     type_name: ClassVar[str] = "redisStream"
     config_model: ClassVar[type[SpecModel]] = RedisStreamConfig
 
-    def __init__(
-        self,
-        source_name: str,
-        namespace: str,
-        events: Mapping[str, RedisStreamConfig],
-        ctx: SourceContext,
-    ) -> None:
-        super().__init__(source_name, namespace, events, ctx)
-        self.readers = [_GroupReader(self, n, c) for n, c in self.events.items()]
-
-    @classmethod
-    def check_config(cls, source_name: str, events: Mapping[str, RedisStreamConfig]) -> list[str]:
-        return check_filters("redisStream", dict(events))
-
-    async def run(self) -> None:
-        tasks = [asyncio.create_task(r.run(), name=r.where) for r in self.readers]
-        await first_failure(tasks)
-
-    def ready(self) -> bool:
-        return bool(self.readers) and all(r.reading for r in self.readers)
+    def worker(self, event_name: str, cfg: RedisStreamConfig) -> _GroupReader:
+        return _GroupReader(self, event_name, cfg)

@@ -309,7 +309,7 @@ async def test_stream_entries_pending_for_a_dead_consumer_are_claimed(
     await client.xreadgroup("argo-events-cg", "crashed-pod", {"TRAIN": ">"}, count=10)
     assert await _pending(client, "TRAIN") == 5
     source = _streams(CountingPublisher(bus), {"example": _stream_cfg(redis_peer, "TRAIN")})
-    reader = source.readers[0]
+    reader = source.workers[0]
     reader.claim_min_idle_seconds = 0.2
     reader.claim_interval_seconds = 0.2
     async with running(source):
