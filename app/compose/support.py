@@ -105,6 +105,9 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.slack.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.email": True,
     **{f"template.email.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.awsLambda": True,
+    **{f"template.awsLambda.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.awsLambda.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}
