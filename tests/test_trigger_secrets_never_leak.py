@@ -1,14 +1,15 @@
-"""The credentials of the nats, azureServiceBus, slack, email and awsLambda triggers
-appear in no output of a real ``triggerfish run``.
+"""The credentials of the nats, azureServiceBus, slack, email, awsLambda and openWhisk
+triggers appear in no output of a real ``triggerfish run``.
 
 One process (debug logging, JSON lines, so every ``extra`` field is written out) runs a
 webhook source and a Sensor with two triggers of each type, one that succeeds and one
 that fails with its credential in use (a refused token, a dead broker, an unknown
-channel, a refused recipient, a function that fails) and is dead-lettered. The peers
-are real servers on 127.0.0.1: a second nats-server with token auth, the fake Service
-Bus broker, the fake Slack Web API, the fake Lambda Invoke API, an SMTP server with
-STARTTLS and AUTH (its certificate trusted through the process's ``SSL_CERT_FILE``).
-The peers prove the credentials were used; then the
+channel, a refused recipient, a function that fails, a refused OpenWhisk token) and is
+dead-lettered. The peers are real servers on 127.0.0.1: a second nats-server with token
+auth, the fake Service Bus broker, the fake Slack Web API, the fake Lambda Invoke API,
+the fake OpenWhisk API, an SMTP server with STARTTLS and AUTH (its certificate trusted
+through the process's ``SSL_CERT_FILE``). The peers prove the credentials were used;
+then the
 log, every ``/api/v1/*`` answer, ``/metrics``, the probes and the OpenAPI document are
 scanned for every value.
 """
@@ -29,6 +30,7 @@ import pytest
 import yaml
 
 from tests.fakelambda import FakeLambda
+from tests.fakeopenwhisk import FakeOpenWhisk
 from tests.fakeslack import FakeSlack
 from tests.servicebus_fixtures import FakeServiceBusServer
 from tests.sqs_fixtures import AWS_TEST_ENV
@@ -46,7 +48,10 @@ SAS_KEY = "sas-trig-k3y-5f4e3d2c"
 SLACK_TOKEN = "xoxb-leak-check-1b2c3d4e"
 AWS_ACCESS_KEY = "AKIALEAKCHECK0001"
 AWS_SECRET_KEY = "aws-leak-s3cret-6d5c4b3a"
-SECRETS = [NATS_TOKEN, WRONG_TOKEN, SAS_KEY, SLACK_TOKEN, SMTP_PASSWORD, AWS_SECRET_KEY]
+WHISK_TOKEN = "5b1c0d2e-leak:whisk-s3cret-7e6d5c"
+WHISK_WRONG = "5b1c0d2e-leak:whisk-wrong-1a2b3c"
+SECRETS = [NATS_TOKEN, WRONG_TOKEN, SAS_KEY, SLACK_TOKEN, SMTP_PASSWORD, AWS_SECRET_KEY,
+           WHISK_TOKEN, WHISK_WRONG]  # fmt: skip
 
 
 def _in_thread(start: Callable[[], Awaitable[str]], stop: Callable[[], Awaitable[None]]
@@ -90,7 +95,16 @@ def _trigger(name: str, kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {"template": {"name": name, kind: cfg}, "retryStrategy": {"steps": 1}}
 
 
-def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, smtp_port: int) -> list[Any]:
+@pytest.fixture
+def whisk() -> Iterator[FakeOpenWhisk]:
+    """The fake OpenWhisk REST API."""
+    fake = FakeOpenWhisk(WHISK_TOKEN)
+    for _ in _in_thread(fake.start, fake.stop):
+        yield fake
+
+
+def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, smtp_port: int,
+               whisk_url: str) -> list[Any]:  # fmt: skip
     live = broker.connection_string.replace("SharedAccessKey=v", f"SharedAccessKey={SAS_KEY}")
     dead = live.replace(f":{broker.port};", f":{free_port()};")
     payload = [{"src": {"dependencyName": "w", "dataKey": "body.msg"}, "dest": "msg"}]
@@ -118,12 +132,20 @@ def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, smtp_port: int) -> 
         _trigger("mail-refused", "email", {**mail_cfg, "to": ["gone@email.com"]}),
         _trigger("lambda-ok", "awsLambda", {**lambda_cfg, "functionName": "hello"}),
         _trigger("lambda-fails", "awsLambda", {**lambda_cfg, "functionName": "broken"}),
+        _trigger("whisk-ok", "openWhisk", {"host": whisk_url, "actionName": "hello",
+                                           "payload": payload,
+                                           "authToken": {"name": "creds", "key": "whisk"}}),
+        _trigger("whisk-refused", "openWhisk", {"host": whisk_url, "actionName": "hello",
+                                                "payload": payload,
+                                                "authToken": {"name": "creds",
+                                                              "key": "whiskwrong"}}),
     ]  # fmt: skip
     hook = {"port": "12000", "endpoint": "/hook", "method": "POST"}
     return [
         _secret("creds", {"nats": NATS_TOKEN, "wrong": WRONG_TOKEN, "sb": live, "sbdead": dead,
                           "slack": SLACK_TOKEN, "smtp": SMTP_PASSWORD,
-                          "awsid": AWS_ACCESS_KEY, "awssecret": AWS_SECRET_KEY}),
+                          "awsid": AWS_ACCESS_KEY, "awssecret": AWS_SECRET_KEY,
+                          "whisk": WHISK_TOKEN, "whiskwrong": WHISK_WRONG}),
         {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
          "metadata": {"name": "hooks", "namespace": NS}, "spec": {"webhook": {"hook": hook}}},
         {"apiVersion": "argoproj.io/v1alpha1", "kind": "Sensor",
@@ -139,6 +161,7 @@ def test_trigger_credentials_appear_in_no_output(
     fake_servicebus: FakeServiceBusServer,
     slack: FakeSlack,
     aws_lambda: FakeLambda,
+    whisk: FakeOpenWhisk,
 ) -> None:
     from azure.servicebus import ServiceBusClient
 
@@ -155,7 +178,7 @@ def test_trigger_credentials_appear_in_no_output(
     try:
         manifests = tmp_path / "manifests.yaml"
         manifests.write_text(yaml.safe_dump_all(
-            _manifests(peer, fake_servicebus, smtp.port)))  # fmt: skip
+            _manifests(peer, fake_servicebus, smtp.port, whisk.url)))  # fmt: skip
         port = free_port()
         tf = Triggerfish(
             files=[str(manifests)], state_dir=tmp_path / "state", port_map={12000: port},
@@ -172,12 +195,13 @@ def test_trigger_credentials_appear_in_no_output(
             traces = httpx.get(f"{base}/api/v1/traces").json()
             return {t["trigger"]: t["status"] for tr in traces for t in tr["triggers"]}
 
-        wait_for(lambda: len(outcomes()) == 10, timeout=90, interval=0.3)
+        wait_for(lambda: len(outcomes()) == 12, timeout=90, interval=0.3)
         done = outcomes()
         assert {k: v for k, v in done.items() if k.endswith("-ok")} == {
             "nats-ok": "succeeded", "sb-ok": "succeeded", "slack-ok": "succeeded",
-            "mail-ok": "succeeded", "lambda-ok": "succeeded"}, done  # fmt: skip
-        assert sorted(v for k, v in done.items() if not k.endswith("-ok")) == ["dead-lettered"] * 5
+            "mail-ok": "succeeded", "lambda-ok": "succeeded",
+            "whisk-ok": "succeeded"}, done  # fmt: skip
+        assert sorted(v for k, v in done.items() if not k.endswith("-ok")) == ["dead-lettered"] * 6
 
         # The credentials were really used: each peer saw them.
         url = f"http://127.0.0.1:{peer.monitor_port}/varz"
@@ -194,6 +218,7 @@ def test_trigger_credentials_appear_in_no_output(
         assert len(box.logins) == 2
         assert sorted((i.function, i.access_key_id) for i in aws_lambda.invoked) == [
             ("broken", AWS_ACCESS_KEY), ("hello", AWS_ACCESS_KEY)]  # fmt: skip
+        assert [i.params for i in whisk.invoked] == [{"msg": "leak?"}] and whisk.requests == 2
 
         outputs: dict[str, str] = {}
         paths = ["/api/v1/eventsources", "/api/v1/sensors", "/api/v1/traces",

@@ -108,6 +108,9 @@ _TRIGGER: dict[str, Rule] = {
     "template.awsLambda": True,
     **{f"template.awsLambda.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.awsLambda.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.openWhisk": True,
+    **{f"template.openWhisk.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.openWhisk.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

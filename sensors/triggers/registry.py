@@ -28,5 +28,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "slack": "sensors.triggers.slack:SlackTrigger",
         "email": "sensors.triggers.email:EmailTrigger",
         "awsLambda": "sensors.triggers.aws_lambda:AwsLambdaTrigger",
+        "openWhisk": "sensors.triggers.openwhisk:OpenWhiskTrigger",
     },
 )
