@@ -111,6 +111,9 @@ _TRIGGER: dict[str, Rule] = {
     "template.openWhisk": True,
     **{f"template.openWhisk.payload[].{k}": v for k, v in PARAMETER.items()},
     **{f"template.openWhisk.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.custom": True,
+    **{f"template.custom.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.custom.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

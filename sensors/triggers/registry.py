@@ -29,5 +29,6 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "email": "sensors.triggers.email:EmailTrigger",
         "awsLambda": "sensors.triggers.aws_lambda:AwsLambdaTrigger",
         "openWhisk": "sensors.triggers.openwhisk:OpenWhiskTrigger",
+        "custom": "sensors.triggers.custom:CustomTrigger",
     },
 )
