@@ -214,6 +214,9 @@ async def test_an_unreachable_endpoint_is_transient(fake: FakeLambda, ctx: Trigg
 # --------------------------------------------------------------------------- config
 
 
+DLQ = {"template": {"name": "to-log", "log": {}}, "atLeastOnce": True}
+
+
 def sensor_doc(lambda_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -292,12 +295,22 @@ async def test_runner_dead_letters_an_outage(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{free_port()}")
     h = SensorHarness(bus, ctx)
-    await h.start(load_one(sensor_doc(BASE, retryStrategy={"steps": 3, "duration": "10ms"})))
+    await h.start(
+        load_one(
+            sensor_doc(
+                BASE,
+                retryStrategy={"steps": 3, "duration": "10ms"},
+                dlqTrigger=DLQ,
+                atLeastOnce=True,
+            )
+        )
+    )
     ev = event({"body": {"name": "x"}})
     await bus.publish("default", ev)
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
     assert (out.status, out.attempts) == ("dead-lettered", 3)
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"  # dlqTrigger fired
     assert "EndpointConnectionError" in out.error
     [dl] = await dead_letters(bus)
     assert dl["trigger"] == "invoke" and dl["events"]["test-dep"]["id"] == ev.id

@@ -335,6 +335,9 @@ async def test_tls_with_a_ca_from_a_secret_and_a_server_name_override(
 # --------------------------------------------------------------------------- config
 
 
+DLQ = {"template": {"name": "to-log", "log": {}}, "atLeastOnce": True}
+
+
 def sensor_doc(custom_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -417,12 +420,22 @@ async def test_runner_retries_an_unavailable_server(
 async def test_runner_dead_letters_an_outage(bus: Bus, ctx: TriggerContext) -> None:
     h = SensorHarness(bus, ctx)
     cfg = {"serverURL": f"127.0.0.1:{free_port()}", "spec": {"name": "r"}}
-    await h.start(load_one(sensor_doc(cfg, retryStrategy={"steps": 3, "duration": "10ms"})))
+    await h.start(
+        load_one(
+            sensor_doc(
+                cfg,
+                retryStrategy={"steps": 3, "duration": "10ms"},
+                dlqTrigger=DLQ,
+                atLeastOnce=True,
+            )
+        )
+    )
     ev = event({})
     await bus.publish("default", ev)
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
     assert (out.status, out.attempts) == ("dead-lettered", 3)
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"  # dlqTrigger fired
     assert "UNAVAILABLE" in out.error
     [dl] = await dead_letters(bus)
     assert dl["trigger"] == "pipeline" and dl["events"]["test-dep"]["id"] == ev.id

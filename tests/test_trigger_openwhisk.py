@@ -196,6 +196,9 @@ async def test_an_unreachable_host_is_transient(whisk: FakeOpenWhisk, ctx: Trigg
 # --------------------------------------------------------------------------- config
 
 
+DLQ = {"template": {"name": "to-log", "log": {}}, "atLeastOnce": True}
+
+
 def sensor_doc(whisk_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -265,12 +268,22 @@ async def test_runner_dead_letters_an_outage(bus: Bus, ctx: TriggerContext) -> N
     cfg = {"host": f"http://127.0.0.1:{free_port()}", "actionName": "hello",
            "authToken": TOKEN_REF, "payload": PAYLOAD}  # fmt: skip
     h = SensorHarness(bus, ctx)
-    await h.start(load_one(sensor_doc(cfg, retryStrategy={"steps": 3, "duration": "10ms"})))
+    await h.start(
+        load_one(
+            sensor_doc(
+                cfg,
+                retryStrategy={"steps": 3, "duration": "10ms"},
+                dlqTrigger=DLQ,
+                atLeastOnce=True,
+            )
+        )
+    )
     ev = event({"body": {"name": "x"}})
     await bus.publish("default", ev)
     await eventually(lambda: len(h.traces.recent()) == 1)
     out = h.traces.recent()[0].triggers[0]
     assert (out.status, out.attempts) == ("dead-lettered", 3)
+    assert out.detail["dlqTrigger"]["status"] == "succeeded"  # dlqTrigger fired
     [dl] = await dead_letters(bus)
     assert dl["trigger"] == "whisk" and dl["events"]["test-dep"]["id"] == ev.id
     await h.stop()
