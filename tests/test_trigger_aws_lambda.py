@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,12 +28,14 @@ from sensors.triggers.aws_lambda import AwsLambdaTrigger, AwsLambdaTriggerConfig
 from sensors.triggers.base import Invocation, TriggerContext
 from tests.fakelambda import FakeLambda
 from tests.sqs_fixtures import MotoServer
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
+from tests.support.proc import Triggerfish
 from tests.support.sensors import SensorHarness, dead_letters, eventually
 from tests.test_argo_corpus import CORPUS
 from tests.test_trigger_http import secret_manifest
 
 NS = "ns1"
+REPO = Path(__file__).resolve().parents[1]
 ACCESS_KEY = "AKIATRIGGERFISH0001"
 SECRET_KEY = "lambda-s3cret-key-9f8e7d6c"
 KEYS = {"accessKey": {"name": "aws-secret", "key": "accesskey"},
@@ -329,3 +332,30 @@ async def test_runner_dead_letters_a_function_error_at_once(
     assert (out.status, out.attempts) == ("dead-lettered", 1)
     assert "boom" in out.error
     await h.stop()
+
+
+@pytest.mark.slow
+def test_the_example_invokes_moto_from_a_webhook(moto_lambda: str, tmp_path: Path) -> None:
+    """``examples/lambda-deploy-hook`` in a real ``triggerfish run``, against moto."""
+    import httpx
+
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "examples" / "lambda-deploy-hook", example)
+    port = free_port()
+    tf = Triggerfish(files=[str(example)], state_dir=tmp_path / "state",
+                     port_map={12100: port}).start()  # fmt: skip
+    try:
+        notice = json.loads((example / "events" / "checkout.event.json").read_text())
+        answer = httpx.post(f"http://127.0.0.1:{port}/deployed", json=notice, timeout=5)
+        assert answer.status_code == 200
+
+        def outcomes() -> list[Any]:
+            traces: Any = tf.api("/api/v1/traces")
+            return [t for tr in traces for t in tr["triggers"]]
+
+        wait_for(lambda: len(outcomes()) == 1, timeout=30, interval=0.2)
+        [out] = outcomes()
+        assert (out["trigger"], out["status"]) == ("record-deployment", "succeeded"), tf.log()
+        assert json.loads(out["detail"]["response"]) == notice  # moto's echo
+    finally:
+        tf.stop()
