@@ -103,5 +103,7 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/azure-service-bus-sensor.yaml",
         "sensors/slack-trigger.yaml",
         "sensors/email-trigger.yaml",
+        "sensors/aws-lambda-trigger.yaml",
+        "sensors/custom-trigger.yaml",
     ):
         assert rel in counts["ok"], rel

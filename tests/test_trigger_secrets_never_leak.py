@@ -1,13 +1,15 @@
-"""The credentials of the nats, azureServiceBus, slack and email triggers appear in no
-output of a real ``triggerfish run``.
+"""The credentials of the nats, azureServiceBus, slack, email, awsLambda and openWhisk
+triggers appear in no output of a real ``triggerfish run``.
 
 One process (debug logging, JSON lines, so every ``extra`` field is written out) runs a
 webhook source and a Sensor with two triggers of each type, one that succeeds and one
 that fails with its credential in use (a refused token, a dead broker, an unknown
-channel, a refused recipient) and is dead-lettered. The peers are real servers on
-127.0.0.1: a second nats-server with token auth, the fake Service Bus broker, the fake
-Slack Web API, an SMTP server with STARTTLS and AUTH (its certificate trusted through
-the process's ``SSL_CERT_FILE``). The peers prove the credentials were used; then the
+channel, a refused recipient, a function that fails, a refused OpenWhisk token) and is
+dead-lettered. The peers are real servers on 127.0.0.1: a second nats-server with token
+auth, the fake Service Bus broker, the fake Slack Web API, the fake Lambda Invoke API,
+the fake OpenWhisk API, an SMTP server with STARTTLS and AUTH (its certificate trusted
+through the process's ``SSL_CERT_FILE``). The peers prove the credentials were used;
+then the
 log, every ``/api/v1/*`` answer, ``/metrics``, the probes and the OpenAPI document are
 scanned for every value.
 """
@@ -19,7 +21,7 @@ import json
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,11 @@ import httpx
 import pytest
 import yaml
 
+from tests.fakelambda import FakeLambda
+from tests.fakeopenwhisk import FakeOpenWhisk
 from tests.fakeslack import FakeSlack
 from tests.servicebus_fixtures import FakeServiceBusServer
+from tests.sqs_fixtures import AWS_TEST_ENV
 from tests.support.natspeer import NatsPeer
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
@@ -41,24 +46,44 @@ NATS_TOKEN = "nats-tok-3c9d1e7f"
 WRONG_TOKEN = "nats-wrong-8a7b6c5d"
 SAS_KEY = "sas-trig-k3y-5f4e3d2c"
 SLACK_TOKEN = "xoxb-leak-check-1b2c3d4e"
-SECRETS = [NATS_TOKEN, WRONG_TOKEN, SAS_KEY, SLACK_TOKEN, SMTP_PASSWORD]
+AWS_ACCESS_KEY = "AKIALEAKCHECK0001"
+AWS_SECRET_KEY = "aws-leak-s3cret-6d5c4b3a"
+WHISK_TOKEN = "5b1c0d2e-leak:whisk-s3cret-7e6d5c"
+WHISK_WRONG = "5b1c0d2e-leak:whisk-wrong-1a2b3c"
+SECRETS = [NATS_TOKEN, WRONG_TOKEN, SAS_KEY, SLACK_TOKEN, SMTP_PASSWORD, AWS_SECRET_KEY,
+           WHISK_TOKEN, WHISK_WRONG]  # fmt: skip
+
+
+def _in_thread(start: Callable[[], Awaitable[str]], stop: Callable[[], Awaitable[None]]
+               ) -> Iterator[None]:  # fmt: skip
+    """Run an aiohttp fake on its own event loop in a thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    """The fake Slack Web API on its own event loop in a thread."""
+    """The fake Slack Web API."""
     fake = FakeSlack(SLACK_TOKEN)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    try:
+    for _ in _in_thread(fake.start, fake.stop):
         yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+
+
+@pytest.fixture
+def aws_lambda() -> Iterator[FakeLambda]:
+    """The fake Lambda Invoke API (moto's docker-less Lambda cannot fail a function)."""
+    fake = FakeLambda(functions={"hello", "broken"}, errors={"broken": "boom"})
+    for _ in _in_thread(fake.start, fake.stop):
+        yield fake
 
 
 def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
@@ -70,8 +95,16 @@ def _trigger(name: str, kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {"template": {"name": name, kind: cfg}, "retryStrategy": {"steps": 1}}
 
 
-def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, slack_url: str,
-               smtp_port: int) -> list[Any]:  # fmt: skip
+@pytest.fixture
+def whisk() -> Iterator[FakeOpenWhisk]:
+    """The fake OpenWhisk REST API."""
+    fake = FakeOpenWhisk(WHISK_TOKEN)
+    for _ in _in_thread(fake.start, fake.stop):
+        yield fake
+
+
+def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, smtp_port: int,
+               whisk_url: str) -> list[Any]:  # fmt: skip
     live = broker.connection_string.replace("SharedAccessKey=v", f"SharedAccessKey={SAS_KEY}")
     dead = live.replace(f":{broker.port};", f":{free_port()};")
     payload = [{"src": {"dependencyName": "w", "dataKey": "body.msg"}, "dest": "msg"}]
@@ -81,6 +114,9 @@ def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, slack_url: str,
     mail_cfg = {"host": "127.0.0.1", "port": smtp_port, "username": "mailer",
                 "smtpPassword": {"name": "creds", "key": "smtp"}, "from": "tf@email.com",
                 "subject": "s", "body": "b"}  # fmt: skip
+    lambda_cfg = {"region": "us-east-1", "payload": payload,
+                  "accessKey": {"name": "creds", "key": "awsid"},
+                  "secretKey": {"name": "creds", "key": "awssecret"}}  # fmt: skip
     triggers = [
         _trigger("nats-ok", "nats", {**nats_cfg, "auth": {"token": {"name": "creds",
                                                                    "key": "nats"}}}),
@@ -94,11 +130,22 @@ def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, slack_url: str,
         _trigger("slack-unknown", "slack", {**slack_cfg, "channel": "nowhere"}),
         _trigger("mail-ok", "email", {**mail_cfg, "to": ["ok@email.com"]}),
         _trigger("mail-refused", "email", {**mail_cfg, "to": ["gone@email.com"]}),
+        _trigger("lambda-ok", "awsLambda", {**lambda_cfg, "functionName": "hello"}),
+        _trigger("lambda-fails", "awsLambda", {**lambda_cfg, "functionName": "broken"}),
+        _trigger("whisk-ok", "openWhisk", {"host": whisk_url, "actionName": "hello",
+                                           "payload": payload,
+                                           "authToken": {"name": "creds", "key": "whisk"}}),
+        _trigger("whisk-refused", "openWhisk", {"host": whisk_url, "actionName": "hello",
+                                                "payload": payload,
+                                                "authToken": {"name": "creds",
+                                                              "key": "whiskwrong"}}),
     ]  # fmt: skip
     hook = {"port": "12000", "endpoint": "/hook", "method": "POST"}
     return [
         _secret("creds", {"nats": NATS_TOKEN, "wrong": WRONG_TOKEN, "sb": live, "sbdead": dead,
-                          "slack": SLACK_TOKEN, "smtp": SMTP_PASSWORD}),
+                          "slack": SLACK_TOKEN, "smtp": SMTP_PASSWORD,
+                          "awsid": AWS_ACCESS_KEY, "awssecret": AWS_SECRET_KEY,
+                          "whisk": WHISK_TOKEN, "whiskwrong": WHISK_WRONG}),
         {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
          "metadata": {"name": "hooks", "namespace": NS}, "spec": {"webhook": {"hook": hook}}},
         {"apiVersion": "argoproj.io/v1alpha1", "kind": "Sensor",
@@ -110,7 +157,11 @@ def _manifests(peer: NatsPeer, broker: FakeServiceBusServer, slack_url: str,
 
 @pytest.mark.slow
 def test_trigger_credentials_appear_in_no_output(
-    tmp_path: Path, fake_servicebus: FakeServiceBusServer, slack: FakeSlack
+    tmp_path: Path,
+    fake_servicebus: FakeServiceBusServer,
+    slack: FakeSlack,
+    aws_lambda: FakeLambda,
+    whisk: FakeOpenWhisk,
 ) -> None:
     from azure.servicebus import ServiceBusClient
 
@@ -127,13 +178,14 @@ def test_trigger_credentials_appear_in_no_output(
     try:
         manifests = tmp_path / "manifests.yaml"
         manifests.write_text(yaml.safe_dump_all(
-            _manifests(peer, fake_servicebus, slack.url, smtp.port)))  # fmt: skip
+            _manifests(peer, fake_servicebus, smtp.port, whisk.url)))  # fmt: skip
         port = free_port()
         tf = Triggerfish(
             files=[str(manifests)], state_dir=tmp_path / "state", port_map={12000: port},
             extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG", "TRIGGERFISH_LOG_FORMAT": "json",
                        "TRIGGERFISH_SENSOR__SLACK_API_URL": slack.url,
-                       "SSL_CERT_FILE": str(tmp_path / "ca.pem")},
+                       "SSL_CERT_FILE": str(tmp_path / "ca.pem"),
+                       **AWS_TEST_ENV, "AWS_ENDPOINT_URL_LAMBDA": aws_lambda.url},
         ).start()  # fmt: skip
         base = f"http://127.0.0.1:{tf.api_port}"
         hook = f"http://127.0.0.1:{port}/hook"
@@ -143,12 +195,13 @@ def test_trigger_credentials_appear_in_no_output(
             traces = httpx.get(f"{base}/api/v1/traces").json()
             return {t["trigger"]: t["status"] for tr in traces for t in tr["triggers"]}
 
-        wait_for(lambda: len(outcomes()) == 8, timeout=90, interval=0.3)
+        wait_for(lambda: len(outcomes()) == 12, timeout=90, interval=0.3)
         done = outcomes()
         assert {k: v for k, v in done.items() if k.endswith("-ok")} == {
             "nats-ok": "succeeded", "sb-ok": "succeeded", "slack-ok": "succeeded",
-            "mail-ok": "succeeded"}, done  # fmt: skip
-        assert sorted(v for k, v in done.items() if not k.endswith("-ok")) == ["dead-lettered"] * 4
+            "mail-ok": "succeeded", "lambda-ok": "succeeded",
+            "whisk-ok": "succeeded"}, done  # fmt: skip
+        assert sorted(v for k, v in done.items() if not k.endswith("-ok")) == ["dead-lettered"] * 6
 
         # The credentials were really used: each peer saw them.
         url = f"http://127.0.0.1:{peer.monitor_port}/varz"
@@ -163,6 +216,9 @@ def test_trigger_credentials_appear_in_no_output(
         assert [p.authorization for p in slack.posted] == [f"Bearer {SLACK_TOKEN}"]
         assert [r for _f, r, _m in box.messages] == [["ok@email.com"]]
         assert len(box.logins) == 2
+        assert sorted((i.function, i.access_key_id) for i in aws_lambda.invoked) == [
+            ("broken", AWS_ACCESS_KEY), ("hello", AWS_ACCESS_KEY)]  # fmt: skip
+        assert [i.params for i in whisk.invoked] == [{"msg": "leak?"}] and whisk.requests == 2
 
         outputs: dict[str, str] = {}
         paths = ["/api/v1/eventsources", "/api/v1/sensors", "/api/v1/traces",

@@ -105,6 +105,15 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.slack.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.email": True,
     **{f"template.email.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.awsLambda": True,
+    **{f"template.awsLambda.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.awsLambda.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.openWhisk": True,
+    **{f"template.openWhisk.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.openWhisk.parameters[].{k}": v for k, v in PARAMETER.items()},
+    "template.custom": True,
+    **{f"template.custom.payload[].{k}": v for k, v in PARAMETER.items()},
+    **{f"template.custom.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
         {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}

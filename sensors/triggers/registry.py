@@ -27,5 +27,8 @@ TRIGGERS: PluginRegistry[type[Trigger]] = PluginRegistry(
         "azureServiceBus": "sensors.triggers.azure_service_bus:AzureServiceBusTrigger",
         "slack": "sensors.triggers.slack:SlackTrigger",
         "email": "sensors.triggers.email:EmailTrigger",
+        "awsLambda": "sensors.triggers.aws_lambda:AwsLambdaTrigger",
+        "openWhisk": "sensors.triggers.openwhisk:OpenWhiskTrigger",
+        "custom": "sensors.triggers.custom:CustomTrigger",
     },
 )

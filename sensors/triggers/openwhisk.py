@@ -1,0 +1,212 @@
+"""The ``openWhisk`` trigger: invoke one Apache OpenWhisk action per firing (Argo
+``OpenWhiskTrigger``).
+
+Fields (:class:`OpenWhiskTriggerConfig`): ``host`` (the API host, ``https://`` added
+when it has no ``http``/``https`` scheme, as OpenWhisk's Go client does); ``version``
+(default ``v1``); ``namespace`` (default ``_``, the token's own namespace);
+``actionName`` (``action`` or ``package/action``); ``authToken`` (a Secret key holding
+OpenWhisk's ``uuid:key`` token, sent as HTTP basic auth); ``payload`` (parameters set
+into an empty JSON document: the action's parameters; required, as in Argo);
+``parameters`` (applied to this config first, e.g. ``dest: actionName``).
+``policy.status.allow`` on the trigger lists the statuses that count as success.
+
+The request is OpenWhisk's REST API ``POST
+{host}/api/{version}/namespaces/{namespace}/actions/{actionName}?blocking=true&result=true``
+(the call Argo's client makes), sent with the context's shared HTTP session (the one the
+``http`` and ``slack`` triggers use; see :mod:`sensors.triggers.http` for why aiohttp).
+
+Semantics:
+* Success: any 2xx, as in Argo: 200 (the action ran; its result goes into the trace),
+  202 (OpenWhisk stopped waiting for a blocking invocation after its limit; the action
+  carries on, the activation id goes into the trace); or a status in
+  ``policy.status.allow`` when given.
+* The body is the payload as a JSON object (a deliberate difference: Argo hands the
+  payload's bytes to a client that encodes them as a base64 JSON string).
+* Not idempotent: OpenWhisk has no idempotency key, so a retry after a lost answer or a
+  redelivered firing may run the action twice. The firing key is sent as
+  ``Idempotency-Key`` for a gateway or web action in front that honours it.
+* Failure: 502 with an ``error`` result (the action ran and failed: an application or
+  developer error) → :class:`~app.kernel.errors.PermanentError`; any other 5xx, 408, 425,
+  429 (throttled), connection errors, timeouts → :class:`~app.kernel.errors.TransientError`;
+  401/403 (refused token), 404 (no such action), other statuses, a missing Secret key or
+  parameter value → PermanentError.
+* The token never appears in logs, traces or messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+
+from app.kernel.argo import SecretKeySelector
+from app.kernel.errors import ConfigError, PermanentError, TransientError
+from app.kernel.spec import SpecModel, dump
+from sensors.parameters import apply_parameters, compile_parameters, construct_payload
+from sensors.spec import TriggerParameter
+from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.http import (
+    IDEMPOTENCY_HEADER,
+    TRANSIENT_STATUSES,
+    read_secret,
+    safe_url,
+)
+from sensors.triggers.sources import http_session
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from app.kernel.events import Event
+
+REQUEST_TIMEOUT_SECONDS = 75.0
+"""A blocking invocation is answered within OpenWhisk's 60 s wait (with 202 after it)."""
+
+_SNIPPET = 300
+
+
+class OpenWhiskTriggerConfig(SpecModel):
+    """``template.openWhisk``: invoke ``actionName`` at ``host`` with the payload."""
+
+    host: str
+    version: str = ""
+    namespace: str = ""
+    auth_token: SecretKeySelector | None = None
+    action_name: str
+    payload: list[TriggerParameter]
+    parameters: list[TriggerParameter] = Field(default_factory=list)
+
+    @field_validator("host")
+    @classmethod
+    def _host_given(cls, v: str) -> str:
+        if not v:
+            raise ValueError("host URL is not specified")
+        return v
+
+    @field_validator("action_name")
+    @classmethod
+    def _action_given(cls, v: str) -> str:
+        if not v:
+            raise ValueError("action name is not specified")
+        return v
+
+    def url(self) -> str:
+        """The invocation URL (blocking, result only)."""
+        host = self.host if self.host.startswith("http") else f"https://{self.host}"
+        parts = urlsplit(host)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            host = f"https://{self.host}"
+        version = quote(self.version or "v1", safe="")
+        namespace = quote(self.namespace or "_", safe="")
+        action = quote(self.action_name, safe="/")
+        return (f"{host.rstrip('/')}/api/{version}/namespaces/{namespace}/actions/{action}"
+                "?blocking=true&result=true")  # fmt: skip
+
+
+class OpenWhiskTrigger(Trigger):
+    """Invokes one OpenWhisk action per firing (see the module docstring)."""
+
+    type_name: ClassVar[str] = "openWhisk"
+    config_model: ClassVar[type[SpecModel]] = OpenWhiskTriggerConfig
+
+    def __init__(self, config: OpenWhiskTriggerConfig, ctx: TriggerContext) -> None:
+        super().__init__(config, ctx)
+        self.config: OpenWhiskTriggerConfig = config
+        self.params = compile_parameters(config.parameters, where="openWhisk.parameters")
+        self.payload = compile_parameters(config.payload, where="openWhisk.payload")
+        policy = ctx.policy
+        status = policy.status if policy is not None else None
+        self.allow: frozenset[int] | None = (
+            frozenset(status.allow) if status is not None and status.allow else None
+        )
+
+    async def execute(self, inv: Invocation) -> TriggerResult:
+        cfg, records = self._config_for(inv.events)
+        payload = self.payload
+        if cfg.payload != self.config.payload:
+            try:
+                payload = compile_parameters(cfg.payload, where="openWhisk.payload")
+            except ConfigError as e:
+                raise PermanentError(f"openWhisk trigger after openWhisk.parameters: {e}") from e
+        body, payload_records = construct_payload(payload, inv.events)
+        records += payload_records
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: inv.key}
+        if cfg.auth_token is not None:
+            sel = cfg.auth_token
+            token = (await read_secret(self.ctx, inv.namespace, sel.name, sel.key)).strip()
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        url = cfg.url()
+        where = f"openWhisk {cfg.action_name} at {safe_url(url.split('?', 1)[0])}"
+        status, text = await self._post(url, body or b"{}", headers, where)
+        detail: dict[str, Any] = {"name": f"openWhisk {cfg.action_name}",
+                                  "action": cfg.action_name, "status": status}  # fmt: skip
+        answer = _json(text)
+        allowed = status in self.allow if self.allow is not None else 200 <= status <= 299
+        if allowed:
+            if status == 202 and isinstance(answer, dict) and "activationId" in answer:
+                detail["activationId"] = answer["activationId"]
+            elif text:
+                detail["result"] = _snippet(text)
+            return TriggerResult(f"openWhisk {status}", detail, records)
+        if status == 502 and isinstance(answer, dict) and "error" in answer:
+            raise PermanentError(f"{where}: the action failed: {_snippet(text)}")
+        expected = f"policy.status.allow {sorted(self.allow)}" if self.allow else "2xx"
+        message = f"{where}: answered {status}, expected {expected}"
+        if text:
+            message += f": {_snippet(text)}"
+        if status >= 500 or status in TRANSIENT_STATUSES:
+            raise TransientError(message)
+        raise PermanentError(message)
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], where: str
+    ) -> tuple[int, str]:
+        import aiohttp
+
+        session = await http_session(self.ctx)
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+            ) as resp:
+                return resp.status, (await resp.text(errors="replace")).strip()
+        except TimeoutError as e:
+            raise TransientError(f"{where}: timed out after {REQUEST_TIMEOUT_SECONDS:g}s") from e
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise PermanentError(f"{where}: certificate verification failed") from e
+        except aiohttp.InvalidURL as e:
+            raise PermanentError(f"{where}: invalid URL") from e
+        except aiohttp.ClientError as e:
+            raise TransientError(f"{where}: {type(e).__name__}: {e}") from e
+
+    def _config_for(
+        self, events: Mapping[str, Event]
+    ) -> tuple[OpenWhiskTriggerConfig, list[dict[str, Any]]]:
+        if not self.params:
+            return self.config, []
+        doc, records = apply_parameters(dump(self.config), self.params, events)
+        try:
+            cfg = OpenWhiskTriggerConfig.model_validate(doc)
+        except ValidationError as e:
+            raise PermanentError(
+                f"openWhisk trigger after openWhisk.parameters is invalid: {e}"
+            ) from e
+        return cfg, records
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _snippet(text: str) -> str:
+    return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
+
+
+__all__ = ["OpenWhiskTrigger", "OpenWhiskTriggerConfig"]
