@@ -88,7 +88,7 @@ _TRIGGER: dict[str, Rule] = {
     "template.k8s.source.git": False,
     "template.k8s.source.s3": False,
     "template.k8s.patchStrategy": True,
-    "template.k8s.liveObject": False,
+    "template.k8s.liveObject": True,
     **{f"template.k8s.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.log": True,
     "template.http": True,
