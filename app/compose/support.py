@@ -107,7 +107,7 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.email.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
-        {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}
+        {"submit", "submit-from", "resubmit", "retry", "suspend", "resume", "terminate", "stop"}
     ),
     "template.argoWorkflow.source.resource": True,
     "template.argoWorkflow.source.inline": True,
