@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -318,3 +322,51 @@ def test_lua_field_access_matches_the_dict(data: dict[str, Any], key: str) -> No
 
 def _lua_string(text: str) -> str:
     return '"' + "".join(f"\\{b}" for b in text.encode()) + '"'
+
+
+BAD_SENSOR = """\
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {name: bad}
+spec:
+  dependencies:
+    - name: d
+      eventSourceName: webhook
+      eventName: e
+      transform: {script: "event.x = = 1"}
+  triggers:
+    - template: {name: t, log: {}}
+"""
+
+
+def test_validate_shows_a_script_syntax_error_and_run_refuses_the_sensor(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(BAD_SENSOR)
+    line = "spec.dependencies[0].transform.script: Lua syntax error: script:1: "
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRIGGERFISH_", "KUBE"))}
+    env["HOME"] = str(tmp_path)
+    for command, code in (
+        (["validate", "-f"], 1),
+        (["run", "--state-dir", str(tmp_path / "s"), "-f"], 2),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.compose.cli", *command, str(manifest)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == code, (command, proc.stdout, proc.stderr)
+        assert line in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.integers(min_value=-1000, max_value=1000),
+    st.sampled_from(["", "and", "or"]),
+)
+def test_a_script_filter_decides_as_its_python_equivalent(n: int, k: int, operator: str) -> None:
+    filters = script_filter(f"return event.n > {k}", operator)
+    verdict = filters.evaluate(ev({"n": n}))
+    assert verdict.passed is (n > k)
