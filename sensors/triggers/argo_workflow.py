@@ -131,11 +131,14 @@ _FLAGS: dict[str, str] = {
 }
 """Flag → :class:`SubmitOptions` field."""
 
+_RETRY_FLAGS = frozenset({"--restart-successful", "--node-field-selector"})
+_SUBMIT_FLAGS = frozenset(_FLAGS) - _RETRY_FLAGS
+
 _ALLOWED: dict[str, frozenset[str]] = {
-    "submit": frozenset(_FLAGS),
-    "submit-from": frozenset(_FLAGS),
+    "submit": _SUBMIT_FLAGS,
+    "submit-from": _SUBMIT_FLAGS,
     "resubmit": frozenset({"-p", "--parameter"}),
-    "retry": frozenset({"-p", "--parameter", "--restart-successful", "--node-field-selector"}),
+    "retry": frozenset({"-p", "--parameter"}) | _RETRY_FLAGS,
 }
 _SWITCHES = frozenset({"--restart-successful"})
 """Flags that take no value (``--flag`` or ``--flag=true|false``)."""
