@@ -212,6 +212,9 @@ def test_the_sandbox_has_no_way_out(name: str) -> None:
          "the script's result is nested too deeply (a table that holds itself?)"),
         ("return 0/0", "the script returned nan (not a JSON number)"),
         ("return function() end", "the script returned a function, which has no JSON form"),
+        # converting the result runs no metamethod past the budget
+        ("local k = setmetatable({}, {__tostring = function() while true do end end}) "
+         "return {[k] = 1}", "the script ran past its limit of 100000 instructions"),
     ],
 )  # fmt: skip
 def test_a_runaway_script_fails_with_a_clear_error(source: str, message: str) -> None:

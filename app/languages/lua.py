@@ -104,8 +104,8 @@ local function run(event)
   env.event = event
   used = 0
   sethook(hook, "", step)
+  -- The hook stays on: converting the result may run the script's metamethods.
   local results = pack(chunk())
-  sethook()
   if results.n == 0 then return nil end
   return results[results.n]
 end
@@ -113,7 +113,7 @@ local function shape(t)
   local mt = getmetatable_raw(t)
   return type(mt) == "table" and rawget(mt, "__is_array") == true, rawlen(t)
 end
-return run, shape
+return run, shape, rawget
 """
 
 _HOOK_STEP: Final = 1000
@@ -150,7 +150,7 @@ class LuaScript:
             raise ValueError(f"Lua syntax error: {e}") from e
         return script
 
-    def _boot(self) -> tuple[LuaRuntime, Any, Any]:
+    def _boot(self) -> tuple[LuaRuntime, Any, _Shape]:
         runtime = LuaRuntime(
             register_eval=False,
             register_builtins=False,
@@ -158,7 +158,7 @@ class LuaScript:
             max_memory=self.limits.max_memory_bytes,
         )
         try:
-            run, shape = runtime.execute(
+            run, shape, item = runtime.execute(
                 _BOOT,
                 self.source.encode(),
                 self.limits.max_instructions,
@@ -169,7 +169,7 @@ class LuaScript:
             raise ScriptError("the script does not fit in its memory limit") from e
         except LuaError as e:
             raise ScriptError(_message(e)) from e
-        return runtime, run, shape
+        return runtime, run, _Shape(shape, item)
 
     def run(self, data: Any) -> Any:
         """Run the script with ``event`` = ``data``; its last returned value as JSON
@@ -230,7 +230,15 @@ def _key(k: Any) -> str:
     return str(k)
 
 
-def _from_lua(shape: Any, value: Any, depth: int) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Lua-side raw access for the conversion (no ``__index`` or ``__len`` runs)."""
+
+    describe: Any  # table -> (forced array?, raw length)
+    item: Any  # rawget
+
+
+def _from_lua(shape: _Shape, value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, bytes):
@@ -246,7 +254,7 @@ def _from_lua(shape: Any, value: Any, depth: int) -> Any:
         raise ScriptError(f"the script returned a {kind}, which has no JSON form")
     if depth > _MAX_DEPTH:
         raise ScriptError("the script's result is nested too deeply (a table that holds itself?)")
-    forced, length = shape(value)
+    forced, length = shape.describe(value)
     if forced or length > 0:
-        return [_from_lua(shape, value[i], depth + 1) for i in range(1, length + 1)]
+        return [_from_lua(shape, shape.item(value, i), depth + 1) for i in range(1, length + 1)]
     return {_key(k): _from_lua(shape, v, depth + 1) for k, v in value.items()}
