@@ -39,13 +39,20 @@ Semantics (Argo's ``pkg/sensors/dependencies/filter.go``):
   fall in ``[start, stop)`` on the event's day in ``timezone`` (UTC by default); when
   stop is before start the window wraps past midnight (``[start, 24:00)`` or
   ``[00:00, stop)``). An event without a readable time is checked at ``now``.
+* **script** (``filters.script``): a Lua script (:mod:`app.languages.lua`: sandboxed,
+  bounded in instructions and memory) run with the event's data as the global
+  ``event``; it passes only when its last returned value is ``true`` (any other value
+  fails it). An event without data passes; data that is not a JSON object, a runtime
+  error or a limit reached is an error, and an error fails the whole filter whatever
+  ``filtersLogicalOperator`` says (Argo's rule). Scripts run once per event, so the
+  runner evaluates a dependency with a script filter in a worker thread.
 * ``filtersLogicalOperator``: ``and`` (default) needs every kind that is set; ``or``
   needs one of the kinds that are *set* (an unset kind never passes an ``or``, Argo's
   rule). Filters with no kind set pass (Argo would reject every event under ``or``).
 
 Deliberate differences: bad regexes, numbers and bools in ``value`` and template or
-expression syntax errors fail at load time, where Argo fails each event; the Lua
-``script`` filter is refused at load time (not supported).
+expression syntax errors, and Lua syntax errors, fail at load time, where Argo fails each
+event.
 
 The EventSource ``filter.expression`` lives in :mod:`app.languages.source_filter`.
 """
@@ -61,6 +68,7 @@ from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app.kernel.errors import ScriptError
 from app.languages.expr import (
     EvalError,
     Expression,
@@ -71,6 +79,7 @@ from app.languages.expr import (
 )
 from app.languages.gjson_values import GO_BOOLS, gjson_bool, gjson_float, gjson_value
 from app.languages.gotemplate import Template, TemplateExecError, compile_template
+from app.languages.lua import LuaScript
 from app.languages.paths import GetPath, compile_get, to_string
 
 if TYPE_CHECKING:
@@ -86,7 +95,7 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class FilterVerdict:
     """Whether an event passed a dependency's filters, and why: one line per filter in
-    Argo's evaluation order (exprs, data, context, time)."""
+    Argo's evaluation order (exprs, data, context, time, script)."""
 
     passed: bool
     reasons: list[str]
@@ -367,6 +376,33 @@ def _event_time(event: Event, now: datetime | None) -> tuple[datetime, str]:
     return fallback, " (the event has no readable time; checked at the current time)"
 
 
+# --------------------------------------------------------------------------- script
+
+
+@dataclass(frozen=True, slots=True)
+class _ScriptCheck:
+    script: LuaScript
+
+    @classmethod
+    def compile(cls, source: str) -> _ScriptCheck:
+        try:
+            return cls(LuaScript.compile(source))
+        except ValueError as e:
+            raise ValueError(f"filters.script: {e}") from e
+
+    def evaluate(self, data: Any) -> tuple[bool | None, str]:
+        """``(True|False, reason)``, or ``(None, reason)`` when the script failed."""
+        if not isinstance(data, dict):
+            return None, "script: error: the event's data is not a JSON object"
+        try:
+            result = self.script.run(data)
+        except ScriptError as e:
+            return None, f"script: error: {e}"
+        if result is True:
+            return True, "script: returned true"
+        return False, f"script: returned {show_value(result)} (passes only on true)"
+
+
 # --------------------------------------------------------------------------- the filters
 
 
@@ -377,7 +413,16 @@ class CompiledFilters:
     no state) and safe to call from any task.
     """
 
-    __slots__ = ("_context", "_data", "_data_or", "_expr_or", "_exprs", "_or", "_time")
+    __slots__ = (
+        "_context",
+        "_data",
+        "_data_or",
+        "_expr_or",
+        "_exprs",
+        "_or",
+        "_script",
+        "_time",
+    )
 
     def __init__(
         self,
@@ -388,6 +433,7 @@ class CompiledFilters:
         data_or: bool = False,
         context: _ContextCheck | None = None,
         time: _TimeCheck | None = None,
+        script: _ScriptCheck | None = None,
         use_or: bool = False,
     ) -> None:
         self._exprs = exprs
@@ -396,6 +442,7 @@ class CompiledFilters:
         self._data_or = data_or
         self._context = context
         self._time = time
+        self._script = script
         self._or = use_or
 
     @classmethod
@@ -408,8 +455,6 @@ class CompiledFilters:
         use_or = _logical(logical_operator, "filtersLogicalOperator")
         if filters is None:
             return cls(use_or=use_or)
-        if filters.script:
-            raise ValueError("filters.script: Lua script filters are not supported")
         context = None
         if filters.context is not None:
             expected = tuple(
@@ -429,13 +474,19 @@ class CompiledFilters:
             data_or=_logical(filters.data_logical_operator, "filters.dataLogicalOperator"),
             context=context,
             time=_TimeCheck.compile(filters.time) if filters.time is not None else None,
+            script=_ScriptCheck.compile(filters.script) if filters.script else None,
             use_or=use_or,
         )
 
     @property
     def empty(self) -> bool:
         """No filter kind is set: every event passes."""
-        return not (self._exprs or self._data or self._context or self._time)
+        return not (self._exprs or self._data or self._context or self._time or self._script)
+
+    @property
+    def scripted(self) -> bool:
+        """A Lua script filter is set (evaluate it off the event loop)."""
+        return self._script is not None
 
     def evaluate(self, event: Event, now: datetime | None = None) -> FilterVerdict:
         """Filter one event. ``now`` is only used for an event without a readable time
@@ -469,6 +520,16 @@ class CompiledFilters:
             ok, reason = self._time.evaluate(*_event_time(event, now))
             kinds.append(ok)
             reasons.append(reason)
+        if self._script is not None:
+            if data is None:
+                kinds.append(True)
+                reasons.append("script: the event has no data (passes, as in Argo)")
+            else:
+                verdict, reason = self._script.evaluate(data)
+                reasons.append(reason)
+                if verdict is None:  # Argo: a script error fails the filters outright
+                    return FilterVerdict(False, reasons)
+                kinds.append(verdict)
         return FilterVerdict(_combine(kinds, self._or), reasons)
 
     def __repr__(self) -> str:
@@ -479,6 +540,7 @@ class CompiledFilters:
                 ("data", self._data),
                 ("context", self._context),
                 ("time", self._time),
+                ("script", self._script),
             )
             if on
         ]

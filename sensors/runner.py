@@ -41,15 +41,22 @@ import orjson
 
 from app.adapters import tracing
 from app.kernel import jsoncodec
-from app.kernel.errors import ConfigError, PermanentError, TransientError, TriggerfishError
+from app.kernel.errors import (
+    ConfigError,
+    PermanentError,
+    ScriptError,
+    TransientError,
+    TriggerfishError,
+)
 from app.kernel.events import Event
 from app.kernel.subjects import dead_letter_subject, event_subject
 from sensors.conditions import Condition
 from sensors.condstate import Completion, ConditionState
-from sensors.filters import CompiledFilters
+from sensors.filters import CompiledFilters, FilterVerdict
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.reset import Clock, ConditionsReset, SystemClock, run_resets
 from sensors.trace import Trace, TraceStore, TriggerOutcome
+from sensors.transform import CompiledTransform
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.registry import TRIGGERS
 
@@ -265,16 +272,25 @@ class SensorRunner:
         self.deps = list(sensor.spec.dependencies)
         dep_names = [d.name for d in self.deps]
         self.filters: dict[str, CompiledFilters] = {}
+        self.transforms: dict[str, CompiledTransform] = {}
         for i, d in enumerate(self.deps):
             try:
+                transform = CompiledTransform.compile(d.transform)
                 self.filters[d.name] = CompiledFilters.compile(
                     d.filters, d.filters_logical_operator or ""
                 )
             except ValueError as e:
                 inner, sep, message = str(e).partition(": ")
-                if sep and " " not in inner:  # the message starts with the filter's path
+                if sep and " " not in inner:  # the message starts with the field's path
                     raise ConfigError(message, f"spec.dependencies[{i}].{inner}") from e
                 raise ConfigError(str(e), f"spec.dependencies[{i}].filters") from e
+            if transform is not None:
+                self.transforms[d.name] = transform
+        # Dependencies running user scripts (jq, Lua) are screened in a worker thread:
+        # the scripts are bounded, but a slow one must not hold up other events.
+        self._scripted = {
+            d.name for d in self.deps if d.name in self.transforms or self.filters[d.name].scripted
+        }
         self.triggers: list[PreparedTrigger] = []
         for i, t in enumerate(sensor.spec.triggers):
             try:
@@ -446,9 +462,30 @@ class SensorRunner:
         self.metrics.sensor_events_received.labels(self.namespace, self.name, dep).inc()
         try:
             with tracing.span("filters") as sp:
-                verdict = self.filters[dep].evaluate(ev)
+                try:
+                    if dep in self._scripted:
+                        ev, verdict = await asyncio.to_thread(self.screen, dep, ev)
+                    else:
+                        ev, verdict = self.screen(dep, ev)
+                except ScriptError as e:
+                    # The same event would fail the same way again: record and drop it,
+                    # as Argo drops an event whose transform failed.
+                    trace.transform = f"{self.transforms[dep].language}: failed"
+                    trace.error = str(e)
+                    sp.set("triggerfish.error", trace.error)
+                    self.metrics.sensor_events_processing_failed.labels(
+                        self.namespace, self.name
+                    ).inc()
+                    log.warning(
+                        "event dropped sensor=%s dependency=%s id=%s: %s",
+                        self.name, dep, ev.id, e,
+                    )  # fmt: skip
+                    await msg.ack()
+                    return
                 sp.set("triggerfish.passed", verdict.passed)
                 sp.set("triggerfish.verdict", str(verdict))
+            if dep in self.transforms:
+                trace.transform = f"{self.transforms[dep].language}: applied"
             trace.filters = verdict.reasons
             if not verdict.passed:
                 trace.filtered = True
@@ -490,6 +527,15 @@ class SensorRunner:
             self.metrics.sensor_event_processing_duration.labels(self.namespace, self.name).observe(
                 (time.perf_counter() - t0) * 1000
             )
+
+    def screen(self, dep: str, ev: Event) -> tuple[Event, FilterVerdict]:
+        """Dependency ``dep``'s transform then filters, applied to ``ev`` (no I/O): the
+        event as the rest of the sensor sees it and the verdict. :class:`ScriptError`
+        when the transform fails (a failing script filter is a failed verdict)."""
+        transform = self.transforms.get(dep)
+        if transform is not None:
+            ev = transform.apply(ev)
+        return ev, self.filters[dep].evaluate(ev)
 
     async def _accumulate(self, dep: str, ev: Event, trace: Trace, msg: Message) -> None:
         assert self._state is not None

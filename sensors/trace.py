@@ -54,6 +54,9 @@ class Trace:
     dependency: str
     received: str = field(default_factory=now_rfc3339)
     delivery: int = 1
+    transform: str = ""
+    """The dependency's ``transform`` on this event (``jq: applied``, ``script: failed``);
+    empty when it has none. A failure's message is in :attr:`error`."""
     filters: list[str] = field(default_factory=list)
     filtered: bool = False
     conditions: dict[str, Any] = field(default_factory=dict)

@@ -10,11 +10,14 @@ for them a clear error is the right answer.
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
 
 from app.compose.manifests import LoadResult, load_file
+from app.compose.offline import run_offline_sync
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "argo-examples"
 
@@ -105,5 +108,46 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/email-trigger.yaml",
         "sensors/aws-lambda-trigger.yaml",
         "sensors/custom-trigger.yaml",
+        "sensors/transform.yaml",
+        "sensors/filter-script.yaml",
     ):
         assert rel in counts["ok"], rel
+
+
+# Examples that run offline (``triggerfish test``) with a sample event: the sensor, the
+# event (a webhook body, or a CloudEvent naming the dependency's event), and lines the
+# report must hold.
+RUNNABLE: list[tuple[str, dict[str, object], list[str]]] = [
+    (
+        "sensors/transform.yaml",
+        {"message": "hello"},
+        ["transform: script: applied", '= "{\\"message\\":\\"updated\\"}" (from dataKey)'],
+    ),
+    (
+        "sensors/transform.yaml",
+        {"specversion": "1.0", "id": "e1", "source": "webhook", "subject": "example-foo",
+         "type": "webhook", "data": {"header": {}, "body": {"message": "hi"}}},
+        ["transform: jq: applied", '= "{\\"message\\":\\"hihi\\"}" (from dataKey)'],
+    ),
+    (
+        "sensors/filter-script.yaml",
+        # its parameter reads dataKey "name" beside the body: the whole webhook data
+        {"header": {}, "body": {"a": "b", "c": 10, "d": {"e": "z"}}, "name": "run-1"},
+        ["script: returned true", "trigger workflow: succeeded"],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not FILES, reason="argo examples not present")
+@pytest.mark.parametrize(("rel", "event", "expected"), RUNNABLE)
+def test_runnable_example_fires_on_a_sample_event(
+    rel: str, event: dict[str, object], expected: list[str], tmp_path: Path
+) -> None:
+    sample = tmp_path / "event.json"
+    sample.write_text(json.dumps(event))
+    out = io.StringIO()
+    code = run_offline_sync(str(CORPUS / rel), [str(sample)], out)
+    report = out.getvalue()
+    assert code == 0, report
+    for line in expected:
+        assert line in report, report

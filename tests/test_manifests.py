@@ -457,11 +457,13 @@ def test_valid_but_unimplemented_fields_fail_with_one_line_each() -> None:
     doc = sensor_doc()
     doc["spec"]["dependencies"][0]["filters"] = {"context": {"source": "webhook"}}
     trigger = doc["spec"]["triggers"][0]
-    doc["spec"]["dependencies"][0]["transform"] = {"jq": ".body"}
-    trigger["template"]["k8s"]["liveObject"] = True
+    trigger["template"]["k8s"]["source"] = {
+        "git": {"url": "https://x.test/r.git", "cloneDirectory": "/tmp/r", "filePath": "w.yaml"}
+    }
+    doc["spec"]["errorOnFailedRound"] = True
     assert problems(doc) == [
-        "spec.dependencies[0].transform: not supported yet",
-        "spec.triggers[0].template.k8s.liveObject: not supported yet",
+        "spec.triggers[0].template.k8s.source.git: not supported yet",
+        "spec.errorOnFailedRound: not supported yet",
     ]
 
 

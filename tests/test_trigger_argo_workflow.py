@@ -365,8 +365,16 @@ def sensor_doc(argo: dict[str, Any], **trigger_extra: Any) -> dict[str, Any]:
          "args: '--watch' is not supported for operation submit"),
         ({"operation": "suspend", "args": ["-p", "a=b"], "source": named("x")},
          "args: '-p' is not supported for operation suspend"),
-        ({"operation": "retry", "source": named("x")},
-         "spec.triggers[0].template.argoWorkflow.operation: 'retry' is not supported yet"),
+        ({"operation": "retry", "args": ["--node-field-selector", "phase"], "source": named("x")},
+         "args: --node-field-selector: invalid field selector term 'phase'"),
+        ({"operation": "retry", "args": ["--restart-successful=maybe"], "source": named("x")},
+         "args: --restart-successful expects true or false"),
+        ({"operation": "retry", "args": ["--entrypoint", "x"], "source": named("x")},
+         "args: '--entrypoint' is not supported for operation retry"),
+        ({"operation": "submit", "args": ["--node-field-selector=p=a"], "source": named("x")},
+         "args: '--node-field-selector' is not supported for operation submit"),
+        ({"operation": "submit-from", "args": ["--restart-successful"], "source": named("x")},
+         "args: '--restart-successful' is not supported for operation submit-from"),
         ({"source": {"git": {"url": "u", "cloneDirectory": "/d", "filePath": "f"}}},
          "spec.triggers[0].template.argoWorkflow.source.git: not supported yet"),
         ({"operation": "submit", "args": ["-p", "novalue"], "source": named("x")},
@@ -380,7 +388,18 @@ def test_load_time_errors_name_the_field(argo: dict[str, Any], line: str) -> Non
 
 
 def test_every_supported_operation_loads() -> None:
-    for op in ("", "submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"):
+    ops = (
+        "",
+        "submit",
+        "submit-from",
+        "resubmit",
+        "retry",
+        "suspend",
+        "resume",
+        "terminate",
+        "stop",
+    )
+    for op in ops:
         source = named("x")
         if op == "submit-from":
             source["resource"]["kind"] = "WorkflowTemplate"

@@ -8,14 +8,16 @@ firing's key, or none, is a name clash: a PermanentError, never a silent success
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from app.adapters.kube import ApiKube
-from app.kernel.errors import PermanentError
+from app.kernel.errors import PermanentError, TransientError
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.triggers.base import Invocation, TriggerContext
@@ -293,3 +295,113 @@ async def test_redelivered_firing_reports_its_parameters_too(ctx: TriggerContext
     assert (
         [r["dest"] for r in again.parameters] == ["data.k"] == [r["dest"] for r in first.parameters]
     )
+
+
+# --- liveObject: update the live object, not the template --------------------------------
+
+
+def live_trigger(ctx: TriggerContext, resource: dict[str, Any]) -> K8sTrigger:
+    return make(
+        ctx,
+        operation="update",
+        liveObject=True,
+        source={"resource": resource},
+        parameters=[{"src": {"dependencyName": "a", "dataKey": "body.v"}, "dest": "data.k"}],
+    )
+
+
+def event_inv(v: str) -> Invocation:
+    ev = Event(id=new_event_id(), source="hook", subject="a", type="webhook",
+               data={"body": {"v": v}})  # fmt: skip
+    return Invocation("s1", NS, "t1", {"a": ev}, KEY)
+
+
+async def test_live_object_update_changes_only_what_the_parameters_set(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    await kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "cm", "namespace": NS, "labels": {"team": "ml"}},
+         "data": {"k": "old", "keep": "me"}},
+        NS,
+    )  # fmt: skip
+    # the source only identifies the object; its data is not what gets written
+    template = {**configmap(name="cm", namespace=NS), "data": {"k": "template"}}
+    out = await live_trigger(ctx, template).execute(event_inv("new"))
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None
+    assert live["data"] == {"k": "new", "keep": "me"}
+    assert live["metadata"]["labels"]["team"] == "ml"
+    assert out.action == "updated" and out.detail["uid"] == live["metadata"]["uid"]
+    # without liveObject the template replaces the object (what liveObject avoids)
+    replace = make(ctx, operation="update", source={"resource": template})
+    await replace.execute(inv())
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None and live["data"] == {"k": "template"}
+
+
+async def test_live_object_update_loses_no_concurrent_change(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
+    await kube.create(configmap(name="cm", namespace=NS), NS)
+    path = f"/api/v1/namespaces/{NS}/configmaps/cm"
+    kube_api.fault("PUT", path, hold=True)  # the update waits after the live read
+    t = live_trigger(ctx, configmap(name="cm", namespace=NS))
+    firing = asyncio.create_task(t.execute(event_inv("from-event")))
+    for _ in range(200):
+        if any(r.get("held") for r in kube_api.faults()["rules"]):
+            break
+        await asyncio.sleep(0.02)
+    other = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert other is not None
+    other["data"]["concurrent"] = "change"
+    await kube.update(other, NS)  # someone else writes meanwhile
+    kube_api.release()
+    with pytest.raises(TransientError):  # 409 Conflict: the read was stale
+        await firing
+    await t.execute(event_inv("from-event"))  # the retry reads the object again
+    live = await kube.get("v1", "ConfigMap", "cm", NS)
+    assert live is not None
+    assert live["data"] == {"k": "from-event", "concurrent": "change"}
+
+
+@pytest.mark.parametrize(
+    ("resource", "message"),
+    [
+        (configmap(namespace=NS), "k8s.source: liveObject needs metadata.name"),
+        (configmap(name="cm"), "k8s.source: liveObject needs metadata.namespace"),
+        (configmap(name="absent", namespace=NS), f"k8s.liveObject: ConfigMap {NS}/absent not"),
+    ],
+)
+async def test_live_object_needs_an_object_that_exists(
+    ctx: TriggerContext, resource: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError, match=f"^{message}"):
+        await live_trigger(ctx, resource).execute(event_inv("x"))
+
+
+async def test_live_object_of_a_cluster_scoped_kind_needs_no_namespace(
+    ctx: TriggerContext, kube: ApiKube, kube_api: KubeApi
+) -> None:
+    kube_api.create_namespace("team-a")
+    t = make(
+        ctx,
+        operation="update",
+        liveObject=True,
+        source={"resource": {"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": "team-a"}}},
+        parameters=[{"src": {"dependencyName": "a", "dataKey": "body.v"},
+                     "dest": "metadata.labels.owner"}],
+    )  # fmt: skip
+    await t.execute(event_inv("ml"))
+    live = await kube.get("v1", "Namespace", "team-a", "")
+    assert live is not None and live["metadata"]["labels"]["owner"] == "ml"
+
+
+@pytest.mark.parametrize("operation", ["create", "patch", "delete"])
+def test_live_object_is_refused_at_load_with_other_operations(operation: str) -> None:
+    with pytest.raises(ValidationError, match="liveObject is only valid for operation update"):
+        K8sTriggerConfig.model_validate(
+            {"operation": operation, "liveObject": True,
+             "source": {"resource": configmap(name="cm")}}
+        )  # fmt: skip

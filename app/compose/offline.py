@@ -89,6 +89,8 @@ def _print_trace(out: TextIO, n: int, t: Trace) -> None:
     out.write(
         f"event {n}: {t.event_source}/{t.event_name} id={t.event_id} → dependency {t.dependency}\n"
     )
+    if t.transform:
+        out.write(f"  transform: {t.transform}\n")
     verdict = "rejected" if t.filtered else "passed"
     if t.filters:
         out.write(f"  filters: {verdict}\n")

@@ -88,7 +88,7 @@ _TRIGGER: dict[str, Rule] = {
     "template.k8s.source.git": False,
     "template.k8s.source.s3": False,
     "template.k8s.patchStrategy": True,
-    "template.k8s.liveObject": False,
+    "template.k8s.liveObject": True,
     **{f"template.k8s.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.log": True,
     "template.http": True,
@@ -116,7 +116,7 @@ _TRIGGER: dict[str, Rule] = {
     **{f"template.custom.parameters[].{k}": v for k, v in PARAMETER.items()},
     "template.argoWorkflow": True,
     "template.argoWorkflow.operation": frozenset(
-        {"submit", "submit-from", "resubmit", "suspend", "resume", "terminate", "stop"}
+        {"submit", "submit-from", "resubmit", "retry", "suspend", "resume", "terminate", "stop"}
     ),
     "template.argoWorkflow.source.resource": True,
     "template.argoWorkflow.source.inline": True,
@@ -140,9 +140,8 @@ SENSOR: dict[str, Rule] = {
     "spec.dependencies[].eventSourceName": True,
     "spec.dependencies[].eventName": True,
     "spec.dependencies[].filters": True,
-    "spec.dependencies[].filters.script": False,
     "spec.dependencies[].filtersLogicalOperator": True,
-    "spec.dependencies[].transform": False,
+    "spec.dependencies[].transform": True,
     **{f"spec.triggers[].{k}": v for k, v in _TRIGGER.items()},
     **{f"spec.template.{k}": v for k, v in POD_TEMPLATE.items()},
     "spec.eventBusName": True,

@@ -60,3 +60,9 @@ class PermanentError(TriggerfishError):
 
 class ParameterError(PermanentError):
     """A trigger parameter could not be resolved; names the parameter and the path."""
+
+
+class ScriptError(PermanentError):
+    """A user script (a jq program or a Lua script of a dependency's ``transform`` or
+    ``filters.script``) failed on one event: a runtime error, a result of the wrong
+    type, or its instruction or memory limit. Says which in one line."""

@@ -31,8 +31,13 @@ Operations, as Argo Workflows performs them:
   Workflow's ``resourceVersion``.
 * ``terminate`` / ``stop``: merge-patch ``spec.shutdown: Terminate`` / ``Stop`` (a
   completed Workflow is an error).
-* ``retry`` is not supported (it rewrites node status and deletes pods; Argo's server
-  does that work); the support table refuses it at load.
+* ``retry``: what ``argo retry`` has the Argo server do (see
+  :mod:`sensors.triggers.argo_retry`): the failed part of a ``Failed``/``Error``
+  Workflow is reset, its pods deleted, and the Workflow updated with its
+  ``resourceVersion`` (a concurrent change: 409, retried). ``args``:
+  ``--restart-successful``, ``--node-field-selector``, ``-p``. The firing key is
+  stored in the ``events.triggerfish.io/retried-by`` annotation, so a redelivered
+  firing that finds the Workflow retried by it is a success.
 
 Created Workflows carry the labels ``events.argoproj.io/sensor``, ``/trigger`` and
 ``/action-timestamp``. Creates are idempotent: a ``generateName`` becomes the prefix
@@ -50,6 +55,7 @@ network → :class:`~app.kernel.errors.TransientError` (retried); other 4xx → 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -58,11 +64,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from app.adapters.kube import AlreadyExists
+from app.adapters.kube import AlreadyExists, NotFound
 from app.kernel.errors import PermanentError
 from app.kernel.spec import SpecModel
 from sensors.parameters import apply_parameters, compile_parameters
 from sensors.spec import TriggerParameter
+from sensors.triggers.argo_retry import FieldSelector, formulate_retry
 from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
 from sensors.triggers.k8s import (
     ANNOTATION_KEY,
@@ -91,7 +98,9 @@ class SubmitOptions:
     ``priority`` (``--priority``) set those spec fields; ``labels`` (``-l``/``--labels
     k=v,k2=v2``) are added to the metadata; ``instance_id`` (``--instanceid``) sets the
     controller instance label; ``generate_name`` (``--generate-name``) and ``name``
-    (``--name``) set the metadata names.
+    (``--name``) set the metadata names. For ``retry``: ``restart_successful``
+    (``--restart-successful``, a switch) and ``node_field_selector``
+    (``--node-field-selector``).
     """
 
     parameters: tuple[tuple[str, str], ...] = ()
@@ -102,6 +111,8 @@ class SubmitOptions:
     instance_id: str = ""
     generate_name: str = ""
     name: str = ""
+    restart_successful: bool = False
+    node_field_selector: str = ""
 
 
 _FLAGS: dict[str, str] = {
@@ -115,14 +126,22 @@ _FLAGS: dict[str, str] = {
     "--instanceid": "instance_id",
     "--generate-name": "generate_name",
     "--name": "name",
+    "--restart-successful": "restart_successful",
+    "--node-field-selector": "node_field_selector",
 }
 """Flag → :class:`SubmitOptions` field."""
 
+_RETRY_FLAGS = frozenset({"--restart-successful", "--node-field-selector"})
+_SUBMIT_FLAGS = frozenset(_FLAGS) - _RETRY_FLAGS
+
 _ALLOWED: dict[str, frozenset[str]] = {
-    "submit": frozenset(_FLAGS),
-    "submit-from": frozenset(_FLAGS),
+    "submit": _SUBMIT_FLAGS,
+    "submit-from": _SUBMIT_FLAGS,
     "resubmit": frozenset({"-p", "--parameter"}),
+    "retry": frozenset({"-p", "--parameter"}) | _RETRY_FLAGS,
 }
+_SWITCHES = frozenset({"--restart-successful"})
+"""Flags that take no value (``--flag`` or ``--flag=true|false``)."""
 
 
 def _pair(flag: str, item: str) -> tuple[str, str]:
@@ -156,6 +175,12 @@ def parse_args(args: list[str], operation: str) -> SubmitOptions:
                 f"args: {flag!r} is not supported for operation {operation} (Triggerfish "
                 f"uses the Kubernetes API, not the argo CLI; args it maps: {supported})"
             )
+        if flag in _SWITCHES:
+            if eq and value.lower() not in ("true", "false"):
+                raise ValueError(f"args: {flag} expects true or false, got {value!r}")
+            strings[_FLAGS[flag]] = "true" if not eq or value.lower() == "true" else ""
+            i += 1
+            continue
         if not eq:
             if i + 1 >= len(args):
                 raise ValueError(f"args: {flag} needs a value")
@@ -172,6 +197,11 @@ def parse_args(args: list[str], operation: str) -> SubmitOptions:
             except ValueError:
                 raise ValueError(f"args: {flag} expects an integer, got {value!r}") from None
         else:
+            if option == "node_field_selector":
+                try:
+                    FieldSelector.parse(value)
+                except ValueError as e:
+                    raise ValueError(f"args: {flag}: {e}") from None
             strings[option] = value
         i += 1
     return SubmitOptions(
@@ -183,6 +213,8 @@ def parse_args(args: list[str], operation: str) -> SubmitOptions:
         instance_id=strings.get("instance_id", ""),
         generate_name=strings.get("generate_name", ""),
         name=strings.get("name", ""),
+        restart_successful=bool(strings.get("restart_successful")),
+        node_field_selector=strings.get("node_field_selector", ""),
     )
 
 
@@ -227,6 +259,8 @@ LABEL_COMPLETED = "workflows.argoproj.io/completed"
 LABEL_RESUBMITTED_FROM = "workflows.argoproj.io/resubmitted-from-workflow"
 ANNOTATION_SCHEDULED_TIME = "workflows.argoproj.io/scheduled-time"
 COMPLETED_PHASES = frozenset({"Succeeded", "Failed", "Error"})
+ANNOTATION_RETRIED_BY = "events.triggerfish.io/retried-by"
+"""The firing key of the ``retry`` that last reopened the Workflow (redelivery check)."""
 
 _NOT_CARRIED_ON_RESUBMIT = frozenset(
     {
@@ -255,8 +289,6 @@ class ArgoWorkflowTrigger(Trigger):
     def __init__(self, config: ArgoWorkflowTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
         self.operation: str = config.operation
-        if self.operation == "retry":
-            raise PermanentError("argoWorkflow operation retry is not supported")
         self.options: SubmitOptions = config.submit_options
         self.source = ResourceSource(
             config.source, where="argoWorkflow.source", read_files=ctx.read_files
@@ -291,6 +323,8 @@ class ArgoWorkflowTrigger(Trigger):
             return await self._resume(live, namespace, records)
         if op in _SHUTDOWN:
             return await self._shutdown(live, namespace, _SHUTDOWN[op], records)
+        if op == "retry":
+            return await self._retry(live, namespace, inv, records)
         raise PermanentError(f"argoWorkflow operation {op!r} is not supported")
 
     def _check(self, obj: dict[str, Any]) -> tuple[str, str]:
@@ -444,6 +478,44 @@ class ArgoWorkflowTrigger(Trigger):
         detail = _ref(patched, namespace)
         detail["resumedNodes"] = sorted(nodes)
         return TriggerResult("resumed", detail, records)
+
+    async def _retry(
+        self,
+        live: dict[str, Any],
+        namespace: str,
+        inv: Invocation,
+        records: list[dict[str, Any]],
+    ) -> TriggerResult:
+        annotations = (live.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(ANNOTATION_RETRIED_BY) == inv.key and _phase(live) not in (
+            "Failed",
+            "Error",
+        ):
+            return TriggerResult("already-retried", _ref(live, namespace), records)
+        status = live.get("status") or {}
+        if status.get("offloadNodeStatusVersion") or status.get("compressedNodes"):
+            raise PermanentError(
+                f"cannot retry Workflow {namespace}/{_name(live)}: its node status is "
+                "offloaded or compressed"
+            )
+        opts = self.options
+        wf, pods = formulate_retry(
+            live,
+            restart_successful=opts.restart_successful,
+            node_field_selector=opts.node_field_selector,
+            with_parameters=bool(opts.parameters),
+        )
+        if opts.parameters:
+            override_parameters(wf, opts.parameters)
+        meta = wf.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION_RETRIED_BY: inv.key}
+        for pod in pods:  # as Argo's server: the pods first, then the Workflow
+            with contextlib.suppress(NotFound):
+                await self.ctx.kube.delete("v1", "Pod", pod, namespace)
+        updated = await self.ctx.kube.update(wf, namespace)
+        detail = _ref(updated, namespace)
+        detail["deletedPods"] = pods
+        return TriggerResult("retried", detail, records)
 
     async def _shutdown(
         self, live: dict[str, Any], namespace: str, strategy: str, records: list[dict[str, Any]]
