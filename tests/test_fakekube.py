@@ -587,7 +587,6 @@ def test_watch_expired_resource_version_gets_410(
     assert _stream(core, 1, resource_version=now) == [("ADDED", "b")]
 
 
-
 def _watch_lines(http: httpx.Client, params: dict[str, str], until: int, act: Any) -> list[Any]:
     """Open a raw watch, run ``act()`` once it is open, read ``until`` lines (or its end)."""
     out: list[Any] = []

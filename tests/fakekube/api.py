@@ -366,7 +366,7 @@ class ResourceHandler:
                             yield (json.dumps(status) + "\n").encode()
                             return
                         if bookmarks:
-                            yield bookmark(store.resource_version, initial_end=False)
+                            yield bookmark(change.rv, initial_end=False)
                         continue
                     if (line := translate(change)) is not None:
                         yield line

@@ -134,6 +134,10 @@ class KubeApi:
         returns the number of watches ended."""
         return int(self.server.request("POST", "/fake/watches/expire")["expired"])
 
+    def close_watches(self) -> int:
+        """End every live watch normally (as its timeout would); the number ended."""
+        return int(self.server.request("POST", "/fake/watches/close")["closed"])
+
     def bookmark_watches(self) -> int:
         """A BOOKMARK at the current resourceVersion to every live watch that allows
         bookmarks; returns the number of live watches."""

@@ -89,9 +89,11 @@ class Change:
 class Signal:
     """A watch-level message that is not an object change: ``"bookmark"`` (send a
     BOOKMARK with the current resourceVersion, if the watch allows them) or ``"expire"``
-    (end the watch with an ERROR 410 Expired event)."""
+    (end the watch with an ERROR 410 Expired event). ``rv`` is the store's version when
+    it was sent: a bookmark must not claim changes still queued behind it."""
 
     kind: str
+    rv: int = 0
 
 
 @dataclass(eq=False)
@@ -169,7 +171,7 @@ class Store:
         """Send a BOOKMARK at the current resourceVersion to every live watch that allows
         bookmarks (the real server sends them about once a minute); the number signalled."""
         for w in self._watchers:
-            w.queue.put_nowait(Signal("bookmark"))
+            w.queue.put_nowait(Signal("bookmark", self._rv))
         return len(self._watchers)
 
     def stats(self) -> JSON:
