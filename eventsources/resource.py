@@ -428,9 +428,8 @@ class _Watch:
                 "group": self.cfg.group,
                 "version": self.cfg.version,
                 "resource": self.cfg.resource,
+                "metadata": dict(self.cfg.metadata),
             }
-            if self.cfg.metadata:
-                data["metadata"] = dict(self.cfg.metadata)
             event_id = event_id_from(
                 self.plugin.namespace,
                 self.plugin.source_name,
@@ -466,7 +465,8 @@ class ResourceSource(PerEventSource[ResourceConfig]):
 
     Event data (Argo's ``ResourceEventData``): ``{"type": "ADD"|"UPDATE"|"DELETE",
     "body": <the object>, "oldBody": <its previous state on UPDATE, else null>,
-    "group", "version", "resource", "metadata"}`` (``metadata`` only when set).
+    "group", "version", "resource", "metadata"}`` (``metadata`` is ``{}`` when none is
+    configured, as on every Triggerfish source; Argo omits the key then).
 
     Delivery: list, then watch from the list's ``resourceVersion`` (bookmarks on); the
     resume point advances only after a change was published (a refused publish is

@@ -186,6 +186,7 @@ async def test_event_types_pick_what_is_sent(kube: ApiKube, bus: Bus, stream: St
         ("del", "DELETE", "a"), ("del", "DELETE", "marker"),
         ("upd", "UPDATE", "a"), ("upd", "UPDATE", "marker"),
     ]  # fmt: skip
+    assert all(e["data"]["metadata"] == {} for e in events)  # none configured
 
 
 async def test_label_filter_is_the_servers_label_selector(

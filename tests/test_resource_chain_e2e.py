@@ -1,0 +1,102 @@
+"""Acceptance: chain the next stage when a training Workflow succeeds, in real processes.
+
+``triggerfish run -f examples/chain-on-success/`` (the example as shipped) against a real
+nats-server and the fake Kubernetes API; the training Workflows are changed with the
+real ``kubectl``. Each success must create exactly one evaluation Workflow: also when a
+finished Workflow changes again, and when the source's watch expires (410) and the
+success happens while nothing watches (the list that follows must find it once).
+
+No sleeps decide anything: the sensor's traces (the operations API) say when an event
+was processed, so "no second Workflow" is checked after the event that could have made
+one was seen and rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.adapters.natsserver import EmbeddedNats
+from tests.fakekube.harness import KubeApi
+from tests.support.net import wait_for
+from tests.support.proc import Triggerfish
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "chain-on-success"
+NS = "argo-events"
+WORKFLOWS = f"/apis/argoproj.io/v1alpha1/namespaces/{NS}/workflows"
+
+
+def set_phase(kube_api: KubeApi, name: str, phase: str) -> None:
+    patch = json.dumps({"status": {"phase": phase}})
+    kube_api.kubectl("-n", NS, "patch", "workflow", name, "--type", "merge", "-p", patch)
+
+
+def evaluations(kube_api: KubeApi) -> list[str]:
+    """The ``trained-workflow`` parameter of every evaluation Workflow, sorted."""
+    listed = kube_api.kubectl_json("-n", NS, "get", "workflows", "-l", "stage=evaluate")
+    return sorted(wf["spec"]["arguments"]["parameters"][0]["value"] for wf in listed["items"])
+
+
+def traces(tf: Triggerfish) -> list[dict[str, Any]]:
+    out = tf.api("/api/v1/traces?sensor=chain-on-success")
+    assert isinstance(out, list)
+    return out
+
+
+def fired(trace: dict[str, Any]) -> bool:
+    return any(t.get("status") == "succeeded" for t in trace.get("triggers") or [])
+
+
+@pytest.mark.slow
+def test_one_next_workflow_per_success_also_across_an_expired_watch(
+    tmp_path: Path, kube_api: KubeApi, nats_server: EmbeddedNats
+) -> None:
+    tf = Triggerfish(
+        files=[str(EXAMPLE)],
+        state_dir=tmp_path / "state",
+        kubeconfig=str(kube_api.kubeconfig),
+        nats_url=nats_server.url,
+    ).start()
+    try:
+        # The example's training Workflow was applied by the run; it runs, then succeeds.
+        set_phase(kube_api, "train-resnet", "Running")
+        set_phase(kube_api, "train-resnet", "Succeeded")
+        wait_for(lambda: evaluations(kube_api) == ["train-resnet"], timeout=30)
+        # A finished Workflow that changes again is not a new success.
+        kube_api.kubectl("-n", NS, "label", "workflow", "train-resnet", "reviewed=yes")
+        wait_for(lambda: len(traces(tf)) == 2, timeout=30)
+        assert [fired(t) for t in traces(tf)].count(True) == 1, traces(tf)
+        assert evaluations(kube_api) == ["train-resnet"]
+
+        # A second training run; its watch expires and it succeeds while nothing watches.
+        kube_api.kubectl(
+            "-n", NS, "create", "-f", "-",
+            input=json.dumps({
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                "metadata": {"name": "train-bert", "labels": {"stage": "train"}},
+                "spec": {"entrypoint": "train",
+                         "arguments": {"parameters": [{"name": "model", "value": "bert"}]}},
+            }),
+        )  # fmt: skip
+        set_phase(kube_api, "train-bert", "Running")
+        kube_api.fault("GET", WORKFLOWS, hold=True)  # the list after the 410 waits
+        assert kube_api.expire_watches() >= 1
+        wait_for(lambda: kube_api.faults()["rules"][0]["held"] == 1, timeout=30)
+        set_phase(kube_api, "train-bert", "Succeeded")
+        assert kube_api.release() == 1
+        wait_for(lambda: evaluations(kube_api) == ["train-bert", "train-resnet"], timeout=30)
+        # and a later success after the re-list is still seen exactly once
+        set_phase(kube_api, "train-resnet", "Running")
+        set_phase(kube_api, "train-resnet", "Succeeded")
+        wait_for(lambda: len(evaluations(kube_api)) == 3, timeout=30)
+        wait_for(lambda: len(traces(tf)) == 4, timeout=30)
+        assert evaluations(kube_api) == ["train-bert", "train-resnet", "train-resnet"]
+        listed = kube_api.kubectl_json("-n", NS, "get", "workflows", "-l", "stage=evaluate")
+        models = sorted(w["spec"]["arguments"]["parameters"][1]["value"] for w in listed["items"])
+        assert models == ["bert", "resnet", "resnet"]
+    finally:
+        assert tf.stop() == 0, tf.log()
