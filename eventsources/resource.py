@@ -279,8 +279,8 @@ class _Watch:
                     self.kind = await kube.kind_of(self.cfg.api_version, self.cfg.resource)
                 if not self.resume:
                     await self._relist(kube)
-                    self.live = True
                     retry.reset()
+                self.live = True  # listed, or resuming: watching from the resume point
                 await self._watch(kube)
                 retry.reset()
             except ResourceExpired as e:

@@ -332,6 +332,53 @@ async def test_watch_ended_or_api_failing_resumes_without_loss_or_repeat(
     assert len(lists) == 1  # resumed from its resourceVersion: no second list
 
 
+async def test_a_410_answer_to_the_watch_request_lists_again(
+    kube: ApiKube, kube_api: KubeApi, bus: Bus, stream: Stream
+) -> None:
+    src = source(CountingPublisher(bus), kube, {"wf": workflows()})
+    async with running(src):
+        await create(kube, "one")
+        await until_marker(stream, "one")
+        kube_api.fault("GET", WORKFLOWS, status=410, reason="Expired", times=1)
+        assert kube_api.close_watches() == 1
+        await eventually_long(lambda: kube_api.faults()["rules"][0]["hits"] == 1)
+        await patch(kube, "one", {"status": {"phase": "Running"}})
+        await create(kube, "marker")
+        events = await until_marker(stream, "marker")
+        assert src.ready()
+    assert summary(events) == [("ADD", "one"), ("UPDATE", "one"), ("ADD", "marker")]
+    lists = [r for r in kube_api.requests() if r["path"] == WORKFLOWS and r["method"] == "GET"
+             and "watch=true" not in r["query"]]  # fmt: skip
+    assert len(lists) == 2  # the first, and the one after the 410
+
+
+async def test_every_namespace_and_cluster_scoped_resources(
+    kube: ApiKube, kube_api: KubeApi, bus: Bus, stream: Stream
+) -> None:
+    kube_api.create_namespace("team-b")
+    events_of = {
+        "cms": {"group": "", "version": "v1", "resource": "configmaps", "eventTypes": ["ADD"],
+                "filter": {"prefix": "cm-"}},
+        "nss": {"version": "v1", "resource": "namespaces", "namespace": NS,
+                "eventTypes": ["ADD"], "filter": {"afterStart": True}},
+    }  # fmt: skip
+    async with running(source(CountingPublisher(bus), kube, events_of)):
+        for ns in (NS, "team-b"):
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm-{ns}"}}
+            await kube.create(body, ns)
+        await kube.create({"apiVersion": "v1", "kind": "Namespace",
+                           "metadata": {"name": "marker"}}, "")  # fmt: skip
+        events = await until_seen(stream, ("nss", "ADD", "marker"))
+        await until_seen(stream, ("cms", "ADD", "cm-team-b"))
+        events = await stream.events()
+    got = sorted((*t, e["data"]["body"]["metadata"].get("namespace", ""))
+                 for t, e in zip(triples(events), events, strict=True))  # fmt: skip
+    assert got == [
+        ("cms", "ADD", f"cm-{NS}", NS), ("cms", "ADD", "cm-team-b", "team-b"),
+        ("nss", "ADD", "marker", ""),
+    ]  # fmt: skip
+
+
 async def test_bookmark_moves_the_resume_point_past_hidden_changes(
     kube: ApiKube, kube_api: KubeApi, bus: Bus, stream: Stream
 ) -> None:
