@@ -3,8 +3,11 @@
 ``triggerfish run -f examples/chain-on-success/`` (the example as shipped) against a real
 nats-server and the fake Kubernetes API; the training Workflows are changed with the
 real ``kubectl``. Each success must create exactly one evaluation Workflow: also when a
-finished Workflow changes again, and when the source's watch expires (410) and the
-success happens while nothing watches (the list that follows must find it once).
+finished Workflow changes again, when the source's watch expires (410) and the success
+happens while nothing watches (the list that follows must find it once), and when a run
+is created and finished while nothing watches (first seen as an ADD, already Succeeded).
+The same chain runs as pods (``triggerfish eventsource`` / ``sensor``) read from the
+cluster.
 
 No sleeps decide anything: the sensor's traces (the operations API) say when an event
 was processed, so "no second Workflow" is checked after the event that could have made
@@ -23,6 +26,7 @@ from app.adapters.natsserver import EmbeddedNats
 from tests.fakekube.harness import KubeApi
 from tests.support.net import wait_for
 from tests.support.proc import Triggerfish
+from tests.test_podroles import RoleProc
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "chain-on-success"
@@ -33,6 +37,21 @@ WORKFLOWS = f"/apis/argoproj.io/v1alpha1/namespaces/{NS}/workflows"
 def set_phase(kube_api: KubeApi, name: str, phase: str) -> None:
     patch = json.dumps({"status": {"phase": phase}})
     kube_api.kubectl("-n", NS, "patch", "workflow", name, "--type", "merge", "-p", patch)
+
+
+def create_training(kube_api: KubeApi, name: str, model: str, phase: str = "") -> None:
+    wf: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name, "labels": {"stage": "train"}},
+        "spec": {
+            "entrypoint": "train",
+            "arguments": {"parameters": [{"name": "model", "value": model}]},
+        },
+    }
+    if phase:
+        wf["status"] = {"phase": phase}
+    kube_api.kubectl("-n", NS, "create", "-f", "-", input=json.dumps(wf))
 
 
 def evaluations(kube_api: KubeApi) -> list[str]:
@@ -73,15 +92,7 @@ def test_one_next_workflow_per_success_also_across_an_expired_watch(
         assert evaluations(kube_api) == ["train-resnet"]
 
         # A second training run; its watch expires and it succeeds while nothing watches.
-        kube_api.kubectl(
-            "-n", NS, "create", "-f", "-",
-            input=json.dumps({
-                "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-                "metadata": {"name": "train-bert", "labels": {"stage": "train"}},
-                "spec": {"entrypoint": "train",
-                         "arguments": {"parameters": [{"name": "model", "value": "bert"}]}},
-            }),
-        )  # fmt: skip
+        create_training(kube_api, "train-bert", "bert")
         set_phase(kube_api, "train-bert", "Running")
         kube_api.fault("GET", WORKFLOWS, hold=True)  # the list after the 410 waits
         assert kube_api.expire_watches() >= 1
@@ -89,14 +100,54 @@ def test_one_next_workflow_per_success_also_across_an_expired_watch(
         set_phase(kube_api, "train-bert", "Succeeded")
         assert kube_api.release() == 1
         wait_for(lambda: evaluations(kube_api) == ["train-bert", "train-resnet"], timeout=30)
-        # and a later success after the re-list is still seen exactly once
+
+        # A run created and finished while nothing watches is first seen Succeeded (ADD).
+        kube_api.fault("GET", WORKFLOWS, hold=True)
+        assert kube_api.expire_watches() >= 1
+        wait_for(lambda: kube_api.faults()["rules"][1]["held"] == 1, timeout=30)
+        create_training(kube_api, "train-vit", "vit", phase="Succeeded")
+        assert kube_api.release() == 1
+        wait_for(lambda: "train-vit" in evaluations(kube_api), timeout=30)
+
+        # and a later success, watched live again, is seen exactly once
         set_phase(kube_api, "train-resnet", "Running")
         set_phase(kube_api, "train-resnet", "Succeeded")
-        wait_for(lambda: len(evaluations(kube_api)) == 3, timeout=30)
-        wait_for(lambda: len(traces(tf)) == 4, timeout=30)
-        assert evaluations(kube_api) == ["train-bert", "train-resnet", "train-resnet"]
+        wait_for(lambda: len(traces(tf)) == 5, timeout=30)
+        assert [fired(t) for t in traces(tf)].count(True) == 4, traces(tf)
+        assert evaluations(kube_api) == ["train-bert", "train-resnet", "train-resnet", "train-vit"]
         listed = kube_api.kubectl_json("-n", NS, "get", "workflows", "-l", "stage=evaluate")
         models = sorted(w["spec"]["arguments"]["parameters"][1]["value"] for w in listed["items"])
-        assert models == ["bert", "resnet", "resnet"]
+        assert models == ["bert", "resnet", "resnet", "vit"]
     finally:
         assert tf.stop() == 0, tf.log()
+
+
+@pytest.mark.slow
+def test_the_chain_as_pods_read_from_the_cluster(
+    tmp_path: Path, kube_api: KubeApi, nats_server: EmbeddedNats
+) -> None:
+    """Cluster mode: the manifests applied with kubectl, ``triggerfish eventsource`` and
+    ``triggerfish sensor`` as separate processes (the source gets the API the pod has)."""
+    kube_api.create_namespace(NS)
+    kube_api.kubectl("apply", "-n", NS, "-f", str(EXAMPLE))  # as the example's README says
+    kube_api.kubectl("create", "-n", NS, "-f", str(EXAMPLE / "workflows"))
+    started: list[RoleProc] = []
+    try:
+        for role, name in (("sensor", "chain-on-success"), ("eventsource", "training-workflows")):
+            args = [role, name, "--nats-url", nats_server.url, "--namespace", NS]
+            workdir = tmp_path / role
+            started.append(RoleProc(args, workdir, str(kube_api.kubeconfig)).start())
+        set_phase(kube_api, "train-resnet", "Running")
+        set_phase(kube_api, "train-resnet", "Succeeded")
+        wait_for(lambda: evaluations(kube_api) == ["train-resnet"], timeout=30)
+        # however the expired watch and these changes interleave, one success each
+        kube_api.expire_watches()
+        kube_api.kubectl("-n", NS, "label", "workflow", "train-resnet", "reviewed=yes")
+        create_training(kube_api, "train-vit", "vit")
+        set_phase(kube_api, "train-vit", "Running")
+        set_phase(kube_api, "train-vit", "Succeeded")
+        wait_for(lambda: len(evaluations(kube_api)) == 2, timeout=30)
+        assert evaluations(kube_api) == ["train-resnet", "train-vit"], started[0].log()
+    finally:
+        for p in started:
+            p.stop()
