@@ -233,7 +233,8 @@ def _rv_order(obj: Mapping[str, Any]) -> int:
 
 
 class ResourceExpired(Exception):
-    """The resume point is gone (410): list again and compare."""
+    """The watch ended with an ERROR event (410 Expired: the resume point is gone):
+    list again and compare."""
 
 
 class _Watch:
@@ -253,7 +254,8 @@ class _Watch:
         self.labels = label_selector(flt.labels)
         self.fields = [FieldMatch(s) for s in flt.fields]
         self.types = set(cfg.event_types)
-        self.started = datetime.now(UTC).replace(microsecond=0)
+        self.started = datetime.now(UTC)
+        """When the source started (``afterStart``), to the second: timestamps have seconds."""
         self.kind = ""
         self.known: dict[str, dict[str, Any]] = {}
         """uid → the object as last seen (and published, or filtered)."""
@@ -272,6 +274,7 @@ class _Watch:
                 "the in-cluster service account); none is configured",
                 self.path,
             )
+        self.started = datetime.now(UTC).replace(microsecond=0)
         retry = Retry(None)
         while True:
             try:
@@ -309,8 +312,8 @@ class _Watch:
         rv = str(_meta(listed).get("resourceVersion") or "")
         current: dict[str, dict[str, Any]] = {}
         for obj in items:
-            api_version = obj.get("apiVersion")
-            obj.setdefault("apiVersion", api_version or self.cfg.api_version)
+            # list items of built-in kinds come without apiVersion/kind; watch objects have them
+            obj.setdefault("apiVersion", self.cfg.api_version)
             obj.setdefault("kind", self.kind)
             current[self._uid(obj)] = obj
         changes: list[tuple[EventType, dict[str, Any], dict[str, Any] | None]] = []
