@@ -99,6 +99,7 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/webhook.yaml",
         "sensors/log.yaml",
         "sensors/trigger-standard-k8s-resource.yaml",
+        "sensors/resource.yaml",
         "sensors/multi-dependencies.yaml",
         "sensors/trigger-nats-messages.yaml",
         "sensors/azure-service-bus-sensor.yaml",

@@ -60,8 +60,8 @@ def evaluations(kube_api: KubeApi) -> list[str]:
     return sorted(wf["spec"]["arguments"]["parameters"][0]["value"] for wf in listed["items"])
 
 
-def traces(tf: Triggerfish) -> list[dict[str, Any]]:
-    out = tf.api("/api/v1/traces?sensor=chain-on-success")
+def traces(tf: Triggerfish, sensor: str = "chain-on-success") -> list[dict[str, Any]]:
+    out = tf.api(f"/api/v1/traces?sensor={sensor}")
     assert isinstance(out, list)
     return out
 
@@ -151,3 +151,45 @@ def test_the_chain_as_pods_read_from_the_cluster(
     finally:
         for p in started:
             p.stop()
+
+
+ARGO = REPO.parent / "shared" / "argo-examples"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ARGO / "event-sources" / "resource.yaml").exists(), reason="no corpus")
+def test_argos_own_resource_example_pair_runs_unchanged(
+    tmp_path: Path, kube_api: KubeApi, nats_server: EmbeddedNats
+) -> None:
+    """Argo's resource EventSource and Sensor examples, byte for byte: a Workflow labelled
+    ``app: my-workflow`` created after the start makes one ``resource-workflow-…``."""
+    kube_api.create_namespace(NS)  # Argo's example watches argo-events
+    tf = Triggerfish(
+        files=[
+            str(ARGO / "event-sources" / "resource.yaml"),
+            str(ARGO / "sensors" / "resource.yaml"),
+        ],
+        state_dir=tmp_path / "state",
+        kubeconfig=str(kube_api.kubeconfig),
+        nats_url=nats_server.url,
+    ).start()
+    try:
+        wf = {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": "my-workflow", "labels": {"app": "my-workflow"}},
+            "spec": {"entrypoint": "main"},
+        }
+        kube_api.kubectl("-n", NS, "create", "-f", "-", input=json.dumps(wf))
+
+        def made() -> list[dict[str, Any]]:
+            listed = kube_api.kubectl_json("get", "workflows", "-A", "-l", "app=resource-workflow")
+            return list(listed["items"])
+
+        wait_for(lambda: len(made()) == 1, timeout=30)
+        wait_for(lambda: len(traces(tf, "resource")) == 1, timeout=30)
+        message = made()[0]["spec"]["arguments"]["parameters"][0]["value"]
+        assert json.loads(message)["metadata"]["name"] == "my-workflow"  # dataKey: body
+        assert len(made()) == 1
+    finally:
+        assert tf.stop() == 0, tf.log()
