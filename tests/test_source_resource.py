@@ -443,6 +443,25 @@ async def test_event_id_is_deterministic_per_object_version_and_type(
     assert summary(await stream.events()) == [("ADD", "a")]
 
 
+async def test_two_replicas_store_each_change_once(kube: ApiKube, bus: Bus, stream: Stream) -> None:
+    """Active-active replicas of one EventSource give a change the same id, so the bus's
+    dedup window keeps one copy (the source needs no Lease)."""
+    first, second = CountingPublisher(bus), CountingPublisher(bus)
+    async with (
+        running(source(first, kube, {"wf": workflows()})),
+        running(source(second, kube, {"wf": workflows()})),
+    ):
+        await create(kube, "a")
+        await patch(kube, "a", {"status": {"phase": "Running"}})
+        await create(kube, "marker")
+        events = await until_marker(stream, "marker")
+        marker_id = events[-1]["id"]
+        await eventually_long(lambda: marker_id in first.stored and marker_id in second.stored)
+        events = await stream.events()
+    assert first.stored == second.stored == [e["id"] for e in events]
+    assert summary(events) == [("ADD", "a"), ("UPDATE", "a"), ("ADD", "marker")]
+
+
 async def test_without_a_cluster_or_with_an_unknown_resource_it_fails_clearly(
     kube: ApiKube, bus: Bus
 ) -> None:
