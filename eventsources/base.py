@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -26,6 +26,38 @@ class SecretResolver(Protocol):
     """Reads one key of a Kubernetes Secret (standalone: from loaded manifests)."""
 
     async def get(self, namespace: str, name: str, key: str) -> str: ...
+
+
+class KubeWatchApi(Protocol):
+    """The Kubernetes API as a source that watches objects reads it (``ApiKube``)."""
+
+    async def kind_of(self, api_version: str, plural: str) -> str:
+        """The kind served as resource ``plural`` (discovery)."""
+
+    async def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str = "",
+        field_selector: str = "",
+        label_selector: str = "",
+        limit: int = 0,
+    ) -> dict[str, Any]:
+        """The list object: ``items`` and ``metadata.resourceVersion``."""
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        resource_version: str,
+        *,
+        timeout_seconds: int = 300,
+        field_selector: str = "",
+        label_selector: str = "",
+        allow_watch_bookmarks: bool = False,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events after ``resource_version`` until the server ends the watch."""
 
 
 class SourceMetrics(Protocol):
@@ -66,6 +98,9 @@ class SourceContext:
     bind_host: str = "0.0.0.0"
     http: HttpServerSettings = field(default_factory=HttpServerSettings)
     """Limits of the HTTP servers a source runs (timeouts, head size, requests in flight)."""
+    kube: KubeWatchApi | None = None
+    """The Kubernetes API (kubeconfig or in-cluster service account); None when no
+    cluster is configured. Sources that watch cluster objects need it."""
 
 
 ConfigT = TypeVar("ConfigT", bound=SpecModel)

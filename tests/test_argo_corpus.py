@@ -94,13 +94,15 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         )
     assert counts["error"] == []
     assert set(KNOWN_BAD) <= set(FILES)
-    # The webhook source and these triggers are implemented: their plain examples load.
+    # These sources and triggers are implemented: their plain examples load.
     for rel in (
         "event-sources/webhook.yaml",
+        "event-sources/resource.yaml",
         "eventbus/native.yaml",
         "sensors/webhook.yaml",
         "sensors/log.yaml",
         "sensors/trigger-standard-k8s-resource.yaml",
+        "sensors/resource.yaml",
         "sensors/multi-dependencies.yaml",
         "sensors/trigger-nats-messages.yaml",
         "sensors/azure-service-bus-sensor.yaml",

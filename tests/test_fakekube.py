@@ -587,6 +587,61 @@ def test_watch_expired_resource_version_gets_410(
     assert _stream(core, 1, resource_version=now) == [("ADDED", "b")]
 
 
+def _watch_lines(http: httpx.Client, params: dict[str, str], until: int, act: Any) -> list[Any]:
+    """Open a raw watch, run ``act()`` once it is open, read ``until`` lines (or its end)."""
+    out: list[Any] = []
+    with http.stream("GET", "/api/v1/namespaces/default/configmaps", params=params) as r:
+        assert r.status_code == 200
+        wait_for(lambda: http.get("/fake/state").json()["watchers"] >= 1, timeout=5)
+        act()
+        for line in r.iter_lines():
+            if line:
+                out.append(json.loads(line))
+            if len(out) >= until:
+                break
+    return out
+
+
+def test_live_watch_expires_with_410_and_history_is_gone(
+    kube_api: KubeApi, core: client.CoreV1Api, http: httpx.Client
+) -> None:
+    rv = core.list_namespaced_config_map(NS).metadata.resource_version
+    core.create_namespaced_config_map(NS, _cm("before"))
+    params = {"watch": "1", "resourceVersion": rv, "timeoutSeconds": "10"}
+    lines = _watch_lines(http, params, 3, lambda: kube_api.expire_watches())
+    assert [x["type"] for x in lines] == ["ADDED", "ERROR"]
+    assert lines[1]["object"]["code"] == 410 and lines[1]["object"]["reason"] == "Expired"
+    assert http.get("/fake/state").json()["watchers"] == 0
+    # resuming from where that watch started is too old now: a list is needed
+    with pytest.raises(client.ApiException) as gone:
+        _stream(core, 1, resource_version=rv)
+    assert gone.value.status == 410
+
+
+def test_bookmarks_only_for_watches_that_allow_them(
+    kube_api: KubeApi, core: client.CoreV1Api, http: httpx.Client
+) -> None:
+    rv = core.list_namespaced_config_map(NS).metadata.resource_version
+    core.create_namespaced_config_map(NS, _cm("elsewhere", labels={"w": "0"}))
+
+    def bookmark_then_change() -> None:
+        kube_api.bookmark_watches()
+        core.create_namespaced_config_map(NS, _cm("seen", labels={"w": "1"}))
+
+    params = {"watch": "1", "resourceVersion": rv, "timeoutSeconds": "10", "labelSelector": "w=1"}
+    with_marks = _watch_lines(
+        http, {**params, "allowWatchBookmarks": "true"}, 2, bookmark_then_change
+    )
+    assert [x["type"] for x in with_marks] == ["BOOKMARK", "ADDED"]
+    mark = with_marks[0]["object"]
+    assert mark["kind"] == "ConfigMap" and int(mark["metadata"]["resourceVersion"]) > int(rv)
+    assert int(mark["metadata"]["resourceVersion"]) < int(
+        with_marks[1]["object"]["metadata"]["resourceVersion"]
+    )
+    without = _watch_lines(http, params, 1, lambda: kube_api.bookmark_watches())
+    assert [x["type"] for x in without] == ["ADDED"]  # the backlog; no BOOKMARK line
+
+
 # ------------------------------------------------------------------ kubectl
 
 MANIFESTS = """\

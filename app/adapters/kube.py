@@ -223,6 +223,7 @@ class ApiKube:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
         self._resources: dict[tuple[str, str], ResourceInfo] = {}
+        self._plurals: dict[tuple[str, str], str] = {}
         self._discovery_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
@@ -422,6 +423,7 @@ class ApiKube:
                 continue  # subresources
             info = ResourceInfo(api_version, r["kind"], r["name"], bool(r.get("namespaced")))
             self._resources[(api_version, r["kind"])] = info
+            self._plurals[(api_version, r["name"])] = r["kind"]
 
     async def _resource(self, api_version: str, kind: str) -> ResourceInfo:
         info = self._resources.get((api_version, kind))
@@ -436,6 +438,22 @@ class ApiKube:
         if info is None:
             raise KubePermanentError(f"kind {kind} is not served by {api_version}", 404)
         return info
+
+    async def kind_of(self, api_version: str, plural: str) -> str:
+        """The kind served as resource ``plural`` (``workflows``) under ``api_version``:
+        Argo's resource source names the resource, the verbs here take the kind.
+        :class:`KubePermanentError` (404) when the API does not serve it."""
+        kind = self._plurals.get((api_version, plural))
+        if kind is None:
+            lock = self._discovery_locks.setdefault(api_version, asyncio.Lock())
+            async with lock:
+                kind = self._plurals.get((api_version, plural))
+                if kind is None:
+                    await self._discover(api_version)
+                    kind = self._plurals.get((api_version, plural))
+        if kind is None:
+            raise KubePermanentError(f"resource {plural} is not served by {api_version}", 404)
+        return kind
 
     # -- verbs --------------------------------------------------------------------------
     async def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -521,13 +539,18 @@ class ApiKube:
         timeout_seconds: int = 300,
         field_selector: str = "",
         label_selector: str = "",
+        allow_watch_bookmarks: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) after ``resource_version`` until the server
         ends the watch. An ``ERROR`` event (410 Expired) is yielded as is: the caller
-        re-lists. A dropped connection raises :class:`KubeTransientError`."""
+        re-lists. A dropped connection raises :class:`KubeTransientError`. With
+        ``allow_watch_bookmarks`` the server may send ``BOOKMARK`` events, whose object
+        carries only a newer ``metadata.resourceVersion`` to resume from."""
         _, session = self._sessions()
         query = {"watch": "true", "resourceVersion": resource_version,
                  "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
+        if allow_watch_bookmarks:
+            query["allowWatchBookmarks"] = "true"
         if field_selector:
             query["fieldSelector"] = field_selector
         if label_selector:

@@ -312,6 +312,7 @@ class Standalone:
                     metrics=source_metrics,
                     bind_host=self.settings.bind_host,
                     http=self.settings.http,
+                    kube=self.kube if isinstance(self.kube, ApiKube) else None,
                 )
                 plugin = REGISTRY.load(key)(
                     es.metadata.name, es.metadata.namespace or "default", events, ctx

@@ -37,7 +37,7 @@ from tests.fakekube.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from tests.fakekube.store import Change, Store, WriteOptions, present
+from tests.fakekube.store import Change, Signal, Store, WriteOptions, present
 from tests.fakekube.tables import partial_metadata, to_table, wants_partial, wants_table
 
 JSON = dict[str, Any]
@@ -324,6 +324,13 @@ class ResourceHandler:
                 return encode("DELETED", gone)
             return None
 
+        def bookmark(rv: int, initial_end: bool) -> bytes:
+            meta: JSON = {"resourceVersion": str(rv)}
+            if initial_end:
+                meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+            mark = {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}
+            return (json.dumps({"type": "BOOKMARK", "object": mark}) + "\n").encode()
+
         async def stream() -> AsyncIterator[bytes]:
             deadline = time.monotonic() + timeout
             watcher = store.subscribe(rt, t.namespace)
@@ -341,15 +348,7 @@ class ResourceHandler:
                     if (line := translate(c)) is not None:
                         yield line
                 if send_initial and bookmarks:
-                    mark = {
-                        "kind": rt.kind,
-                        "apiVersion": rt.api_version,
-                        "metadata": {
-                            "resourceVersion": str(initial_rv),
-                            "annotations": {"k8s.io/initial-events-end": "true"},
-                        },
-                    }
-                    yield (json.dumps({"type": "BOOKMARK", "object": mark}) + "\n").encode()
+                    yield bookmark(initial_rv, initial_end=True)
                 while True:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -360,6 +359,15 @@ class ResourceHandler:
                         return
                     if change is None:
                         return
+                    if isinstance(change, Signal):
+                        if change.kind == "expire":
+                            gone = errors.expired(int(since or 0), store.compacted_rv + 1)
+                            status = {"type": "ERROR", "object": gone.status()}
+                            yield (json.dumps(status) + "\n").encode()
+                            return
+                        if bookmarks:
+                            yield bookmark(change.rv, initial_end=False)
+                        continue
                     if (line := translate(change)) is not None:
                         yield line
             finally:

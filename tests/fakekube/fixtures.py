@@ -5,7 +5,8 @@
 - ``kube_api`` (function): resets the server's state, then yields a
   :class:`~tests.fakekube.harness.KubeApi` with ``url``, ``kubeconfig``,
   ``api_client()``, ``dynamic_client()``, ``kubectl(*args, check=True)``,
-  ``kubectl_json(*args)``, ``create_namespace(name)``, ``compact(keep=0)``.
+  ``kubectl_json(*args)``, ``create_namespace(name)``, ``compact(keep=0)``,
+  ``expire_watches()``, ``close_watches()``, ``bookmark_watches()``, ``requests(since)``.
 """
 
 from __future__ import annotations

@@ -129,6 +129,24 @@ class KubeApi:
     def state(self) -> dict[str, Any]:
         return self.server.state()
 
+    def expire_watches(self) -> int:
+        """Forget the watch history and end every live watch with ERROR 410 Expired;
+        returns the number of watches ended."""
+        return int(self.server.request("POST", "/fake/watches/expire")["expired"])
+
+    def close_watches(self) -> int:
+        """End every live watch normally (as its timeout would); the number ended."""
+        return int(self.server.request("POST", "/fake/watches/close")["closed"])
+
+    def bookmark_watches(self) -> int:
+        """A BOOKMARK at the current resourceVersion to every live watch that allows
+        bookmarks; returns the number of live watches."""
+        return int(self.server.request("POST", "/fake/watches/bookmark")["signalled"])
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """API requests served after sequence number ``since`` (see the server's)."""
+        return self.server.requests(since)
+
     def fault(self, method: str, path: str, **rule: Any) -> int:
         """Add a fault rule (see ``faults.py``: ``status``, ``reason``, ``retryAfter``,
         ``times``, ``hold``, ``delay``, ``reset``); returns its id. :meth:`reset` drops

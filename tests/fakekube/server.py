@@ -26,6 +26,11 @@ scale, eviction), controllers (nothing runs pods or fills Deployment status), an
 graceful pod deletion.
 
 Test-only endpoints live under ``/fake/`` (``POST /fake/reset``, ``POST /fake/compact``,
+``POST /fake/watches/expire`` (forget the history and end every live watch with an
+ERROR 410 Expired event, as the real server does to a watcher that fell behind),
+``POST /fake/watches/bookmark`` (a BOOKMARK at the current resourceVersion to every live
+watch that allows them, as the real server sends about once a minute),
+``POST /fake/watches/close`` (end every live watch normally, as its timeout would),
 ``GET /fake/state``, ``GET /fake/requests``: the last requests with method, path and
 ``User-Agent``, for tests that ask who did what, the fault rules of ``faults.py``:
 ``/fake/faults``, and from ``gate.py`` bearer-token checks (given a tokens file) and
@@ -197,6 +202,17 @@ def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> 
         store.compact(keep)
         return json_response(store.stats())
 
+    async def fake_watches_expire(request: Request) -> Response:
+        return json_response({"expired": store.expire_watchers(), **store.stats()})
+
+    async def fake_watches_close(request: Request) -> Response:
+        n = store.stats()["watchers"]
+        store.close_watchers()
+        return json_response({"closed": n, **store.stats()})
+
+    async def fake_watches_bookmark(request: Request) -> Response:
+        return json_response({"signalled": store.bookmark_watchers(), **store.stats()})
+
     async def fake_state(request: Request) -> Response:
         return json_response(store.stats())
 
@@ -239,6 +255,9 @@ def create_app(*, history_limit: int = 1000, tokens_file: str | None = None) -> 
         Route("/livez", health),
         Route("/fake/reset", fake_reset, methods=["POST"]),
         Route("/fake/compact", fake_compact, methods=["POST"]),
+        Route("/fake/watches/expire", fake_watches_expire, methods=["POST"]),
+        Route("/fake/watches/bookmark", fake_watches_bookmark, methods=["POST"]),
+        Route("/fake/watches/close", fake_watches_close, methods=["POST"]),
         Route("/fake/state", fake_state, methods=["GET"]),
         Route("/fake/requests", fake_requests, methods=["GET"]),
         Route("/fake/faults", fake_faults, methods=["GET", "POST", "DELETE"]),

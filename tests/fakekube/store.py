@@ -85,13 +85,24 @@ class Change:
     old: JSON | None = None
 
 
+@dataclass(frozen=True)
+class Signal:
+    """A watch-level message that is not an object change: ``"bookmark"`` (send a
+    BOOKMARK with the current resourceVersion, if the watch allows them) or ``"expire"``
+    (end the watch with an ERROR 410 Expired event). ``rv`` is the store's version when
+    it was sent: a bookmark must not claim changes still queued behind it."""
+
+    kind: str
+    rv: int = 0
+
+
 @dataclass(eq=False)
 class Watcher:
     """A live watch's inbox; ``None`` in the queue means "stream over" (reset, shutdown)."""
 
     key: ResKey
     namespace: str | None
-    queue: asyncio.Queue[Change | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Change | Signal | None] = field(default_factory=asyncio.Queue)
 
     def wants(self, change: Change) -> bool:
         return change.key == self.key and self.namespace in (None, change.namespace)
@@ -144,6 +155,24 @@ class Store:
         for w in self._watchers:
             w.queue.put_nowait(None)
         self._watchers.clear()
+
+    def expire_watchers(self) -> int:
+        """What the real server does to watchers that fell behind its compacted history:
+        forget the change log, then end every live watch with an ERROR 410 Expired event
+        (a client must list again). Returns the number of watches ended."""
+        self.compact(0)
+        n = len(self._watchers)
+        for w in self._watchers:
+            w.queue.put_nowait(Signal("expire"))
+        self._watchers.clear()
+        return n
+
+    def bookmark_watchers(self) -> int:
+        """Send a BOOKMARK at the current resourceVersion to every live watch that allows
+        bookmarks (the real server sends them about once a minute); the number signalled."""
+        for w in self._watchers:
+            w.queue.put_nowait(Signal("bookmark", self._rv))
+        return len(self._watchers)
 
     def stats(self) -> JSON:
         return {
