@@ -103,5 +103,7 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/azure-service-bus-sensor.yaml",
         "sensors/slack-trigger.yaml",
         "sensors/email-trigger.yaml",
+        "event-sources/calendar.yaml",
+        "sensors/calendar.yaml",
     ):
         assert rel in counts["ok"], rel

@@ -110,6 +110,11 @@ class LeaderLease:
         self._renewed_at = 0.0
         self._other_holder = ""
 
+    @property
+    def holder(self) -> str:
+        """The holder this candidate last saw in the Lease ("" when none or unread)."""
+        return str((self._observed_spec or {}).get("holderIdentity") or "")
+
     # -- one round --------------------------------------------------------------------
     async def try_acquire_or_renew(self) -> bool:
         """One attempt (client-go's ``tryAcquireOrRenew``): True when we hold the lease
