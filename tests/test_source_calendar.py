@@ -156,6 +156,17 @@ def test_bad_fields_are_one_line_naming_the_path(
     assert "Traceback" not in text
 
 
+def test_the_example_and_argos_calendar_examples_validate() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    corpus = repo.parent / "shared" / "argo-examples"
+    paths = [str(repo / "examples" / "nightly-retraining")]
+    paths += [str(p) for p in (corpus / "event-sources" / "calendar.yaml",
+                               corpus / "sensors" / "calendar.yaml") if p.exists()]  # fmt: skip
+    out = io.StringIO()
+    assert validate_paths(paths, out) == 0, out.getvalue()
+    assert "ok   " in out.getvalue() and "EventSource argo-events/nightly" in out.getvalue()
+
+
 # -- a source on the real bus, fake clock -------------------------------------------------
 @contextlib.asynccontextmanager
 async def _calendar(
