@@ -165,6 +165,15 @@ class CalendarConfig(SpecModel):
         return c if c is not None and c.enabled else None
 
 
+def _constant_delay(t: datetime, delay: timedelta) -> datetime:
+    """robfig's ``ConstantDelaySchedule`` (Argo's ``interval``): the previous tick plus
+    the delay, rounded down to the whole second; never the same tick again (for a delay
+    under a second the rounding could give ``t`` itself, which Argo then fires in a
+    busy loop), then simply ``t + delay``."""
+    n = t + delay - timedelta(microseconds=t.microsecond)
+    return n if n > t else t + delay
+
+
 class Ticks:
     """The ticks of one calendar event: ``next_after(t)`` is the first tick strictly
     after ``t`` whose date (in the schedule's zone) is not excluded; aware datetimes in
@@ -183,11 +192,7 @@ class Ticks:
             delay = timedelta(seconds=parse_go_duration(cfg.interval))
             self.interval = delay
             self.identity = f"interval={delay.total_seconds()!r}"
-            # robfig's ConstantDelaySchedule (Argo's interval): the previous tick plus
-            # the delay, rounded down to the whole second
-            self._step = lambda t: (
-                (t + delay).astimezone(self.zone) - timedelta(microseconds=t.microsecond)
-            )
+            self._step = lambda t: _constant_delay(t, delay).astimezone(self.zone)
         self.identity += f" tz={cfg.timezone or 'UTC'}"
 
     def next_after(self, t: datetime) -> datetime:

@@ -116,6 +116,10 @@ def test_interval_is_robfig_constant_delay() -> None:
     ticks = _ticks({"interval": "1h30m"}, datetime(2024, 3, 1, 0, 0, 5, 700000, tzinfo=UTC), 2)
     assert ticks == [datetime(2024, 3, 1, 1, 30, 5, tzinfo=UTC),
                      datetime(2024, 3, 1, 3, 0, 5, tzinfo=UTC)]  # fmt: skip
+    # under a second, the rounding would give the same tick again: it moves on instead
+    fast = _ticks({"interval": "500ms"}, datetime(2024, 3, 1, 0, 0, 0, 500000, tzinfo=UTC), 3)
+    assert fast == [datetime(2024, 3, 1, 0, 0, 1, tzinfo=UTC) + timedelta(milliseconds=500 * i)
+                    for i in range(3)]  # fmt: skip
 
 
 # -- validation ------------------------------------------------------------------------
