@@ -25,12 +25,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.adapters.bus import Bus
+from app.adapters.kube import ApiKube, ConfigMapState
 from app.adapters.natsserver import EmbeddedNats
 from app.compose.loading import load_for_run
 from app.compose.runtime import SourceStates, Standalone
 from app.compose.validate import validate_paths
 from app.kernel.errors import TriggerfishError
-from app.kernel.settings import Settings
+from app.kernel.settings import KubeSettings, Settings
 from eventsources.calendar import (
     CalendarConfig,
     CalendarSource,
@@ -430,3 +431,28 @@ async def test_config_map_that_must_exist_is_a_clear_error(
         await run.start()
     assert ("spec.calendar.hourly.persistence.configMap: ConfigMap argo-events/missing does "
             "not exist (set createIfNotExist to create it)") in str(e.value)  # fmt: skip
+
+
+async def test_config_map_writers_of_different_keys_never_overwrite_each_other(
+    kube_api: Any,
+) -> None:
+    kube_api.create_namespace("argo-events")
+    kubes = [ApiKube.from_settings(KubeSettings(kubeconfig=str(kube_api.kubeconfig)))
+             for _ in range(2)]  # fmt: skip
+    try:
+        stores = [await ConfigMapState(k, "argo-events", "shared", True).open()
+                  for k in kubes if k is not None]  # fmt: skip
+        assert len(stores) == 2
+
+        async def write(store: ConfigMapState, key: str) -> None:
+            for i in range(10):
+                await store.put(key, f"{key}-{i}".encode())
+
+        await asyncio.gather(write(stores[0], "a.one"), write(stores[1], "b.two"))
+        assert await stores[0].get("a.one") == b"a.one-9"
+        assert await stores[0].get("b.two") == b"b.two-9"
+        assert await stores[1].get("missing") is None
+    finally:
+        for k in kubes:
+            if k is not None:
+                await k.close()

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import logging
 import os
+import random
 import ssl
 import time
 import uuid
@@ -599,11 +600,12 @@ class ConfigMapState:
     :meth:`open` checks the ConfigMap exists, creating it when ``create_if_missing``
     (Argo's ``createIfNotExist``) and refusing with a :class:`ConfigError` otherwise.
     :meth:`put` is a read-modify-write carrying the ``resourceVersion`` read, retried
-    on a conflict, so writers of other keys are never overwritten. API errors surface
+    (after a short random pause) on a conflict, so writers of other keys are never
+    overwritten. API errors surface
     as the adapter's :class:`KubeError` subclasses (transient ones retriable).
     """
 
-    CONFLICT_RETRIES = 5
+    CONFLICT_RETRIES = 10
 
     def __init__(self, kube: ApiKube, namespace: str, name: str, create_if_missing: bool) -> None:
         self.kube = kube
@@ -651,6 +653,9 @@ class ConfigMapState:
             except KubeTransientError as e:
                 if e.status != 409 or attempt == self.CONFLICT_RETRIES - 1:
                     raise
+                # another writer got in between: read again after a short random pause,
+                # so two writers do not keep colliding in lockstep
+                await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))
 
 
 def current_namespace(settings: KubeSettings) -> str:
