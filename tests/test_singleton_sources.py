@@ -7,7 +7,10 @@ Only the holder of the Lease ``<eventsource>-eventsource-calendar`` fires (the o
 SIGKILL the holder: the standby takes the Lease once it has seen it unrenewed for the
 lease duration, catches up from the tick the holder recorded last, and the bus holds
 every tick exactly once (consecutive seconds, no gap, no repeat; a tick published by
-both is dropped by its dedup id). Also: the controller grants the pods the Lease and
+both is dropped by its dedup id). The same for an MQTT source with a fixed client id:
+one replica connects, the other connects only after the holder died, and the QoS 1
+messages of the gap (kept by the broker for the persistent session) arrive once. Also:
+the controller grants the pods the Lease and
 ConfigMap rights this needs, and a source that is no singleton is never put under a
 Lease.
 """
@@ -25,7 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
+import orjson
 import pytest
 
 from app.adapters.lease import parse_micro_time
@@ -34,6 +39,7 @@ from app.compose.controller.builders import pod_role_rbac
 from eventsources.calendar import CalendarConfig, CalendarSource
 from eventsources.mqtt import MQTTConfig, MQTTSource
 from eventsources.webhook import WebhookSource
+from tests.broker_fixtures import MosquittoPeer
 from tests.support.brokers import Stream
 from tests.support.net import wait_for
 from tests.test_podroles import RoleProc
@@ -172,3 +178,75 @@ def test_one_replica_fires_and_the_standby_takes_over_without_loss_or_doubles(
     gaps = [later - t for t, later in itertools.pairwise(times)]
     assert set(gaps) == {1.0}, f"ticks lost around the takeover: {gaps}"
     assert len({e["id"] for e in events}) == len(events)
+
+
+MQTT_EVENTSOURCE = """
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: requests}}
+spec:
+  replicas: 2
+  mqtt:
+    training:
+      url: {url}
+      topic: training/requests
+      clientId: triggerfish-requests
+      jsonBody: true
+      qos: 1
+      cleanSession: false
+"""
+
+
+async def _publish(peer: MosquittoPeer, start: int, n: int) -> None:
+    async with aiomqtt.Client(peer.host, peer.port, identifier="test-publisher") as c:
+        for i in range(start, start + n):
+            await c.publish("training/requests", orjson.dumps({"i": i}), qos=1)
+
+
+@pytest.mark.slow
+def test_mqtt_with_a_fixed_client_id_connects_from_one_replica_only(
+    kube_api: Any, nats_server: EmbeddedNats, mosquitto_peer: MosquittoPeer, tmp_path: Path
+) -> None:
+    kube_api.create_namespace(NS)
+    kube_api.kubectl("apply", "-n", NS, "-f", "-",
+                     input=MQTT_EVENTSOURCE.format(url=mosquitto_peer.url))  # fmt: skip
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/requests-eventsource-mqtt"
+    stream = Stream(nats_server.url)
+
+    def holder() -> str:
+        spec = kube_api.server.request("GET", lease_path).get("spec") or {}
+        return str(spec.get("holderIdentity") or "")
+
+    def start(identity: str) -> RoleProc:
+        args = ["eventsource", "requests", "--nats-url", nats_server.url, "--namespace", NS]
+        env = {**FAST_LEASE, "TRIGGERFISH_SINGLETON__IDENTITY": identity}
+        return RoleProc(args, tmp_path / identity, str(kube_api.kubeconfig), env).start()
+
+    a = start("mqtt-a")
+    b: RoleProc | None = None
+    try:
+        wait_for(lambda: holder() == "mqtt-a", timeout=30, interval=0.05)
+        b = start("mqtt-b")
+        assert "held by mqtt-a" in b.readyz()["standby"]["mqtt"]
+        asyncio.run(_publish(mosquitto_peer, 0, 20))
+        wait_for(lambda: asyncio.run(stream.count()) >= 20, timeout=30, interval=0.1)
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+        a.proc = None
+        # published while nobody is connected: the broker keeps them for the session
+        asyncio.run(_publish(mosquitto_peer, 20, 20))
+        wait_for(lambda: holder() == "mqtt-b", timeout=30, interval=0.05)
+        wait_for(lambda: asyncio.run(stream.count()) >= 40, timeout=30, interval=0.1)
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+    bodies = [e["data"]["body"]["i"] for e in asyncio.run(stream.events())]
+    assert sorted(bodies) == list(range(40)), bodies
+    # the broker never had two sessions with the client id at once (its log is
+    # complete once it stopped)
+    mosquitto_peer.stop()
+    log = (mosquitto_peer.workdir / "mosquitto.log").read_text(errors="replace")
+    assert log.count("as triggerfish-requests") >= 2, log[-3000:]  # a, then b
+    assert "already connected" not in log, log[-3000:]
