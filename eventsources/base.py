@@ -7,6 +7,14 @@ pydantic model) and a :class:`SourceContext`. ``run()`` serves until cancelled.
 Delivery contract (STYLE §5): a plugin acknowledges upstream (HTTP 200, SQS delete,
 Service Bus complete) only after ``ctx.publish`` returned; ``publish`` raises
 :class:`app.kernel.errors.BusUnavailableError` when the event is not durable.
+
+A source that has no upstream to acknowledge (a schedule) keeps its progress in a
+small durable store it opens through ``ctx.state`` (:class:`SourceStateStores`: the
+bus's key-value store, or a ConfigMap when the manifest asks for one and the process
+has a Kubernetes API), and reads the time through ``ctx.clock`` so tests can move it.
+A type that must not run twice at once (a fixed MQTT client id, a schedule) says so
+with :meth:`EventSourcePlugin.singleton`; with several replicas the runtime then runs
+it only while it holds a Lease.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from app.kernel.clock import Clock, SystemClock
 from app.kernel.events import Event
 from app.kernel.settings import HttpServerSettings
 from app.kernel.spec import SpecModel
@@ -87,6 +96,37 @@ class _NullMetrics:
         pass
 
 
+class SourceState(Protocol):
+    """A small durable key → bytes store where a source keeps its progress."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under ``key``; ``None`` when there is none. Raises
+        :class:`app.kernel.errors.TransientError` when the store cannot be read."""
+        ...
+
+    async def put(self, key: str, value: bytes) -> object:
+        """Store ``value`` under ``key`` durably before returning (raises
+        :class:`app.kernel.errors.TransientError` when it could not)."""
+        ...
+
+
+class SourceStateStores(Protocol):
+    """Where a source's state may live (the process decides what is available)."""
+
+    async def bus(self) -> SourceState:
+        """The bus's key-value store (a JetStream KV bucket shared by every source)."""
+        ...
+
+    async def config_map(
+        self, namespace: str, name: str, create_if_missing: bool
+    ) -> SourceState | None:
+        """ConfigMap ``namespace/name`` as a store, one key per entry of its ``data``;
+        ``None`` when this process has no Kubernetes API. Raises
+        :class:`app.kernel.errors.ConfigError` when it does not exist and may not be
+        created."""
+        ...
+
+
 @dataclass
 class SourceContext:
     """Everything a source plugin needs from the process, bundled (no 15-arg ctors)."""
@@ -101,6 +141,10 @@ class SourceContext:
     kube: KubeWatchApi | None = None
     """The Kubernetes API (kubeconfig or in-cluster service account); None when no
     cluster is configured. Sources that watch cluster objects need it."""
+    state: SourceStateStores | None = None
+    """Durable stores for a source's progress; ``None``: nothing survives a restart."""
+    clock: Clock = field(default_factory=SystemClock)
+    """Wall-clock time and waiting, for sources that fire on a schedule."""
 
 
 ConfigT = TypeVar("ConfigT", bound=SpecModel)
@@ -131,6 +175,13 @@ class EventSourcePlugin(abc.ABC, Generic[ConfigT]):
     def ready(self) -> bool:
         """True once the source accepts events (listening, subscribed)."""
         return True
+
+    @classmethod
+    def singleton(cls, events: Mapping[str, ConfigT]) -> bool:
+        """True when at most one process may run these events at a time (a schedule
+        would fire once per replica, a fixed client id would be kicked off by the
+        broker): with several replicas, only the holder of a Lease runs them."""
+        return False
 
     @classmethod
     def check_config(cls, source_name: str, events: Mapping[str, ConfigT]) -> list[str]:

@@ -250,6 +250,10 @@ class MQTTSource(PerEventSource[MQTTConfig]):
     id is derived from the packet id and payload, so a broker redelivery is stored once.
     With ``cleanSession: false`` the broker also queues messages while the source is
     disconnected. A dropped connection is made again with a capped back-off.
+
+    A singleton (:meth:`singleton`): the client id is fixed, and a broker disconnects the
+    older of two sessions with one id, so with several replicas only the Lease holder
+    connects.
     """
 
     type_name: ClassVar[str] = "mqtt"
@@ -257,6 +261,10 @@ class MQTTSource(PerEventSource[MQTTConfig]):
 
     def worker(self, event_name: str, cfg: MQTTConfig) -> _Subscriber:
         return _Subscriber(self, event_name, cfg)
+
+    @classmethod
+    def singleton(cls, events: Mapping[str, MQTTConfig]) -> bool:
+        return any(cfg.client_id for cfg in events.values())
 
     @classmethod
     def check_config(cls, source_name: str, events: Mapping[str, MQTTConfig]) -> list[str]:

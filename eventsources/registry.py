@@ -29,6 +29,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
         "resource": "eventsources.resource:ResourceSource",
+        "calendar": "eventsources.calendar:CalendarSource",
     },
 )
 

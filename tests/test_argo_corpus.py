@@ -112,6 +112,8 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/custom-trigger.yaml",
         "sensors/transform.yaml",
         "sensors/filter-script.yaml",
+        "event-sources/calendar.yaml",
+        "sensors/calendar.yaml",
     ):
         assert rel in counts["ok"], rel
 

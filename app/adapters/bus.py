@@ -185,6 +185,11 @@ class StateStore:
         except _STATE_ERRORS as e:
             raise BusUnavailableError(f"state put {key!r} failed: {e}") from e
 
+    async def get(self, key: str) -> bytes | None:
+        """The current value of ``key``; ``None`` when absent or deleted."""
+        record = await self.latest(key)
+        return None if record is None else record.value
+
     async def update(self, key: str, value: bytes, last: int) -> int:
         """Store ``value`` only if ``key``'s latest revision is ``last`` (0: absent)."""
         try:

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import logging
 import os
+import random
 import ssl
 import time
 import uuid
@@ -613,6 +614,71 @@ class ApiKube:
         except AlreadyExists:
             await self.update(obj, namespace)
             return "updated"
+
+
+class ConfigMapState:
+    """A ConfigMap used as a small key → text store (one ``data`` entry per key), the
+    way Argo's calendar source keeps its last fired time (``persistence.configMap``).
+
+    :meth:`open` checks the ConfigMap exists, creating it when ``create_if_missing``
+    (Argo's ``createIfNotExist``) and refusing with a :class:`ConfigError` otherwise.
+    :meth:`put` is a read-modify-write carrying the ``resourceVersion`` read, retried
+    (after a short random pause) on a conflict, so writers of other keys are never
+    overwritten. API errors surface
+    as the adapter's :class:`KubeError` subclasses (transient ones retriable).
+    """
+
+    CONFLICT_RETRIES = 10
+
+    def __init__(self, kube: ApiKube, namespace: str, name: str, create_if_missing: bool) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.name = name
+        self.create_if_missing = create_if_missing
+
+    async def open(self) -> ConfigMapState:
+        if await self.kube.get("v1", "ConfigMap", self.name, self.namespace) is None:
+            if not self.create_if_missing:
+                raise ConfigError(
+                    f"ConfigMap {self.namespace}/{self.name} does not exist "
+                    "(set createIfNotExist to create it)"
+                )
+            await self._create({})
+        return self
+
+    async def _create(self, data: dict[str, str]) -> None:
+        meta = {"name": self.name, "namespace": self.namespace}
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+        with contextlib.suppress(AlreadyExists):
+            await self.kube.create(body, self.namespace)
+
+    async def get(self, key: str) -> bytes | None:
+        cm = await self.kube.get("v1", "ConfigMap", self.name, self.namespace)
+        value = ((cm or {}).get("data") or {}).get(key)
+        return None if value is None else str(value).encode()
+
+    async def put(self, key: str, value: bytes) -> None:
+        text = value.decode()
+        for attempt in range(self.CONFLICT_RETRIES):
+            cm = await self.kube.get("v1", "ConfigMap", self.name, self.namespace)
+            if cm is None:
+                if not self.create_if_missing:
+                    raise KubePermanentError(
+                        f"ConfigMap {self.namespace}/{self.name} was deleted", 404, "NotFound"
+                    )
+                await self._create({key: text})
+                continue
+            cm = dict(cm)
+            cm["data"] = {**(cm.get("data") or {}), key: text}
+            try:
+                await self.kube.update(cm, self.namespace)
+                return
+            except KubeTransientError as e:
+                if e.status != 409 or attempt == self.CONFLICT_RETRIES - 1:
+                    raise
+                # another writer got in between: read again after a short random pause,
+                # so two writers do not keep colliding in lockstep
+                await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))
 
 
 def current_namespace(settings: KubeSettings) -> str:

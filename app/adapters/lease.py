@@ -1,7 +1,8 @@
 """Leader election on a ``coordination.k8s.io/v1`` Lease, for anything that must run once.
 
-Several replicas of the controller (and, later, of a source that must be a singleton,
-such as a calendar) share one Lease object; whoever holds it does the work, the others
+Several replicas of the controller, and of an EventSource whose source must be a
+singleton (a calendar, an MQTT client id; :mod:`app.compose.runtime`), share one Lease
+object; whoever holds it does the work, the others
 stand by. The protocol is client-go's ``leaderelection`` with a ``LeaseLock``, so
 Triggerfish replicas and their tooling read the same fields (``holderIdentity``,
 ``leaseDurationSeconds``, ``acquireTime``, ``renewTime``, ``leaseTransitions``):
@@ -109,6 +110,11 @@ class LeaderLease:
         self._observed_at = 0.0
         self._renewed_at = 0.0
         self._other_holder = ""
+
+    @property
+    def holder(self) -> str:
+        """The holder this candidate last saw in the Lease ("" when none or unread)."""
+        return str((self._observed_spec or {}).get("holderIdentity") or "")
 
     # -- one round --------------------------------------------------------------------
     async def try_acquire_or_renew(self) -> bool:

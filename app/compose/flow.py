@@ -270,15 +270,18 @@ def flow_graph(
         events = []
         for ev in es["events"]:
             c = counts.get(("source", es["name"], ev["name"]))
+            status = _status(
+                ev["ready"] and bus_connected,
+                ev["error"] or c["lastError"],
+                "not listening" if not ev["ready"] else "bus disconnected: posts get 503",
+            )
+            if status["state"] == "ready" and ev.get("standby"):
+                status["reason"] = ev["standby"]  # idle on purpose: another replica fires
             events.append(
                 {
                     **{k: ev[k] for k in ("name", "type")},
                     "id": f"ev:{es['namespace']}/{es['name']}/{ev['name']}",
-                    "status": _status(
-                        ev["ready"] and bus_connected,
-                        ev["error"] or c["lastError"],
-                        "not listening" if not ev["ready"] else "bus disconnected: posts get 503",
-                    ),
+                    "status": status,
                     "counts": c,
                 }
             )

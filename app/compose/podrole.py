@@ -17,8 +17,13 @@ EventSource (all its source types) or one Sensor, read from the Kubernetes API:
   running one kept. Several sensor replicas share the durable consumer names, so
   JetStream splits the events between them.
 
-``/healthz``, ``/readyz`` (also says which ``generation`` is served) and ``/metrics``
-are served on ``--api-port``.
+An EventSource with ``spec.replicas`` > 1 runs in as many pods; a source type that must
+run once (calendar, MQTT with a fixed client id) runs only in the pod holding its
+Lease (:class:`app.compose.runtime.Standalone`), the others are ready but idle and
+``/readyz`` says so (``standby``).
+
+``/healthz``, ``/readyz`` (also says which ``generation`` is served, and which sources
+stand by for a Lease) and ``/metrics`` are served on ``--api-port``.
 """
 
 from __future__ import annotations
@@ -137,6 +142,7 @@ class PodRole:
         (m.event_sources if self.role == "eventsource" else m.sensors).append(model)
         rt = Standalone(m, settings)
         rt.metrics = self.metrics
+        rt.replica_leases = True
         return rt
 
     async def _start(self, obj: dict[str, Any]) -> None:
@@ -227,13 +233,18 @@ class PodRole:
                 and rt.ready.is_set()
                 and rt.bus is not None
                 and rt.bus.connected
-                and all(s.ready() for s in rt.sources)
+                and all(rt.source_ready(s) for s in rt.sources)
             )
             if not ok:
                 response.status_code = 503
             meta = self.served.get("metadata") or {}
-            return {"ready": ok, "generation": meta.get("generation"),
-                    "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
+            body: dict[str, Any] = {"ready": ok, "generation": meta.get("generation"),
+                                    "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
+            if rt is not None:
+                standby = {s.type_name: why for s in rt.sources if (why := rt.source_standby(s))}
+                if standby:
+                    body["standby"] = standby
+            return body
 
         token = self.settings.api_token.get_secret_value().encode()
         guard = [Depends(bearer_guard(token))] if token else []

@@ -16,6 +16,15 @@ answered 200 are still delivered. Meanwhile publishes fail (webhooks answer 503)
 ``bus.unhealthy_after_seconds``, ``/healthz`` fails too, so a process supervisor can
 replace the whole process.
 
+Sources keep their progress (a calendar's last tick) in the bus's key-value bucket
+``source-state``, or in a ConfigMap when their manifest names one and a Kubernetes API
+is configured (:class:`SourceStates`). In a pod role of an EventSource with
+``spec.replicas`` > 1 (:attr:`Standalone.replica_leases`), a source type that must run
+once (:meth:`~eventsources.base.EventSourcePlugin.singleton`: calendar, MQTT with its
+fixed client id) runs only while this replica holds the Lease
+``<eventsource>-eventsource-<type>``; the others stand by, ready, and take over when the
+holder stops renewing.
+
 With no cluster configured, objects are recorded under ``<state>/objects`` and the log
 says so; manifests of other kinds (WorkflowTemplate, RBAC, ...) are applied to the
 cluster when there is one, recorded otherwise.
@@ -27,18 +36,22 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from app import __version__
 from app.adapters import tracing
-from app.adapters.bus import Bus, StreamLimits
-from app.adapters.kube import ApiKube, FileKube
+from app.adapters.bus import Bus, StateStore, StreamLimits
+from app.adapters.kube import ApiKube, ConfigMapState, FileKube
+from app.adapters.lease import LeaderLease, LeaseTiming
 from app.adapters.metrics import Metrics, SourceMetrics
 from app.adapters.natsserver import EmbeddedNats, last_line
 from app.adapters.secrets import ManifestSecrets
 from app.compose.flow import DeadLetters, TraceLog
+from app.kernel.clock import Clock, SystemClock
 from app.kernel.errors import (
     BusUnavailableError,
     ConfigError,
@@ -72,6 +85,31 @@ def source_plugins(es: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(key, dict(events)) for key, events in es.spec.sources().items() if events]
 
 
+class SourceStates:
+    """The durable stores sources keep progress in
+    (:class:`eventsources.base.SourceStateStores`): the bus's KV bucket ``source-state``,
+    and ConfigMaps through the Kubernetes API when this process has one."""
+
+    BUCKET = "source-state"
+
+    def __init__(self, bus: Bus, kube: ApiKube | FileKube | None) -> None:
+        self._bus = bus
+        self._kube = kube
+        self._kv: StateStore | None = None
+
+    async def bus(self) -> StateStore:
+        if self._kv is None:
+            self._kv = await self._bus.state_store(self.BUCKET)
+        return self._kv
+
+    async def config_map(
+        self, namespace: str, name: str, create_if_missing: bool
+    ) -> ConfigMapState | None:
+        if not isinstance(self._kube, ApiKube):
+            return None
+        return await ConfigMapState(self._kube, namespace, name, create_if_missing).open()
+
+
 class Standalone:
     """Runs a set of manifests until ``stop`` is set."""
 
@@ -97,6 +135,13 @@ class Standalone:
         self._stopping = asyncio.Event()
         self.bus_down_since: float | None = None
         """monotonic time the embedded server was found dead; None while it runs."""
+        self.clock: Clock = SystemClock()
+        """The time sources fire schedules by (tests move a fake one)."""
+        self.replica_leases = False
+        """Set by a pod role: an EventSource with ``spec.replicas`` > 1 runs its singleton
+        source types only while holding their Lease."""
+        self.leases: dict[int, LeaderLease] = {}
+        """``id(plugin)`` → the Lease that plugin runs under."""
 
     # -- start --------------------------------------------------------------------------
     def _bus_names(self) -> set[str]:
@@ -266,6 +311,7 @@ class Standalone:
             self.traces.sink = self.trace_log.sink
             self._trace_task = asyncio.create_task(self.trace_log.run(), name="trace-log")
         self.dead_letters = DeadLetters(self.bus, self.runners, sorted(self._bus_names()))
+        states = SourceStates(self.bus, self.kube)
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
         )
@@ -313,21 +359,61 @@ class Standalone:
                     bind_host=self.settings.bind_host,
                     http=self.settings.http,
                     kube=self.kube if isinstance(self.kube, ApiKube) else None,
+                    state=states,
+                    clock=self.clock,
                 )
                 plugin = REGISTRY.load(key)(
                     es.metadata.name, es.metadata.namespace or "default", events, ctx
                 )
                 self.sources.append(plugin)
                 source_metrics.running(es.metadata.name, len(events))
-                task = asyncio.create_task(plugin.run(), name=f"source:{es.metadata.name}:{key}")
+                lease = self._lease_for(es, key, plugin)
+                work = plugin.run() if lease is None else lease.lead(plugin.run)
+                task = asyncio.create_task(work, name=f"source:{es.metadata.name}:{key}")
                 self._tasks.append(task)
         for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
-            await self._wait_until(plugin.ready, task, f"event source {plugin.source_name}")
+            await self._wait_until(
+                lambda p=plugin: self.source_ready(p), task, f"event source {plugin.source_name}"
+            )
         self._lag_task = asyncio.create_task(self._report_lag(), name="consumer-lag")
         self.ready.set()
         log.info(
             "ready: %d event source(s), %d sensor(s)", len(self.m.event_sources), len(self.runners)
         )
+
+    def _lease_for(self, es: Any, key: str, plugin: EventSourcePlugin[Any]) -> LeaderLease | None:
+        """The Lease ``plugin`` must hold to run, when it is a singleton among replicas."""
+        replicas = getattr(es.spec, "replicas", None) or 1
+        if not self.replica_leases or replicas <= 1 or not plugin.singleton(plugin.events):
+            return None
+        if not isinstance(self.kube, ApiKube):
+            log.warning("%s %s: %d replicas but no Kubernetes API for a Lease: running it",
+                        key, es.metadata.name, replicas)  # fmt: skip
+            return None
+        cfg = self.settings.singleton
+        timing = LeaseTiming(
+            cfg.lease_duration_seconds, cfg.renew_deadline_seconds, cfg.retry_period_seconds
+        )
+        identity = cfg.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        name = f"{es.metadata.name}-eventsource-{key.lower()}"
+        lease = LeaderLease(self.kube, name, plugin.namespace, identity, timing)
+        self.leases[id(plugin)] = lease
+        log.info("%s %s runs once among %d replicas: only while holding Lease %s/%s as %s",
+                 key, es.metadata.name, replicas, plugin.namespace, name, identity)  # fmt: skip
+        return lease
+
+    def source_standby(self, plugin: EventSourcePlugin[Any]) -> str:
+        """Why ``plugin`` is idle on purpose ("" when it runs): a standby replica."""
+        lease = self.leases.get(id(plugin))
+        if lease is None or lease.is_leader.is_set():
+            return ""
+        holder = lease.holder
+        held = f"held by {holder}" if holder and holder != lease.identity else "not acquired yet"
+        return f"standby: Lease {lease.namespace}/{lease.name} {held}"
+
+    def source_ready(self, plugin: EventSourcePlugin[Any]) -> bool:
+        """Ready: listening, or standing by for its Lease (idle on purpose)."""
+        return bool(self.source_standby(plugin)) or plugin.ready()
 
     async def _report_lag(self) -> None:
         """Keep the consumer-lag gauges of every sensor dependency current (a scrape must
@@ -380,11 +466,14 @@ class Standalone:
             if task is not None and task.done() and not task.cancelled():
                 exc = task.exception()
                 error = str(exc) if exc is not None else "stopped"
-            ready = plugin.ready() if not error else False
+            ready = self.source_ready(plugin) if not error else False
+            standby = self.source_standby(plugin) if not error else ""
             events = by_source.setdefault((plugin.namespace, plugin.source_name), [])
             for name in sorted(plugin.events):
-                events.append({"name": name, "type": plugin.type_name, "ready": ready,
-                               "error": error})  # fmt: skip
+                state = {"name": name, "type": plugin.type_name, "ready": ready, "error": error}
+                if standby:
+                    state["standby"] = standby
+                events.append(state)
         for es in self.m.event_sources:  # not started (yet): every event not ready
             key = (es.metadata.namespace or "default", es.metadata.name)
             if not by_source[key]:

@@ -82,7 +82,7 @@ def build_app(rt: Standalone) -> FastAPI:
     async def readyz(response: Response) -> dict[str, Any]:
         server = rt.bus_server_state()
         bus_ok = rt.bus is not None and rt.bus.connected and server != "restarting"
-        sources_ok = rt.ready.is_set() and all(s.ready() for s in rt.sources)
+        sources_ok = rt.ready.is_set() and all(rt.source_ready(s) for s in rt.sources)
         if not (bus_ok and sources_ok):
             response.status_code = 503
         return {"bus": bus_ok, "sources": sources_ok, "busServer": server}

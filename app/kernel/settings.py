@@ -109,6 +109,24 @@ class HttpServerSettings(BaseModel):
     )
 
 
+class SingletonSettings(BaseModel):
+    """The Lease a singleton source (calendar, MQTT with a fixed client id) runs under
+    when its EventSource has several replicas (client-go's defaults)."""
+
+    identity: str = Field(
+        "", description="this replica's name in the Lease; empty = hostname + random suffix"
+    )
+    lease_duration_seconds: float = Field(
+        15.0, description="a standby takes over after seeing the Lease unrenewed this long"
+    )
+    renew_deadline_seconds: float = Field(
+        10.0, description="the holder stops the source when it could not renew for this long"
+    )
+    retry_period_seconds: float = Field(
+        2.0, description="how often the holder renews and a standby tries to acquire"
+    )
+
+
 class TraceSettings(BaseModel):
     """Where traces (what each sensor did with each event) are kept.
 
@@ -163,6 +181,7 @@ class Settings(BaseSettings):
     sensor: SensorSettings = Field(default_factory=SensorSettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
     traces: TraceSettings = Field(default_factory=TraceSettings)
+    singleton: SingletonSettings = Field(default_factory=SingletonSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
 
     @field_validator("log_level")

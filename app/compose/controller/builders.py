@@ -343,10 +343,32 @@ def _selectors(node: Any, out: set[str]) -> None:
             _selectors(v, out)
 
 
+def _eventsource_state_rules(spec: Obj) -> list[Obj]:
+    """What an EventSource's pods write: the Leases its singleton sources run under
+    (several replicas), the ConfigMaps its calendars keep their last tick in."""
+    rules: list[Obj] = []
+    if (spec.get("replicas") or 1) > 1:
+        rules.append({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "verbs": ["get", "create", "update"]})  # fmt: skip
+    maps = [
+        ((ev or {}).get("persistence") or {}).get("configMap") or {}
+        for ev in (spec.get("calendar") or {}).values()
+    ]
+    names = sorted({str(m["name"]) for m in maps if m.get("name")})
+    if names:
+        rules.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
+                      "verbs": ["get", "update"]})  # fmt: skip
+    if any(m.get("name") and m.get("createIfNotExist") for m in maps):
+        # create cannot be limited to names: the object does not exist yet
+        rules.append({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]})
+    return rules
+
+
 def pod_role_rbac(cr: Obj, role: str, plural: str) -> list[Obj]:
     """A Role + RoleBinding letting the pods of ``cr`` read what ``triggerfish <role>``
     reads through the API, and nothing more: their own object, their EventBus (and its
-    auth Secret), and the Secrets/ConfigMaps the spec names."""
+    auth Secret), and the Secrets/ConfigMaps the spec names; for an EventSource also
+    the Leases and calendar ConfigMaps it writes."""
     name = cr["metadata"]["name"]
     spec = cr.get("spec") or {}
     bus = str(spec.get("eventBusName") or "default")
@@ -368,6 +390,8 @@ def pod_role_rbac(cr: Obj, role: str, plural: str) -> list[Obj]:
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": sorted(referenced),
              "verbs": ["get"]}
         )  # fmt: skip
+    if role == "eventsource":
+        rules += _eventsource_state_rules(spec)
     role_obj = _child(cr, "rbac.authorization.k8s.io/v1", "Role", f"{name}-{role}", labels)
     role_obj["rules"] = rules
     sa = str((spec.get("template") or {}).get("serviceAccountName") or "default")
