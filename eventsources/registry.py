@@ -29,6 +29,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
         "file": "eventsources.file:FileSource",
+        "slack": "eventsources.slack:SlackSource",
     },
 )
 
