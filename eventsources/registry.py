@@ -30,6 +30,8 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
         "file": "eventsources.file:FileSource",
         "slack": "eventsources.slack:SlackSource",
+        "stripe": "eventsources.stripe:StripeSource",
+        "sns": "eventsources.sns:SNSSource",
     },
 )
 

@@ -41,11 +41,15 @@ async def serving(
     secrets: dict[tuple[str, str], str],
     log: logging.Logger | None = None,
 ) -> AsyncIterator[Served]:
-    """Run ``cls`` with ``events`` (each event's ``webhook.port`` set to one free port)."""
+    """Run ``cls`` with ``events`` (each event's ``webhook.port`` set to one free port,
+    ``{port}`` in its ``webhook.url`` replaced by that port)."""
     port = free_port()
     configs = {}
     for name, raw in events.items():
-        raw = {**raw, "webhook": {**raw["webhook"], "port": str(port)}}
+        webhook = {**raw["webhook"], "port": str(port)}
+        if "url" in webhook:
+            webhook["url"] = webhook["url"].replace("{port}", str(port))
+        raw = {**raw, "webhook": webhook}
         configs[name] = cls.config_model.model_validate(raw)
     metrics = CountingMetrics()
     publisher = CountingPublisher(bus)
