@@ -103,6 +103,9 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
         "sensors/azure-service-bus-sensor.yaml",
         "sensors/slack-trigger.yaml",
         "sensors/email-trigger.yaml",
+        "event-sources/slack.yaml",
+        "event-sources/stripe.yaml",
+        "event-sources/aws-sns.yaml",
     ):
         assert rel in counts["ok"], rel
     # Implemented types whose Argo example asks for pod-template fields (volumes to
