@@ -30,6 +30,10 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
         "resource": "eventsources.resource:ResourceSource",
         "calendar": "eventsources.calendar:CalendarSource",
+        "file": "eventsources.file:FileSource",
+        "slack": "eventsources.slack:SlackSource",
+        "stripe": "eventsources.stripe:StripeSource",
+        "sns": "eventsources.sns:SNSSource",
     },
 )
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,12 +22,6 @@ from typing import Any, ClassVar
 
 import orjson
 from aiobotocore.config import AioConfig
-from aiobotocore.credentials import (
-    AioAssumeRoleCredentialFetcher,
-    AioDeferredRefreshableCredentials,
-)
-from aiobotocore.session import AioSession
-from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, field_validator, model_validator
 
@@ -37,6 +30,7 @@ from app.kernel.errors import ConfigError, TransientError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
+from eventsources.aws import role_session_name, session_for
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter
 
@@ -153,20 +147,6 @@ class _Received:
     message_id: str
     receipt: str
     raw: Mapping[str, Any]
-
-
-class _SourceCredentials(CredentialProvider):  # type: ignore[misc]
-    """Puts credentials we built (assumed role) first in a session's provider chain."""
-
-    METHOD = "triggerfish-assume-role"
-    CANONICAL_NAME = "TriggerfishAssumeRole"
-
-    def __init__(self, credentials: Any) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    async def load(self) -> Any:
-        return self._credentials
 
 
 def _error_code(e: BaseException) -> str:
@@ -319,51 +299,17 @@ class _QueueConsumer:
             read_timeout=self.cfg.effective_wait_seconds + 15,
         )
 
-    async def _new_session(self) -> AioSession:
-        # Building a session costs tens of milliseconds of CPU and file reads.
-        return await asyncio.to_thread(AioSession)
-
     async def _open_client(self) -> None:
         """(Re)build the SQS client from the secrets, the role or the default chain."""
         cfg = self.cfg
-        keys = await self._static_keys()
-        session = await self._new_session()
-        if cfg.role_arn:
-            # Argo assumes the role with the ambient credentials; we use the configured
-            # keys as the source when they are given, the default chain otherwise.
-            source = await self._new_session()
-            if keys:
-                source.set_credentials(
-                    keys["aws_access_key_id"],
-                    keys["aws_secret_access_key"],
-                    keys.get("aws_session_token"),
-                )
-            source_credentials = await source.get_credentials()
-            if source_credentials is None:
-                raise ConfigError(
-                    "no AWS credentials to assume the role with (set accessKey/secretKey "
-                    "or provide them to the process)",
-                    path=f"spec.sqs.{self.event_name}.roleARN",
-                )
-            fetcher = AioAssumeRoleCredentialFetcher(
-                client_creator=functools.partial(
-                    source.create_client,
-                    region_name=cfg.region,
-                    endpoint_url=cfg.endpoint or None,
-                    config=AioConfig(warm_up_loader_caches=True),
-                ),
-                source_credentials=source_credentials,
-                role_arn=cfg.role_arn,
-                extra_args={"RoleSessionName": _role_session_name(self.plugin, self.event_name)},
-            )
-            # Refreshed before expiry by the SDK, like Argo's stscreds provider.
-            assumed = AioDeferredRefreshableCredentials(
-                refresh_using=fetcher.fetch_credentials, method="assume-role"
-            )
-            session.get_component("credential_provider").insert_before(
-                "env", _SourceCredentials(assumed)
-            )
-            keys = {}
+        session, keys = await session_for(
+            await self._static_keys(),
+            role_arn=cfg.role_arn,
+            region=cfg.region,
+            endpoint=cfg.endpoint,
+            session_name=role_session_name(self.plugin.source_name, self.event_name),
+            role_path=f"spec.sqs.{self.event_name}.roleARN",
+        )
         cm = session.create_client(
             "sqs",
             region_name=cfg.region,
@@ -757,12 +703,6 @@ class _QueueConsumer:
 def _compile_filter(cfg: SQSConfig) -> SourceFilter | None:
     """The event's compiled ``filter.expression``; ``ValueError`` when it is invalid."""
     return None if cfg.filter is None else event_source_filter(cfg.filter.expression)
-
-
-def _role_session_name(plugin: SQSSource, event_name: str) -> str:
-    """An STS session name (≤ 64 chars of ``[\\w+=,.@-]``) that says who assumed the role."""
-    raw = f"triggerfish-{plugin.source_name}-{event_name}"
-    return "".join(c if c.isalnum() or c in "+=,.@-_" else "-" for c in raw)[:64]
 
 
 async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:

@@ -81,6 +81,20 @@ class SensorSettings(BaseModel):
     )
 
 
+class SourceSettings(BaseModel):
+    """Where event sources reach the providers they talk to (not part of a manifest)."""
+
+    stripe_api_url: str = Field(
+        "https://api.stripe.com/",
+        description="base URL of the Stripe API (the stripe source's createWebhook)",
+    )
+    sns_cert_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names, besides sns.<region>.amazonaws.com[.cn], an SNS message's"
+        " SigningCertURL and SubscribeURL may name (e.g. a local SNS-compatible server)",
+    )
+
+
 class HttpServerSettings(BaseModel):
     """Limits of the HTTP servers a process runs (webhook ports, operations API).
 
@@ -179,6 +193,7 @@ class Settings(BaseSettings):
     bus: BusSettings = Field(default_factory=BusSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
     traces: TraceSettings = Field(default_factory=TraceSettings)
     singleton: SingletonSettings = Field(default_factory=SingletonSettings)
