@@ -52,22 +52,17 @@ import functools
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.kernel.argo import SecretKeySelector
-from app.kernel.errors import ConfigError, PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters, construct_payload
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
 from sensors.triggers.http import read_secret
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
+from sensors.triggers.parameterized import ParameterizedTrigger
 
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 905
@@ -201,17 +196,16 @@ class _Client:
                     await cm.__aexit__(None, None, None)
 
 
-class AwsLambdaTrigger(Trigger):
+class AwsLambdaTrigger(ParameterizedTrigger[AwsLambdaTriggerConfig]):
     """Invokes one Lambda function per firing (see the module docstring)."""
+
+    has_payload: ClassVar[bool] = True
 
     type_name: ClassVar[str] = "awsLambda"
     config_model: ClassVar[type[SpecModel]] = AwsLambdaTriggerConfig
 
     def __init__(self, config: AwsLambdaTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.config: AwsLambdaTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="awsLambda.parameters")
-        self.payload = compile_parameters(config.payload, where="awsLambda.payload")
         policy = ctx.policy
         status = policy.status if policy is not None else None
         self.allow: frozenset[int] | None = (
@@ -220,13 +214,7 @@ class AwsLambdaTrigger(Trigger):
 
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
-        payload = self.payload
-        if cfg.payload != self.config.payload:
-            try:
-                payload = compile_parameters(cfg.payload, where="awsLambda.payload")
-            except ConfigError as e:
-                raise PermanentError(f"awsLambda trigger after awsLambda.parameters: {e}") from e
-        body, payload_records = construct_payload(payload, inv.events)
+        body, payload_records = self._payload_for(cfg, inv.events)
         records += payload_records
         client = await (await self._client(cfg, inv.namespace)).client()
         invocation_type = cfg.invocation_type or "RequestResponse"
@@ -266,20 +254,6 @@ class AwsLambdaTrigger(Trigger):
         if result_body:
             detail["response"] = _snippet(result_body)
         return TriggerResult(f"lambda {status}", detail, records)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[AwsLambdaTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = AwsLambdaTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(
-                f"awsLambda trigger after awsLambda.parameters is invalid: {e}"
-            ) from e
-        return cfg, records
 
     async def _client(self, cfg: AwsLambdaTriggerConfig, namespace: str) -> _Client:
         keys: dict[str, str] = {}

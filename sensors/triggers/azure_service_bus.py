@@ -33,23 +33,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.kernel.argo import SecretKeySelector, TLSConfig
-from app.kernel.errors import ConfigError, PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters, construct_payload
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerResult
 from sensors.triggers.http import read_secret, ssl_context
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
+from sensors.triggers.parameterized import ParameterizedTrigger
 
 SEND_TIMEOUT_SECONDS = 30.0
 """How long one send may take (the SDK's own retries included) before it is retried."""
@@ -119,17 +114,13 @@ def _scrub(text: str, secret: str) -> str:
     return _KEY_IN_TEXT.sub(r"\1=<redacted>", text)
 
 
-class AzureServiceBusTrigger(Trigger):
+class AzureServiceBusTrigger(ParameterizedTrigger[AzureServiceBusTriggerConfig]):
     """Sends the payload to a Service Bus queue or topic (see the module docstring)."""
+
+    has_payload: ClassVar[bool] = True
 
     type_name: ClassVar[str] = "azureServiceBus"
     config_model: ClassVar[type[SpecModel]] = AzureServiceBusTriggerConfig
-
-    def __init__(self, config: AzureServiceBusTriggerConfig, ctx: TriggerContext) -> None:
-        super().__init__(config, ctx)
-        self.config: AzureServiceBusTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="azureServiceBus.parameters")
-        self.payload = compile_parameters(config.payload, where="azureServiceBus.payload")
 
     async def execute(self, inv: Invocation) -> TriggerResult:
         from azure.servicebus import ServiceBusMessage
@@ -143,13 +134,7 @@ class AzureServiceBusTrigger(Trigger):
         )
 
         cfg, records = self._config_for(inv.events)
-        payload = self.payload
-        if cfg.payload != self.config.payload:
-            try:
-                payload = compile_parameters(cfg.payload, where="azureServiceBus.payload")
-            except ConfigError as e:
-                raise PermanentError(f"azureServiceBus trigger after parameters: {e}") from e
-        body, payload_records = construct_payload(payload, inv.events)
+        body, payload_records = self._payload_for(cfg, inv.events)
         records += payload_records
         sender = await self._sender(cfg, inv.namespace)
         message = ServiceBusMessage(
@@ -175,18 +160,6 @@ class AzureServiceBusTrigger(Trigger):
             raise TransientError(f"{where}: {type(e).__name__}: {text}") from e
         detail = {"name": where, "entity": cfg.entity, "messageId": inv.key, "bytes": len(body)}
         return TriggerResult("sent", detail, records)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[AzureServiceBusTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = AzureServiceBusTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(f"azureServiceBus trigger after parameters is invalid: {e}") from e
-        return cfg, records
 
     async def _sender(self, cfg: AzureServiceBusTriggerConfig, namespace: str) -> _Sender:
         sel = cfg.connection_string

@@ -42,22 +42,17 @@ import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerResult
 from sensors.triggers.http import read_secret
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
+from sensors.triggers.parameterized import ParameterizedTrigger
 
 DEFAULT_PORT = 587
 IMPLICIT_TLS_PORT = 465
@@ -183,16 +178,11 @@ def _send_one(host: str, port: int, username: str, password: str, message: Email
         smtp.send_message(message)
 
 
-class EmailTrigger(Trigger):
+class EmailTrigger(ParameterizedTrigger[EmailTriggerConfig]):
     """Sends one e-mail per recipient per firing (see the module docstring)."""
 
     type_name: ClassVar[str] = "email"
     config_model: ClassVar[type[SpecModel]] = EmailTriggerConfig
-
-    def __init__(self, config: EmailTriggerConfig, ctx: TriggerContext) -> None:
-        super().__init__(config, ctx)
-        self.config: EmailTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="email.parameters")
 
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
@@ -240,18 +230,6 @@ class EmailTrigger(Trigger):
         detail: dict[str, Any] = {"name": where, "to": sorted(served.delivered),
                                   "subject": cfg.subject}  # fmt: skip
         return TriggerResult("sent", detail, records)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[EmailTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = EmailTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(f"email trigger after email.parameters is invalid: {e}") from e
-        return cfg, records
 
 
 __all__ = ["EmailTrigger", "EmailTriggerConfig"]

@@ -48,26 +48,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.kernel.argo import ConfigMapKeySelector, SecretKeySelector, TLSConfig
 from app.kernel.errors import ConfigError, PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
+from app.kernel.spec import SpecModel
 from sensors.parameters import (
     CompiledParameter,
-    apply_parameters,
     compile_parameters,
     construct_payload,
 )
 from sensors.spec import TriggerParameter, TriggerParameterSource
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
+from sensors.triggers.parameterized import ParameterizedTrigger
 from sensors.triggers.sources import http_session
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from app.kernel.argo import TLSConfig
-    from app.kernel.events import Event
 
 
 HttpMethod = Literal["GET", "DELETE", "PATCH", "POST", "PUT"]
@@ -226,7 +223,7 @@ def _compile(cfg: HttpTriggerConfig) -> _Compiled:
     return _Compiled(payload, headers)
 
 
-class HttpTrigger(Trigger):
+class HttpTrigger(ParameterizedTrigger[HttpTriggerConfig]):
     """Sends one HTTP request per firing (see the module docstring)."""
 
     type_name: ClassVar[str] = "http"
@@ -234,8 +231,6 @@ class HttpTrigger(Trigger):
 
     def __init__(self, config: HttpTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.config: HttpTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="http.parameters")
         self.compiled = _compile(config)
         policy = ctx.policy
         status = policy.status if policy is not None else None
@@ -296,20 +291,6 @@ class HttpTrigger(Trigger):
         if status >= 500 or status in TRANSIENT_STATUSES:
             raise TransientError(message)
         raise PermanentError(message)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[HttpTriggerConfig, list[dict[str, Any]]]:
-        """The config with ``http.parameters`` applied (Argo applies them to the whole
-        trigger, so a parameter may set the URL, a header or the method)."""
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = HttpTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(f"http trigger after http.parameters is invalid: {e}") from e
-        return cfg, records
 
     def _recompile(self, cfg: HttpTriggerConfig) -> _Compiled:
         if cfg.payload == self.config.payload and cfg.dynamic_headers == (

@@ -42,22 +42,17 @@ import collections
 import contextlib
 import re
 import ssl
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.kernel.argo import SecretKeySelector, TLSConfig
-from app.kernel.errors import ConfigError, PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters, construct_payload
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
 from sensors.triggers.http import read_secret, safe_url, ssl_context
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
+from sensors.triggers.parameterized import ParameterizedTrigger
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 """How long connecting to the target server may take before the attempt is retried."""
@@ -284,45 +279,23 @@ class _Connection:
                 await self._drop(self._client)
 
 
-class NatsTrigger(Trigger):
+class NatsTrigger(ParameterizedTrigger[NatsTriggerConfig]):
     """Publishes the payload on a NATS subject per firing (see the module docstring)."""
+
+    has_payload: ClassVar[bool] = True
 
     type_name: ClassVar[str] = "nats"
     config_model: ClassVar[type[SpecModel]] = NatsTriggerConfig
 
-    def __init__(self, config: NatsTriggerConfig, ctx: TriggerContext) -> None:
-        super().__init__(config, ctx)
-        self.config: NatsTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="nats.parameters")
-        self.payload = compile_parameters(config.payload, where="nats.payload")
-
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
-        payload = self.payload
-        if cfg.payload != self.config.payload:
-            try:
-                payload = compile_parameters(cfg.payload, where="nats.payload")
-            except ConfigError as e:
-                raise PermanentError(f"nats trigger after nats.parameters: {e}") from e
-        body, payload_records = construct_payload(payload, inv.events)
+        body, payload_records = self._payload_for(cfg, inv.events)
         records += payload_records
         conn = await self._connection(cfg, inv.namespace)
         await conn.publish(cfg.subject, body, inv.key)
         detail = {"name": f"nats {cfg.subject}", "subject": cfg.subject, "url": conn.where,
                   "bytes": len(body)}  # fmt: skip
         return TriggerResult("published", detail, records)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[NatsTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = NatsTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(f"nats trigger after nats.parameters is invalid: {e}") from e
-        return cfg, records
 
     async def _connection(self, cfg: NatsTriggerConfig, namespace: str) -> _Connection:
         key = (

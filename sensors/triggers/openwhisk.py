@@ -37,29 +37,24 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from app.kernel.argo import SecretKeySelector
-from app.kernel.errors import ConfigError, PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters, construct_payload
+from app.kernel.errors import PermanentError, TransientError
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
 from sensors.triggers.http import (
     IDEMPOTENCY_HEADER,
     TRANSIENT_STATUSES,
     read_secret,
     safe_url,
 )
+from sensors.triggers.parameterized import ParameterizedTrigger
 from sensors.triggers.sources import http_session
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
 
 REQUEST_TIMEOUT_SECONDS = 75.0
 """A blocking invocation is answered within OpenWhisk's 60 s wait (with 202 after it)."""
@@ -105,17 +100,16 @@ class OpenWhiskTriggerConfig(SpecModel):
                 "?blocking=true&result=true")  # fmt: skip
 
 
-class OpenWhiskTrigger(Trigger):
+class OpenWhiskTrigger(ParameterizedTrigger[OpenWhiskTriggerConfig]):
     """Invokes one OpenWhisk action per firing (see the module docstring)."""
+
+    has_payload: ClassVar[bool] = True
 
     type_name: ClassVar[str] = "openWhisk"
     config_model: ClassVar[type[SpecModel]] = OpenWhiskTriggerConfig
 
     def __init__(self, config: OpenWhiskTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.config: OpenWhiskTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="openWhisk.parameters")
-        self.payload = compile_parameters(config.payload, where="openWhisk.payload")
         policy = ctx.policy
         status = policy.status if policy is not None else None
         self.allow: frozenset[int] | None = (
@@ -124,13 +118,7 @@ class OpenWhiskTrigger(Trigger):
 
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
-        payload = self.payload
-        if cfg.payload != self.config.payload:
-            try:
-                payload = compile_parameters(cfg.payload, where="openWhisk.payload")
-            except ConfigError as e:
-                raise PermanentError(f"openWhisk trigger after openWhisk.parameters: {e}") from e
-        body, payload_records = construct_payload(payload, inv.events)
+        body, payload_records = self._payload_for(cfg, inv.events)
         records += payload_records
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: inv.key}
         if cfg.auth_token is not None:
@@ -182,20 +170,6 @@ class OpenWhiskTrigger(Trigger):
             raise PermanentError(f"{where}: invalid URL") from e
         except aiohttp.ClientError as e:
             raise TransientError(f"{where}: {type(e).__name__}: {e}") from e
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[OpenWhiskTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = OpenWhiskTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(
-                f"openWhisk trigger after openWhisk.parameters is invalid: {e}"
-            ) from e
-        return cfg, records
 
 
 def _json(text: str) -> Any:

@@ -38,24 +38,19 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import PermanentError, TransientError
-from app.kernel.spec import SpecModel, dump
-from sensors.parameters import apply_parameters, compile_parameters
+from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, Trigger, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
 from sensors.triggers.http import read_secret
+from sensors.triggers.parameterized import ParameterizedTrigger
 from sensors.triggers.sources import http_session
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from app.kernel.events import Event
 
 DEFAULT_API_URL = "https://slack.com/api/"
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -151,7 +146,7 @@ def api_url() -> str:
     return url if url.endswith("/") else url + "/"
 
 
-class SlackTrigger(Trigger):
+class SlackTrigger(ParameterizedTrigger[SlackTriggerConfig]):
     """Posts one Slack message per firing (see the module docstring)."""
 
     type_name: ClassVar[str] = "slack"
@@ -159,8 +154,6 @@ class SlackTrigger(Trigger):
 
     def __init__(self, config: SlackTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
-        self.config: SlackTriggerConfig = config
-        self.params = compile_parameters(config.parameters, where="slack.parameters")
         self.api_url = api_url()
 
     async def execute(self, inv: Invocation) -> TriggerResult:
@@ -256,18 +249,6 @@ class SlackTrigger(Trigger):
         if error in TRANSIENT_SLACK_ERRORS:
             raise TransientError(message)
         raise PermanentError(message)
-
-    def _config_for(
-        self, events: Mapping[str, Event]
-    ) -> tuple[SlackTriggerConfig, list[dict[str, Any]]]:
-        if not self.params:
-            return self.config, []
-        doc, records = apply_parameters(dump(self.config), self.params, events)
-        try:
-            cfg = SlackTriggerConfig.model_validate(doc)
-        except ValidationError as e:
-            raise PermanentError(f"slack trigger after slack.parameters is invalid: {e}") from e
-        return cfg, records
 
 
 async def _new_threads() -> _Threads:
