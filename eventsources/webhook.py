@@ -1,9 +1,27 @@
-"""Webhook event source (``spec.webhook``): HTTP endpoints that publish each request.
+"""Webhook event source (``spec.webhook``), and the base of every webhook-served type.
 
 The runtime builds one :class:`WebhookSource` per EventSource with a ``webhook``
 section and runs it; the per-request work lives in :mod:`eventsources.webhook_http`
 (a raw ASGI app per port), this module owns the config model, cross-event validation,
 secrets, and the uvicorn servers' lifecycle.
+
+Other source types that receive HTTP requests (``github``, ``gitlab``, ``bitbucket``,
+``bitbucketserver``, ``slack``, ``stripe``, ``sns``) subclass :class:`WebhookServedSource`
+instead of copying any of this: each event of theirs holds Argo's ``webhook``
+(:class:`WebhookContext`), and the subclass only adds what is its own:
+
+* :meth:`WebhookServedSource.route_hooks`: the per-route ``verifier`` (signature or
+  token check, 401/403 with nothing published), ``responder`` (direct answers such as a
+  challenge) and ``shaper`` (Argo's event data shape for the type), see
+  :mod:`eventsources.webhook_http`;
+* :meth:`WebhookServedSource.check_event`: validation lines of its own fields;
+* :meth:`WebhookServedSource.register_hooks` / :meth:`WebhookServedSource.unregister_hooks`:
+  registering the endpoint with the provider once the servers listen, and removing it
+  on shutdown (``deleteHookOnFinish``).
+
+Everything else (ports, endpoints, methods, ``authSecret``, limits, TLS,
+``filter.expression``, 200 only after the PubAck, 503 + ``Retry-After`` when the bus is
+down, graceful shutdown) is the webhook source's, unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +32,8 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Mapping
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import uvicorn
 from pydantic import Field, field_validator
@@ -22,17 +41,30 @@ from pydantic import Field, field_validator
 from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
+from app.kernel.logs import register_secret
 from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter
-from eventsources.webhook_http import Dispatch, Route, WebhookApp
+from eventsources.webhook_http import (
+    Dispatch,
+    Responder,
+    Route,
+    Shaper,
+    Verifier,
+    WebhookApp,
+    webhook_data,
+)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
-class WebhookConfig(SpecModel):
-    """One webhook event (Argo ``WebhookEventSource``: ``WebhookContext`` + ``filter``)."""
+class WebhookContext(SpecModel):
+    """Argo's ``WebhookContext``: where and how one event's HTTP endpoint is served.
+
+    The whole of a ``webhook`` event, and the ``webhook`` field of every other
+    webhook-served type (``spec.github.<event>.webhook``).
+    """
 
     endpoint: str
     method: str = "POST"
@@ -43,7 +75,6 @@ class WebhookConfig(SpecModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     auth_secret: SecretKeySelector | None = None
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_BYTES
-    filter: EventSourceFilter | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -75,61 +106,56 @@ class WebhookConfig(SpecModel):
         return v
 
 
-def _compile_filter(cfg: WebhookConfig) -> SourceFilter | None:
+class WebhookConfig(WebhookContext):
+    """One webhook event (Argo ``WebhookEventSource``: ``WebhookContext`` + ``filter``)."""
+
+    filter: EventSourceFilter | None = None
+
+
+def _compile_filter(spec: EventSourceFilter | None) -> SourceFilter | None:
     """The event's compiled ``filter.expression``; ``ValueError`` when it is invalid."""
-    return None if cfg.filter is None else event_source_filter(cfg.filter.expression)
+    return None if spec is None else event_source_filter(spec.expression)
 
 
-class WebhookSource(EventSourcePlugin[WebhookConfig]):
-    """Serves every webhook event of one EventSource, one HTTP server per port.
+@dataclass(frozen=True)
+class RouteHooks:
+    """What a webhook-served type adds to one event's route (:mod:`eventsources.webhook_http`)."""
 
-    Fields of each event (``spec.webhook.<eventName>``, Argo's ``WebhookContext``):
+    verifier: Verifier | None = None
+    responder: Responder | None = None
+    shaper: Shaper = webhook_data
+    metadata: Mapping[str, str] | None = None
+    """The ``metadata`` the shaper copies into the event; ``None``: the ``webhook``'s own."""
 
-    * ``port`` (string, required): the port to listen on; events sharing a port share
-      one server, each on its own ``endpoint``.
-    * ``endpoint`` (required, starts with ``/``): the exact request path.
-    * ``method`` (default ``POST``): the one accepted method; others get 405 + ``Allow``.
-    * ``authSecret``: Secret key holding a bearer token; requests must send
-      ``Authorization: Bearer <token>`` (else 401). Read once at start (one trailing
-      newline dropped, as Argo does), compared in constant time.
-    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413; for a
-      ``gzip``/``deflate`` body (decoded here; other codings get 415) the limit applies
-      to the decoded size.
-    * ``metadata``: a string map copied into every event's data.
-    * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
-      are set the port serves HTTPS (all events on that port must agree).
-    * ``url``: informational (the externally visible URL), not used for serving.
-    * ``filter.expression``: an expr-lang expression over the event data
-      (``body.model == "resnet"``; see :func:`app.languages.source_filter.event_source_filter`),
-      compiled at validation; a request for which it is not true is answered but not
-      published.
 
-    Event data is Argo's: ``{"header": {Canonical-Name: [values]}, "body": ...,
-    "metadata": {...}}`` with ``Authorization`` masked; ``body`` is the posted JSON,
-    or a map of lists for GET query strings and form posts.
+ConfigT = TypeVar("ConfigT", bound=SpecModel)
 
-    Ack/failure semantics: a request is answered 200 ``success`` only after
-    ``ctx.publish`` returned (the bus holds the event). If the publish raises a
-    :class:`~app.kernel.errors.TransientError` (bus down, no PubAck in time) the answer is
-    503 with ``Retry-After`` and nothing was accepted; any other failure is 500. An
-    ``Idempotency-Key`` (else ``X-Request-Id``) header makes the event id
-    deterministic, so a client retry after a lost answer is deduplicated by the bus.
-    A request dropped by ``filter`` is answered 200 ``filtered`` with
-    ``X-Triggerfish-Filtered: true`` (the client did nothing wrong, and retrying would
-    not change the outcome), counted as filtered, never as sent, and logged at debug
-    level with the reason. Requests are processed concurrently; there is no ordering
-    between them.
-    ``GET /health`` answers 200 on every port.
 
-    Limits (``ctx.http``, the ``TRIGGERFISH_HTTP__*`` settings): at most
-    ``max_in_flight_requests`` event requests per port (more get 503 + ``Retry-After``
-    before their body is read); request heads must arrive in time and fit
-    (408 / 431), bodies must arrive in time (408); see :mod:`app.adapters.httpserver`.
-    Hostile bodies get 400 with the reason (:func:`eventsources.webhook_http.parse_body`).
+class WebhookServedSource(EventSourcePlugin[ConfigT]):
+    """Serves the events of one EventSource over the webhook HTTP contract.
+
+    The base of :class:`WebhookSource` and of every type whose events hold Argo's
+    ``webhook`` (a :class:`WebhookContext`). A subclass sets ``type_name``,
+    ``config_model`` and ``context_field`` (the config's attribute holding the
+    :class:`WebhookContext`; ``""`` when the config is one), and overrides what is its
+    own: :meth:`route_hooks`, :meth:`check_event`, :meth:`register_hooks`,
+    :meth:`unregister_hooks`. The event's ``filter`` (an attribute named ``filter``,
+    Argo's place for it on every type) is compiled and applied to the shaped data.
+
+    Ack/failure semantics are the webhook source's: 200 only after the PubAck, 503 +
+    ``Retry-After`` when the bus is down, a verifier's 401/403 with nothing published.
+    Hook registration runs once every port listens (providers send a ping right
+    away); failures are logged and retried every ``registration_retry_seconds`` (at
+    most ``registration_attempts`` times), the endpoint keeps serving meanwhile (a hook
+    may also be made by hand). Unregistration runs on shutdown, bounded by
+    ``unregistration_timeout_seconds``; failures are logged.
     """
 
-    type_name: ClassVar[str] = "webhook"
-    config_model: ClassVar[type[SpecModel]] = WebhookConfig
+    context_field: ClassVar[str] = "webhook"
+    """The config attribute holding the event's :class:`WebhookContext` (``""``: the config)."""
+    registration_retry_seconds: ClassVar[float] = 60.0
+    registration_attempts: ClassVar[int] = 10
+    unregistration_timeout_seconds: ClassVar[float] = 10.0
 
     shutdown_grace_seconds: ClassVar[float] = 5.0
     """How long in-flight requests may take to finish when the source is stopped."""
@@ -140,24 +166,75 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
         self,
         source_name: str,
         namespace: str,
-        events: Mapping[str, WebhookConfig],
+        events: Mapping[str, ConfigT],
         ctx: SourceContext,
     ) -> None:
         super().__init__(source_name, namespace, events, ctx)
         self._apps: dict[int, WebhookApp] | None = None
         self._tls: dict[int, ssl.SSLContext] = {}
         self._servers: list[QuietServer] = []
+        self._hooks_touched = False
+        """Whether :meth:`register_hooks` ran (so shutdown undoes what it made)."""
+
+    # -- what a subclass says ------------------------------------------------------------
+    @classmethod
+    def webhook_context(cls, cfg: ConfigT) -> WebhookContext:
+        """The event's :class:`WebhookContext`."""
+        context = getattr(cfg, cls.context_field) if cls.context_field else cfg
+        if not isinstance(context, WebhookContext):
+            raise TypeError(f"{cls.__name__}: {cls.context_field!r} is not a WebhookContext")
+        return context
+
+    @classmethod
+    def context_path(cls, event_name: str) -> str:
+        """The manifest path of the event's :class:`WebhookContext`, for messages."""
+        base = f"spec.{cls.type_name}.{event_name}"
+        return f"{base}.{cls.context_field}" if cls.context_field else base
+
+    @classmethod
+    def check_event(cls, event_name: str, cfg: ConfigT) -> list[str]:
+        """The type's own validation lines (``path: message``) for one event."""
+        return []
+
+    async def route_hooks(self, event_name: str, cfg: ConfigT) -> RouteHooks:
+        """The verifier, responder and shaper of the event's route (secrets read here)."""
+        return RouteHooks()
+
+    async def register_hooks(self) -> bool:
+        """Register the endpoints with the provider; ``True`` when nothing is left to do.
+
+        Called once every port listens, and again after ``registration_retry_seconds``
+        while it returns ``False``. Must be idempotent (reuse an existing hook)."""
+        return True
+
+    async def unregister_hooks(self) -> None:
+        """Remove what :meth:`register_hooks` made (``deleteHookOnFinish``), on shutdown."""
+        return None
+
+    async def read_secret(self, selector: SecretKeySelector, path: str) -> str:
+        """A secret's value with one trailing newline dropped (as Argo does); a
+        :class:`ConfigError` naming ``path`` when it is missing or empty. The value is
+        redacted from every log line."""
+        secret = await self._secret(selector, path)
+        if secret.endswith("\n"):
+            secret = secret[:-1]
+        if not secret:
+            raise ConfigError("the secret's value is empty", path)
+        register_secret(secret)
+        return secret
 
     # -- validation -------------------------------------------------------------------
     @classmethod
-    def check_config(cls, source_name: str, events: Mapping[str, WebhookConfig]) -> list[str]:
-        """Cross-event checks (one event per port+endpoint, TLS agreed per port) and every
-        ``filter.expression`` compiled, so a bad one fails validation with its path."""
+    def check_config(cls, source_name: str, events: Mapping[str, ConfigT]) -> list[str]:
+        """Cross-event checks (one event per port+endpoint, TLS agreed per port), every
+        ``filter.expression`` compiled, and the type's own :meth:`check_event` lines,
+        so a bad manifest fails validation with its path."""
         lines: list[str] = []
         taken: dict[tuple[str, str], str] = {}
         tls_by_port: dict[str, tuple[str, bool]] = {}
-        for name, cfg in events.items():
-            path = f"spec.webhook.{name}"
+        for name, event in events.items():
+            cfg = cls.webhook_context(event)
+            path = cls.context_path(name)
             key = (cfg.port, cfg.endpoint)
             if key in taken:
                 lines.append(
@@ -167,9 +244,9 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
             else:
                 taken[key] = name
             try:
-                _compile_filter(cfg)
+                _compile_filter(getattr(event, "filter", None))
             except ValueError as e:
-                lines.append(f"{path}.filter.expression: {e}")
+                lines.append(f"spec.{cls.type_name}.{name}.filter.expression: {e}")
             has_cert = cfg.server_cert_secret is not None
             has_key = cfg.server_key_secret is not None
             if has_cert != has_key:
@@ -180,6 +257,7 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                     f"{path}: port {cfg.port} is served with TLS by one event and without "
                     f"by another ({first[0]!r}); use one setting per port"
                 )
+            lines += cls.check_event(name, event)
         return lines
 
     # -- start ------------------------------------------------------------------------
@@ -202,30 +280,29 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
             log=self.ctx.log,
         )
         by_port: dict[int, dict[str, Route]] = {}
-        for name, cfg in self.events.items():
+        for name, event in self.events.items():
+            cfg = self.webhook_context(event)
+            path = self.context_path(name)
             token: bytes | None = None
             if cfg.auth_secret is not None:
-                secret = await self._secret(cfg.auth_secret, f"spec.webhook.{name}.authSecret")
-                if secret.endswith("\n"):
-                    secret = secret[:-1]
-                if not secret:
-                    raise ConfigError(
-                        "the secret's value is empty", f"spec.webhook.{name}.authSecret"
-                    )
-                token = secret.encode()
+                token = (await self.read_secret(cfg.auth_secret, f"{path}.authSecret")).encode()
+            hooks = await self.route_hooks(name, event)
             port = int(cfg.port)
             by_port.setdefault(port, {})[cfg.endpoint] = Route(
                 event_name=name,
                 endpoint=cfg.endpoint,
                 method=cfg.method,
                 max_payload_bytes=cfg.max_payload_size,
-                metadata=dict(cfg.metadata),
+                metadata=dict(cfg.metadata if hooks.metadata is None else hooks.metadata),
                 token=token,
-                filter=_compile_filter(cfg),
+                filter=_compile_filter(getattr(event, "filter", None)),
+                verifier=hooks.verifier,
+                responder=hooks.responder,
+                shaper=hooks.shaper,
             )
             if cfg.server_cert_secret and cfg.server_key_secret and port not in self._tls:
                 self._tls[port] = await self._tls_context(
-                    cfg.server_cert_secret, cfg.server_key_secret, f"spec.webhook.{name}"
+                    cfg.server_cert_secret, cfg.server_key_secret, path
                 )
         limit = self.ctx.http.max_in_flight_requests
         self._apps = {
@@ -281,6 +358,7 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
         servers: list[QuietServer] = []
         tasks: list[asyncio.Task[None]] = []
         sockets: list[socket.socket] = []
+        hooks: asyncio.Task[None] | None = None
         try:
             for port, app in apps.items():
                 sock = self._listen(port)
@@ -319,15 +397,28 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 for port, app in apps.items()
             ]
             self.ctx.log.info(
-                "webhook source %s listening on %s", self.source_name, ", ".join(listening)
+                "%s source %s listening on %s",
+                self.type_name,
+                self.source_name,
+                ", ".join(listening),
+            )
+            hooks = asyncio.create_task(
+                self._manage_hooks(servers), name=f"hooks:{self.source_name}"
             )
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 t.result()
             raise TransientError(f"webhook source {self.source_name}: a server stopped")
         finally:
-            for server in servers:
-                server.should_exit = True
+            try:
+                if hooks is not None:
+                    hooks.cancel()
+                    await asyncio.wait([hooks])
+                    if self._hooks_touched:
+                        await self._unregister()
+            finally:
+                for server in servers:
+                    server.should_exit = True
             try:
                 if tasks:
                     await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds + 1)
@@ -337,6 +428,48 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 for sock in sockets:
                     sock.close()
                 self._servers = []
+
+    async def _manage_hooks(self, servers: list[QuietServer]) -> None:
+        """Once every server listens, register the hooks, retrying while it fails."""
+        while not all(s.started for s in servers):
+            if any(s.should_exit for s in servers):
+                return
+            await asyncio.sleep(0.01)
+        for attempt in range(1, self.registration_attempts + 1):
+            self._hooks_touched = True
+            try:
+                if await self.register_hooks():
+                    return
+            except ConfigError as e:
+                self.ctx.log.error("%s source %s: %s", self.type_name, self.source_name, e)
+                return
+            except Exception as e:  # a provider outage must not stop the endpoint
+                self.ctx.log.warning(
+                    "%s source %s: registering hooks failed (attempt %d of %d): %s",
+                    self.type_name,
+                    self.source_name,
+                    attempt,
+                    self.registration_attempts,
+                    e,
+                )
+            if attempt < self.registration_attempts:
+                await asyncio.sleep(self.registration_retry_seconds)
+        self.ctx.log.error(
+            "%s source %s: gave up registering hooks after %d attempts; create them by hand",
+            self.type_name,
+            self.source_name,
+            self.registration_attempts,
+        )
+
+    async def _unregister(self) -> None:
+        """:meth:`unregister_hooks`, bounded in time; failures are logged, not raised."""
+        try:
+            async with asyncio.timeout(self.unregistration_timeout_seconds):
+                await self.unregister_hooks()
+        except Exception as e:
+            self.ctx.log.warning(
+                "%s source %s: removing hooks failed: %s", self.type_name, self.source_name, e
+            )
 
     def _listen(self, port: int) -> socket.socket:
         """A bound, non-blocking listening socket on ``ctx.bind_host``:``port``."""
@@ -356,3 +489,56 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
             sock.close()
             raise TransientError(f"cannot listen on {host}:{port}: {e}") from e
         return sock
+
+
+class WebhookSource(WebhookServedSource[WebhookConfig]):
+    """Serves every webhook event of one EventSource, one HTTP server per port.
+
+    Fields of each event (``spec.webhook.<eventName>``, Argo's ``WebhookContext``):
+
+    * ``port`` (string, required): the port to listen on; events sharing a port share
+      one server, each on its own ``endpoint``.
+    * ``endpoint`` (required, starts with ``/``): the exact request path.
+    * ``method`` (default ``POST``): the one accepted method; others get 405 + ``Allow``.
+    * ``authSecret``: Secret key holding a bearer token; requests must send
+      ``Authorization: Bearer <token>`` (else 401). Read once at start (one trailing
+      newline dropped, as Argo does), compared in constant time.
+    * ``maxPayloadSize`` (bytes, default 1 MiB): larger bodies get 413; for a
+      ``gzip``/``deflate`` body (decoded here; other codings get 415) the limit applies
+      to the decoded size.
+    * ``metadata``: a string map copied into every event's data.
+    * ``serverCertSecret`` / ``serverKeySecret``: PEM certificate and key; when both
+      are set the port serves HTTPS (all events on that port must agree).
+    * ``url``: informational (the externally visible URL), not used for serving.
+    * ``filter.expression``: an expr-lang expression over the event data
+      (``body.model == "resnet"``; see :func:`app.languages.source_filter.event_source_filter`),
+      compiled at validation; a request for which it is not true is answered but not
+      published.
+
+    Event data is Argo's: ``{"header": {Canonical-Name: [values]}, "body": ...,
+    "metadata": {...}}`` with ``Authorization`` masked; ``body`` is the posted JSON,
+    or a map of lists for GET query strings and form posts.
+
+    Ack/failure semantics: a request is answered 200 ``success`` only after
+    ``ctx.publish`` returned (the bus holds the event). If the publish raises a
+    :class:`~app.kernel.errors.TransientError` (bus down, no PubAck in time) the answer is
+    503 with ``Retry-After`` and nothing was accepted; any other failure is 500. An
+    ``Idempotency-Key`` (else ``X-Request-Id``) header makes the event id
+    deterministic, so a client retry after a lost answer is deduplicated by the bus.
+    A request dropped by ``filter`` is answered 200 ``filtered`` with
+    ``X-Triggerfish-Filtered: true`` (the client did nothing wrong, and retrying would
+    not change the outcome), counted as filtered, never as sent, and logged at debug
+    level with the reason. Requests are processed concurrently; there is no ordering
+    between them.
+    ``GET /health`` answers 200 on every port.
+
+    Limits (``ctx.http``, the ``TRIGGERFISH_HTTP__*`` settings): at most
+    ``max_in_flight_requests`` event requests per port (more get 503 + ``Retry-After``
+    before their body is read); request heads must arrive in time and fit
+    (408 / 431), bodies must arrive in time (408); see :mod:`app.adapters.httpserver`.
+    Hostile bodies get 400 with the reason (:func:`eventsources.webhook_http.parse_body`).
+    """
+
+    type_name: ClassVar[str] = "webhook"
+    config_model: ClassVar[type[SpecModel]] = WebhookConfig
+    context_field: ClassVar[str] = ""

@@ -26,6 +26,28 @@ client may retry) or when the port already handles ``max_in_flight`` requests; 5
 anything unexpected (short message to the client, traceback only in the log). Slow and
 oversized request heads, and bodies that stall, are cut off below the app
 (:mod:`app.adapters.httpserver`: 408 / 431).
+
+Other source types reuse all of the above (``github``, ``gitlab``, ``bitbucket``, ...):
+a :class:`Route` carries three per-route hooks, run in this order once the body is read
+and its ``Content-Encoding`` undone:
+
+1. ``verifier`` (``async (Request) -> Rejection | None``): checks the request (a
+   provider's signature over :attr:`Request.raw_body`, a shared token header); a
+   :class:`Rejection` is answered 401 or 403 with its reason and nothing is published.
+   Compare secrets with :func:`hmac.compare_digest` (see
+   :mod:`eventsources.webhook_verifiers` for the shared HMAC and token checks).
+2. ``responder`` (``async (Request) -> Reply | None``): answers a request directly
+   without publishing (Slack's ``url_verification`` challenge, SNS's
+   ``SubscriptionConfirmation``); ``None`` goes on to publish.
+3. ``shaper`` (``(Request, Route) -> data``): the event data in the type's own Argo
+   shape (default :func:`webhook_data`, the webhook source's ``{"header", "body",
+   "metadata"}``). It raises :class:`BadRequest` (answered 400) for a body that cannot
+   become an event, or :class:`Skip` (answered 200 ``filtered``, nothing published)
+   for a request the type's own settings drop (e.g. an event kind not subscribed to).
+
+``filter.expression`` then runs over the shaped data, and the publish/answer contract
+is the same for every type. A hook that raises anything else is answered 500 and
+logged; nothing is published.
 """
 
 from __future__ import annotations
@@ -39,7 +61,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs
 
 import orjson
@@ -188,6 +210,85 @@ async def _send(send: Send, response: tuple[Message, Message]) -> None:
     await send(response[1])
 
 
+# -- per-route hooks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as a route's verifier, responder and shaper see it (read-only)."""
+
+    method: str
+    path: str
+    query: bytes
+    """The raw query string (without ``?``)."""
+    headers: Mapping[str, list[str]]
+    """Canonical header names (``X-Hub-Signature-256``) to their values, as Go's
+    ``http.Header``; ``Authorization`` is masked here (see :attr:`authorization`)."""
+    content_type: bytes
+    raw_body: bytes
+    """The body exactly as received: what providers sign."""
+    body: bytes
+    """The body with its ``Content-Encoding`` undone (the same as ``raw_body`` without one)."""
+    authorization: bytes | None = field(default=None, repr=False)
+    """The first ``Authorization`` header's real value, for verifiers that need it."""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or ``None``."""
+        values = self.headers.get(canonical_header_name(name))
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A verifier's refusal: answered with ``status`` and ``reason``, nothing published.
+
+    ``reason`` goes to the client and the log: never put a secret or a signature in it.
+    """
+
+    status: Literal[400, 401, 403]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A responder's direct answer to a request that is not an event."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> tuple[Message, Message]:
+        """The two ASGI messages of this reply."""
+        extra = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
+        start, body = _response(self.status, self.body, extra)
+        start["headers"][0] = (b"content-type", self.content_type.encode("latin-1"))
+        return start, body
+
+
+class BadRequest(Exception):
+    """The request body cannot become an event (answered 400 with the message)."""
+
+
+class Skip(Exception):
+    """The type's own settings drop this request (answered 200 ``filtered``, not published)."""
+
+
+Verifier = Callable[[Request], Awaitable[Rejection | None]]
+"""Checks one request; ``None`` accepts it. Runs before anything is published."""
+Responder = Callable[[Request], Awaitable[Reply | None]]
+"""Answers a request directly instead of publishing it; ``None`` publishes as usual."""
+Shaper = Callable[[Request, "Route"], Any]
+"""The event data of one accepted request (raises :class:`BadRequest` or :class:`Skip`)."""
+
+
+def webhook_data(request: Request, route: Route) -> Any:
+    """The webhook source's event data (Argo's ``WebhookEventData``):
+    ``{"header": {...}, "body": <parsed body>, "metadata": {...}}``."""
+    body = parse_body(request.method, request.content_type, request.query, request.body)
+    return {"header": request.headers, "body": body, "metadata": dict(route.metadata)}
+
+
 # -- routes ---------------------------------------------------------------------------
 
 
@@ -204,6 +305,12 @@ class Route:
     """The bearer token (``authSecret``), read once at start; ``None`` = no auth."""
     filter: SourceFilter | None = None
     """The compiled ``filter.expression``; ``None`` = publish every request."""
+    verifier: Verifier | None = None
+    """Checks each request after its body is read (signatures); ``None`` = no check."""
+    responder: Responder | None = None
+    """Answers requests that are not events (challenges); ``None`` = every one is."""
+    shaper: Shaper = webhook_data
+    """Builds the event data in the type's Argo shape."""
     method_not_allowed: tuple[Message, Message] = field(init=False, repr=False)
     method_not_allowed_close: tuple[Message, Message] = field(init=False, repr=False)
 
@@ -224,10 +331,6 @@ class Dispatch:
     make_event: Callable[[str, Any, str], Event]
     metrics: SourceMetrics
     log: logging.Logger
-
-
-class _BadRequest(Exception):
-    """The request body cannot become an event (answered 400 with the message)."""
 
 
 class _TooLarge(Exception):
@@ -258,7 +361,7 @@ def _parse_json(body: bytes) -> Any:
         and body.count(b"[") + body.count(b"{") > MAX_BODY_DEPTH
         and jsoncodec.depth(value) > MAX_BODY_DEPTH
     ):
-        raise _BadRequest(_TOO_DEEP)
+        raise BadRequest(_TOO_DEEP)
     return value
 
 
@@ -272,7 +375,7 @@ def decode_content(encoding: bytes, body: bytes, limit: int) -> bytes:
     ``gzip`` (and ``x-gzip``, several members allowed) and ``deflate`` (a zlib stream)
     are decoded, ``identity`` is skipped, an empty body stays empty. The decoded size is
     checked while decoding: :class:`_TooLarge` as soon as it passes ``limit`` (a
-    compression bomb costs at most ``limit`` bytes of memory); :class:`_BadRequest` for
+    compression bomb costs at most ``limit`` bytes of memory); :class:`BadRequest` for
     a corrupt or truncated stream; :class:`_UnsupportedEncoding` for any other coding.
     """
     for raw in reversed(encoding.split(b",")):
@@ -295,18 +398,18 @@ def _inflate(data: bytes, wbits: int, limit: int, name: str) -> bytes:
         try:
             chunk = decoder.decompress(data, limit - total + 1)
         except zlib.error as e:
-            raise _BadRequest(f"request body is not valid {name}: {e}") from None
+            raise BadRequest(f"request body is not valid {name}: {e}") from None
         total += len(chunk)
         if total > limit:
             raise _TooLarge
         parts.append(chunk)
         if not decoder.eof:
-            raise _BadRequest(f"request body is truncated {name} data")
+            raise BadRequest(f"request body is truncated {name} data")
         data = decoder.unused_data
         if not data:
             return b"".join(parts)
         if wbits != 31:  # only gzip may hold several members
-            raise _BadRequest(f"request body has data after the end of the {name} stream")
+            raise BadRequest(f"request body has data after the end of the {name} stream")
 
 
 _FORM: Final = b"application/x-www-form-urlencoded"
@@ -330,7 +433,7 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
       becomes ``null`` (Argo answers 400 there; accepting an empty ``curl -X POST`` as
       a bare trigger is a deliberate difference).
 
-    Raises :class:`_BadRequest` when a body meant as JSON is not valid JSON (orjson:
+    Raises :class:`BadRequest` when a body meant as JSON is not valid JSON (orjson:
     strict UTF-8, no lone surrogates, no ``NaN``/``Infinity``, no number beyond the
     float range; integers beyond 64 bits become floats, a repeated key keeps its last
     value) or is nested deeper than :data:`MAX_BODY_DEPTH`.
@@ -343,7 +446,7 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
                 return _parse_json(body)
             except orjson.JSONDecodeError as e:
                 if "depth" in str(e):
-                    raise _BadRequest(_TOO_DEEP) from None
+                    raise BadRequest(_TOO_DEEP) from None
         return _values_map(body.decode("utf-8", "replace")) if body else {}
     if not body or body.isspace():
         return None
@@ -351,8 +454,8 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
         return _parse_json(body)
     except orjson.JSONDecodeError as e:
         if "depth" in str(e):
-            raise _BadRequest(_TOO_DEEP) from None
-        raise _BadRequest(f"request body is not valid JSON: {e}") from None
+            raise BadRequest(_TOO_DEEP) from None
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
 
 
 class WebhookApp:
@@ -522,9 +625,8 @@ class WebhookApp:
                 return
 
         method: str = scope["method"]
-        if method in _BODYLESS_METHODS:
-            body = b""
-        else:
+        raw_body = body = b""
+        if method not in _BODYLESS_METHODS:
             limit = route.max_payload_bytes
             if content_length:
                 try:
@@ -536,38 +638,57 @@ class WebhookApp:
                     await _send(send, _TOO_LARGE)
                     return
             try:
-                body = await _read_body(receive, limit)
+                raw_body = body = await _read_body(receive, limit)
                 if encoding:
-                    body = decode_content(encoding, body, limit)
+                    body = decode_content(encoding, raw_body, limit)
             except _TooLarge:
                 await _send(send, _TOO_LARGE)
                 return
             except _UnsupportedEncoding:
                 await _send(send, _UNSUPPORTED_ENCODING)
                 return
-            except _BadRequest as e:
+            except BadRequest as e:
                 await _send(send, _response(400, str(e).encode()))
                 return
-        try:
-            data_body = parse_body(method, content_type, scope["query_string"], body)
-        except _BadRequest as e:
-            await _send(send, _response(400, str(e).encode()))
-            return
 
         dispatch = self._dispatch
-        data = {"header": header, "body": data_body, "metadata": dict(route.metadata)}
+        request = Request(
+            method=method,
+            path=route.endpoint,
+            query=scope["query_string"],
+            headers=header,
+            content_type=content_type,
+            raw_body=raw_body,
+            body=body,
+            authorization=authorization,
+        )
+        if route.verifier is not None:
+            rejection = await route.verifier(request)
+            if rejection is not None:
+                self._warn(
+                    route,
+                    f"request rejected ({rejection.status}), not published: {rejection.reason}",
+                )
+                await _send(send, _response(rejection.status, rejection.reason.encode()))
+                return
+        if route.responder is not None:
+            reply = await route.responder(request)
+            if reply is not None:
+                await _send(send, reply.messages())
+                return
+        try:
+            data = route.shaper(request, route)
+        except BadRequest as e:
+            await _send(send, _response(400, str(e).encode()))
+            return
+        except Skip as e:
+            await self._filtered(route, str(e), send)
+            return
+
         if route.filter is not None:
             passed, reason = route.filter.check(data)
             if not passed:
-                dispatch.metrics.event_filtered(dispatch.source_name, route.event_name)
-                dispatch.log.debug(
-                    "webhook %s/%s: request filtered out, not published (%r: %s)",
-                    dispatch.source_name,
-                    route.event_name,
-                    route.filter.expression.source,
-                    reason,
-                )
-                await _send(send, _FILTERED)
+                await self._filtered(route, f"{route.filter.expression.source!r}: {reason}", send)
                 return
         key = idem_key or request_id
         if key:
@@ -606,19 +727,35 @@ class WebhookApp:
         await _send(send, _OK)
         return
 
+    async def _filtered(self, route: Route, reason: str, send: Send) -> None:
+        """Answer 200 ``filtered``: the request was fine, but it is not published."""
+        dispatch = self._dispatch
+        dispatch.metrics.event_filtered(dispatch.source_name, route.event_name)
+        dispatch.log.debug(
+            "webhook %s/%s: request filtered out, not published (%s)",
+            dispatch.source_name,
+            route.event_name,
+            reason,
+        )
+        await _send(send, _FILTERED)
+
     def _warn_unavailable(self, route: Route, event_id: str, err: Exception) -> None:
-        """Log a 503 with its event id, at most once a second (an outage is loud enough)."""
+        """Log a 503 with its event id (rate limited: an outage is loud enough)."""
+        self._warn(route, f"event {event_id} not recorded, answered 503: {err}")
+
+    def _warn(self, route: Route, message: str) -> None:
+        """Log a warning about ``route``, at most once a second; the lines skipped in
+        between are counted in the next one (a flood of bad requests is one line/s)."""
         now = self._clock()
         if now - self._last_warning < 1.0:
             self._suppressed_warnings += 1
             return
         more = f" ({self._suppressed_warnings} more since the last line)"
         self._dispatch.log.warning(
-            "webhook %s/%s: event %s not recorded, answered 503: %s%s",
+            "webhook %s/%s: %s%s",
             self._dispatch.source_name,
             route.event_name,
-            event_id,
-            err,
+            message,
             more if self._suppressed_warnings else "",
         )
         self._last_warning = now
