@@ -28,6 +28,7 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "amqp": "eventsources.amqp:AMQPSource",
         "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
+        "github": "eventsources.github:GithubSource",
     },
 )
 

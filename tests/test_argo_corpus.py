@@ -94,6 +94,7 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
     # The webhook source and these triggers are implemented: their plain examples load.
     for rel in (
         "event-sources/webhook.yaml",
+        "event-sources/github.yaml",
         "eventbus/native.yaml",
         "sensors/webhook.yaml",
         "sensors/log.yaml",

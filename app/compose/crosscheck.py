@@ -50,6 +50,8 @@ def cross_checks(result: LoadResult) -> list[Finding]:
             for event_name, cfg in configs.items():
                 events.add(event_name)
                 port = getattr(cfg, "port", None)
+                if port is None:  # types served over the webhook contract
+                    port = getattr(getattr(cfg, "webhook", None), "port", None)
                 if port in (None, "", 0):
                     continue
                 owner = ports.setdefault(str(port), (name, event_name))

@@ -65,6 +65,7 @@ EVENT_SOURCE: dict[str, Rule] = {
     **{f"spec.template.{k}": v for k, v in POD_TEMPLATE.items()},
     "spec.webhook": True,
     "spec.webhook.*.filter": True,
+    "spec.github.*.githubApp": False,
     "spec.nats.*.auth.nkey": False,
     "spec.nats.*.auth.credential": False,
     "spec.amqp.*.exchangeDeclare.noWait": False,
