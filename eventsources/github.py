@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from app.kernel.argo import SecretKeySelector
 from app.kernel.spec import SpecModel
 from eventsources.common import EventSourceFilter
-from eventsources.hookapi import HookApi, HookTarget, ManagedHooks, formatted_url
+from eventsources.hookapi import HookApi, HookTarget, formatted_url
 from eventsources.webhook import RouteHooks, WebhookContext, WebhookServedSource
 from eventsources.webhook_http import (
     BadRequest,
@@ -178,10 +178,6 @@ class GithubSource(WebhookServedSource[GithubConfig]):
     type_name: ClassVar[str] = "github"
     config_model: ClassVar[type[SpecModel]] = GithubConfig
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._hooks = ManagedHooks(self.ctx.log)
-
     @classmethod
     def check_event(cls, event_name: str, cfg: GithubConfig) -> list[str]:
         """Argo's checks of a GitHub event, with the field named."""
@@ -239,12 +235,6 @@ class GithubSource(WebhookServedSource[GithubConfig]):
                 collection = f"repos/{quote(repo.owner, safe='')}/{quote(name, safe='')}/hooks"
                 places.append((f"repository {repo.owner}/{name}", collection))
         for label, collection in places:
-            self._hooks.add(
+            self.managed_hooks.add(
                 HookTarget(api, label, collection, url, body, cfg.delete_hook_on_finish)
             )
-
-    async def register_hooks(self) -> bool:
-        return await self._hooks.register()
-
-    async def unregister_hooks(self) -> None:
-        await self._hooks.unregister()

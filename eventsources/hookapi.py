@@ -12,7 +12,8 @@ does the rest for every webhook-served type
   duplicated (a restart, or several replicas, leave exactly one hook);
 * each target is done once; a failed one is retried on the next call;
 * on shutdown the hooks of targets with ``deleteHookOnFinish`` are deleted (a 404 is
-  fine: someone removed it already).
+  fine: someone removed it already), found by URL when a shutdown cut the
+  registration short.
 
 Credentials are sent as headers only and never logged; request bodies (which may carry
 the hook's secret) are never logged either. Errors name the provider, the target and
@@ -25,6 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 import httpx
 
@@ -121,9 +123,8 @@ async def _call(
         ) from e
 
 
-async def ensure_hook(client: httpx.AsyncClient, target: HookTarget) -> str:
-    """Make ``target``'s hook exist with its settings; its id. Reuses (and updates) a
-    hook already delivering to ``target.url`` instead of adding a second one."""
+async def _find_hook(client: httpx.AsyncClient, target: HookTarget) -> str | None:
+    """The id of the hook in ``target``'s collection delivering to ``target.url``."""
     api = target.api
     params = {api.page_param: PAGE_SIZE} if api.page_param else None
     listed = await _call(client, api, target, "GET", target.collection, params=params)
@@ -132,10 +133,19 @@ async def ensure_hook(client: httpx.AsyncClient, target: HookTarget) -> str:
         raise HookApiError(f"{api.provider} {target.label}: unexpected hook list {hooks!r:.100}")
     for hook in hooks:
         if isinstance(hook, dict) and api.url_of(hook) == target.url:
-            hook_id = api.id_of(hook)
-            path = f"{target.collection}/{hook_id}"
-            await _call(client, api, target, api.update_method, path, body=target.body)
-            return hook_id
+            return api.id_of(hook)
+    return None
+
+
+async def ensure_hook(client: httpx.AsyncClient, target: HookTarget) -> str:
+    """Make ``target``'s hook exist with its settings; its id. Reuses (and updates) a
+    hook already delivering to ``target.url`` instead of adding a second one."""
+    api = target.api
+    hook_id = await _find_hook(client, target)
+    if hook_id is not None:
+        path = f"{target.collection}/{quote(hook_id, safe='')}"
+        await _call(client, api, target, api.update_method, path, body=target.body)
+        return hook_id
     created = await _call(client, api, target, "POST", target.collection, body=target.body)
     if not isinstance(created, dict):
         raise HookApiError(f"{api.provider} {target.label}: create answered {created!r:.100}")
@@ -158,6 +168,11 @@ class ManagedHooks:
     @property
     def targets(self) -> list[HookTarget]:
         return list(self._targets)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every target's hook is registered."""
+        return len(self._ids) == len(self._targets)
 
     async def register(self) -> bool:
         """Ensure every target's hook not yet done; ``True`` when all are. Failures are
@@ -185,20 +200,24 @@ class ManagedHooks:
         return True
 
     async def unregister(self) -> None:
-        """Delete the registered hooks of targets with ``delete_on_finish``."""
+        """Delete the hooks of targets with ``delete_on_finish``: by the id registered,
+        or, for a registration cut short (stopped while the create was under way), the
+        hook found delivering to our URL."""
         errors: list[str] = []
-        for index, hook_id in sorted(self._ids.items()):
-            target = self._targets[index]
+        for index, target in enumerate(self._targets):
             if not target.delete_on_finish:
                 continue
             try:
                 async with target.api.client() as client:
-                    path = f"{target.collection}/{hook_id}"
+                    hook_id = self._ids.get(index) or await _find_hook(client, target)
+                    if hook_id is None:
+                        continue
+                    path = f"{target.collection}/{quote(hook_id, safe='')}"
                     await _call(client, target.api, target, "DELETE", path, ok_missing=True)
             except HookApiError as e:
                 errors.append(str(e))
                 continue
-            del self._ids[index]
+            self._ids.pop(index, None)
             self._log.info("%s hook %s for %s deleted", target.api.provider, hook_id, target.label)
         if errors:
             raise HookApiError("; ".join(errors))

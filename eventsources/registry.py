@@ -29,6 +29,9 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "azureQueueStorage": "eventsources.azure_queue_storage:AzureQueueStorageSource",
         "redisStream": "eventsources.redis_stream:RedisStreamSource",
         "github": "eventsources.github:GithubSource",
+        "gitlab": "eventsources.gitlab:GitlabSource",
+        "bitbucket": "eventsources.bitbucket:BitbucketSource",
+        "bitbucketserver": "eventsources.bitbucketserver:BitbucketServerSource",
     },
 )
 

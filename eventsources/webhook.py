@@ -46,6 +46,7 @@ from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter
+from eventsources.hookapi import ManagedHooks
 from eventsources.webhook_http import (
     Dispatch,
     Responder,
@@ -173,6 +174,8 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
         self._apps: dict[int, WebhookApp] | None = None
         self._tls: dict[int, ssl.SSLContext] = {}
         self._servers: list[QuietServer] = []
+        self.managed_hooks = ManagedHooks(ctx.log)
+        """Provider hooks to keep (:mod:`eventsources.hookapi`); subclasses add targets."""
         self._hooks_touched = False
         """Whether :meth:`register_hooks` ran (so shutdown undoes what it made)."""
 
@@ -204,12 +207,13 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
         """Register the endpoints with the provider; ``True`` when nothing is left to do.
 
         Called once every port listens, and again after ``registration_retry_seconds``
-        while it returns ``False``. Must be idempotent (reuse an existing hook)."""
-        return True
+        while it returns ``False`` or raises. Must be idempotent (reuse an existing
+        hook). The default registers the targets added to :attr:`managed_hooks`."""
+        return await self.managed_hooks.register()
 
     async def unregister_hooks(self) -> None:
         """Remove what :meth:`register_hooks` made (``deleteHookOnFinish``), on shutdown."""
-        return None
+        await self.managed_hooks.unregister()
 
     async def read_secret(self, selector: SecretKeySelector, path: str) -> str:
         """A secret's value with one trailing newline dropped (as Argo does); a

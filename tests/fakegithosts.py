@@ -156,9 +156,9 @@ class FakeHookHost:
             routes += [
                 web.get(base, self._collection),
                 web.post(base, self._collection),
-                web.patch(base + "/{hook_id}", self._one),
-                web.put(base + "/{hook_id}", self._one),
-                web.delete(base + "/{hook_id}", self._one),
+                web.patch(base + "/{hook_id:[^/]+}", self._one),
+                web.put(base + "/{hook_id:[^/]+}", self._one),
+                web.delete(base + "/{hook_id:[^/]+}", self._one),
             ]
         return routes
 
