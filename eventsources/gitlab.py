@@ -19,7 +19,13 @@ from app.kernel.spec import SpecModel
 from eventsources.common import EventSourceFilter
 from eventsources.hookapi import HookApi, HookTarget, formatted_url
 from eventsources.webhook import RouteHooks, WebhookContext, WebhookServedSource
-from eventsources.webhook_http import json_provider_data
+from eventsources.webhook_http import (
+    MASKED_AUTHORIZATION,
+    Request,
+    Route,
+    json_body,
+    provider_data,
+)
 from eventsources.webhook_verifiers import header_token_verifier
 
 TOKEN_HEADER: Final = "X-Gitlab-Token"
@@ -35,6 +41,16 @@ HOOK_EVENTS: Final = (
 def _api_field(event: str) -> str:
     """``MergeRequestsEvents`` → ``merge_requests_events`` (the REST API's name)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", event).lower()
+
+
+def gitlab_data(request: Request, route: Route) -> Any:
+    """Argo's ``GitLabEventData`` of a delivery, with the ``X-Gitlab-Token`` header (the
+    shared secret itself, unlike a signature) masked as ``Authorization`` is."""
+    body = json_body(request)
+    data = provider_data(request, route, body)
+    if TOKEN_HEADER in request.headers:
+        data["headers"] = {**request.headers, TOKEN_HEADER: [MASKED_AUTHORIZATION]}
+    return data
 
 
 class GitlabConfig(SpecModel):
@@ -84,7 +100,8 @@ class GitlabSource(WebhookServedSource[GitlabConfig]):
     * ``metadata``; ``filter.expression`` over the event data.
 
     Event data (Argo's ``GitLabEventData``): ``{"headers": {...}, "body": <the JSON
-    payload>, "metadata": {...}}``. Ack/failure semantics: the webhook source's (200
+    payload>, "metadata": {...}}``, with the ``X-Gitlab-Token`` value masked (it is the
+    secret itself). Ack/failure semantics: the webhook source's (200
     only after the PubAck, 503 + ``Retry-After`` when the bus is down, 400 for a body
     that is not JSON; GitLab retries failed deliveries).
     """
@@ -120,7 +137,7 @@ class GitlabSource(WebhookServedSource[GitlabConfig]):
         if cfg.needs_hooks() and cfg.access_token is not None:
             token = await self.read_secret(cfg.access_token, f"{path}.accessToken")
             self._add_targets(cfg, token, secret)
-        return RouteHooks(verifier=verifier, shaper=json_provider_data, metadata=cfg.metadata)
+        return RouteHooks(verifier=verifier, shaper=gitlab_data, metadata=cfg.metadata)
 
     def _add_targets(self, cfg: GitlabConfig, token: str, secret: str) -> None:
         api = HookApi(

@@ -162,6 +162,7 @@ async def test_gitlab_token_is_checked_and_data_is_argo_shaped(
         data = pub.events[0].data
         assert data["body"] == GITLAB_PUSH and data["metadata"] == {"k": "v"}
         assert data["headers"]["X-Gitlab-Event"] == ["Push Hook"]
+        assert data["headers"]["X-Gitlab-Token"] == ["*** Masked Auth Secret ***"]
         assert pub.events[0].type == "gitlab"
 
 
@@ -327,6 +328,35 @@ def test_bitbucketserver_validation_and_unsupported_fields() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("bitbucketserver", "projects", ["ML"]),
+        ("bitbucketserver", "oneEventPerChange", True),
+        ("bitbucketserver", "checkInterval", "1m"),
+        ("github", "githubApp", {"appID": 1, "installationID": 2,
+                                 "privateKey": {"name": "g", "key": "k"}}),
+    ],
+)  # fmt: skip
+def test_unsupported_fields_fail_with_one_clear_line(
+    kind: str, field: str, value: Any, tmp_path: Path
+) -> None:
+    from app.compose.manifests import load_file
+
+    spec: dict[str, Any] = {"webhook": {"endpoint": "/push", "port": "12000"}, field: value,
+                            "repositories": [{"projectKey": "ML", "repositorySlug": "t"}],
+                            "bitbucketserverBaseURL": "https://b/rest"}  # fmt: skip
+    if kind == "github":
+        spec = {"webhook": spec["webhook"], field: value, "owner": "o", "repository": "r"}
+    doc = {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
+           "metadata": {"name": "x", "namespace": NS}, "spec": {kind: {"push": spec}}}  # fmt: skip
+    path = tmp_path / "es.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    lines = [f"{e.path}: {e.message}" for e in load_file(path).errors]
+    assert len(lines) == 1 and lines[0].startswith(f"spec.{kind}.push.{field}"), lines
+    assert "not supported" in lines[0]
+
+
 async def test_bitbucketserver_webhook_registered_once_and_deleted() -> None:
     async with fake_host("bitbucketserver", token=TOKEN) as fake:
 
@@ -432,10 +462,20 @@ def test_delivery_starts_a_workflow_and_a_bad_one_nothing_end_to_end(
             time.sleep(1.0)  # a Workflow from the refused request would show by now
             [workflow] = list_workflows(kube_api)
             assert params_of(workflow) == {"commit": SHA}
+            outputs = api_outputs(tf)
         finally:
             tf.stop()
         if collection:
             assert fake.hooks[collection] == [], tf.log()
-        log = tf.log()
-        for secret in (SECRET, TOKEN):
-            assert secret not in log
+        outputs["log"] = tf.log()
+        assert SHA in outputs["/api/v1/traces"]  # what the API shows of the event
+        leaks = [(s, where) for where, text in outputs.items() for s in (SECRET, TOKEN)
+                 if s in text]  # fmt: skip
+        assert leaks == []
+
+
+def api_outputs(tf: Triggerfish) -> dict[str, str]:
+    """What the operations API serves (traces carry the event data with its headers)."""
+    base = f"http://127.0.0.1:{tf.api_port}"
+    paths = ["/api/v1/eventsources", "/api/v1/traces", "/api/v1/objects", "/metrics"]
+    return {path: httpx.get(base + path, timeout=5).text for path in paths}

@@ -34,6 +34,7 @@ from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
 from tests.support.sources import CountingMetrics, DictSecrets
 from tests.test_seed_e2e import list_workflows, params_of
+from tests.test_source_git_hosts import api_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "train-on-push"
@@ -359,9 +360,12 @@ def test_signed_push_starts_a_workflow_with_the_commit_sha_end_to_end(
             [workflow] = list_workflows(kube_api)
             assert params_of(workflow) == {"commit": SHA, "repository": "ml-team/training"}
             assert fake.urls(COLLECTION) == ["https://hooks.example.com/push"]
+            outputs = api_outputs(tf)
         finally:
             tf.stop()
         assert fake.hooks[COLLECTION] == [], tf.log()  # deleteHookOnFinish
-        log = tf.log()
-        for secret in (SECRET, TOKEN):
-            assert secret not in log
+        outputs["log"] = tf.log()
+        assert SHA in outputs["/api/v1/traces"]  # the event data is there, its secrets not
+        leaks = [(s, where) for where, text in outputs.items() for s in (SECRET, TOKEN)
+                 if s in text]  # fmt: skip
+        assert leaks == []
