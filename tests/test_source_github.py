@@ -369,3 +369,23 @@ def test_signed_push_starts_a_workflow_with_the_commit_sha_end_to_end(
         leaks = [(s, where) for where, text in outputs.items() for s in (SECRET, TOKEN)
                  if s in text]  # fmt: skip
         assert leaks == []
+
+
+def test_two_event_sources_on_one_port_are_found_through_the_webhook_context(
+    tmp_path: Path,
+) -> None:
+    from app.compose.crosscheck import cross_checks
+    from app.compose.manifests import load_file
+
+    def es(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
+                "metadata": {"name": name, "namespace": "argo-events"}, "spec": spec}  # fmt: skip
+
+    github = {"github": {"push": {"webhook": {"endpoint": "/push", "port": "12000"},
+                                  "owner": "o", "repository": "r"}}}  # fmt: skip
+    webhook = {"webhook": {"hook": {"endpoint": "/hook", "port": "12000"}}}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([es("hooks", webhook), es("github", github)]))
+    [finding] = cross_checks(load_file(path))
+    assert finding.path == "spec.github.push.webhook.port"
+    assert finding.code == "shared-port"
