@@ -139,9 +139,12 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
     ``webhook`` (a :class:`WebhookContext`). A subclass sets ``type_name``,
     ``config_model`` and ``context_field`` (the config's attribute holding the
     :class:`WebhookContext`; ``""`` when the config is one), and overrides what is its
-    own: :meth:`route_hooks`, :meth:`check_event`, :meth:`register_hooks`,
-    :meth:`unregister_hooks`. The event's ``filter`` (an attribute named ``filter``,
-    Argo's place for it on every type) is compiled and applied to the shaped data.
+    own: :meth:`route_hooks` (where it may also add :class:`~eventsources.hookapi.HookTarget`
+    entries to :attr:`managed_hooks`, which the default :meth:`register_hooks` /
+    :meth:`unregister_hooks` keep with the provider) and :meth:`check_event`. The
+    event's ``filter`` (an attribute named ``filter``, Argo's place for it on every
+    type) is compiled and applied to the shaped data; its ``metadata`` is what
+    :class:`RouteHooks` names.
 
     Ack/failure semantics are the webhook source's: 200 only after the PubAck, 503 +
     ``Retry-After`` when the bus is down, a verifier's 401/403 with nothing published.
