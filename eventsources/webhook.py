@@ -41,7 +41,6 @@ from pydantic import Field, field_validator
 from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
-from app.kernel.logs import register_secret
 from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
@@ -220,14 +219,14 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
 
     async def read_secret(self, selector: SecretKeySelector, path: str) -> str:
         """A secret's value with one trailing newline dropped (as Argo does); a
-        :class:`ConfigError` naming ``path`` when it is missing or empty. The value is
-        redacted from every log line."""
+        :class:`ConfigError` naming ``path`` when it is missing or empty. (The secret
+        resolver registers every value it reads, stripped too, for redaction from
+        every log line.)"""
         secret = await self._secret(selector, path)
         if secret.endswith("\n"):
             secret = secret[:-1]
         if not secret:
             raise ConfigError("the secret's value is empty", path)
-        register_secret(secret)
         return secret
 
     # -- validation -------------------------------------------------------------------
