@@ -34,6 +34,10 @@ REGISTRY: PluginRegistry[type[EventSourcePlugin[Any]]] = PluginRegistry(
         "slack": "eventsources.slack:SlackSource",
         "stripe": "eventsources.stripe:StripeSource",
         "sns": "eventsources.sns:SNSSource",
+        "github": "eventsources.github:GithubSource",
+        "gitlab": "eventsources.gitlab:GitlabSource",
+        "bitbucket": "eventsources.bitbucket:BitbucketSource",
+        "bitbucketserver": "eventsources.bitbucketserver:BitbucketServerSource",
     },
 )
 

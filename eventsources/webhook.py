@@ -41,11 +41,11 @@ from pydantic import Field, field_validator
 from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import ConfigError, TransientError, TriggerfishError
-from app.kernel.logs import register_secret
 from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
 from eventsources.common import EventSourceFilter
+from eventsources.hookapi import ManagedHooks
 from eventsources.webhook_http import (
     Dispatch,
     Responder,
@@ -138,9 +138,12 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
     ``webhook`` (a :class:`WebhookContext`). A subclass sets ``type_name``,
     ``config_model`` and ``context_field`` (the config's attribute holding the
     :class:`WebhookContext`; ``""`` when the config is one), and overrides what is its
-    own: :meth:`route_hooks`, :meth:`check_event`, :meth:`register_hooks`,
-    :meth:`unregister_hooks`. The event's ``filter`` (an attribute named ``filter``,
-    Argo's place for it on every type) is compiled and applied to the shaped data.
+    own: :meth:`route_hooks` (where it may also add :class:`~eventsources.hookapi.HookTarget`
+    entries to :attr:`managed_hooks`, which the default :meth:`register_hooks` /
+    :meth:`unregister_hooks` keep with the provider) and :meth:`check_event`. The
+    event's ``filter`` (an attribute named ``filter``, Argo's place for it on every
+    type) is compiled and applied to the shaped data; its ``metadata`` is what
+    :class:`RouteHooks` names.
 
     Ack/failure semantics are the webhook source's: 200 only after the PubAck, 503 +
     ``Retry-After`` when the bus is down, a verifier's 401/403 with nothing published.
@@ -173,6 +176,8 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
         self._apps: dict[int, WebhookApp] | None = None
         self._tls: dict[int, ssl.SSLContext] = {}
         self._servers: list[QuietServer] = []
+        self.managed_hooks = ManagedHooks(ctx.log)
+        """Provider hooks to keep (:mod:`eventsources.hookapi`); subclasses add targets."""
         self._hooks_touched = False
         """Whether :meth:`register_hooks` ran (so shutdown undoes what it made)."""
 
@@ -204,23 +209,24 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
         """Register the endpoints with the provider; ``True`` when nothing is left to do.
 
         Called once every port listens, and again after ``registration_retry_seconds``
-        while it returns ``False``. Must be idempotent (reuse an existing hook)."""
-        return True
+        while it returns ``False`` or raises. Must be idempotent (reuse an existing
+        hook). The default registers the targets added to :attr:`managed_hooks`."""
+        return await self.managed_hooks.register()
 
     async def unregister_hooks(self) -> None:
         """Remove what :meth:`register_hooks` made (``deleteHookOnFinish``), on shutdown."""
-        return None
+        await self.managed_hooks.unregister()
 
     async def read_secret(self, selector: SecretKeySelector, path: str) -> str:
         """A secret's value with one trailing newline dropped (as Argo does); a
-        :class:`ConfigError` naming ``path`` when it is missing or empty. The value is
-        redacted from every log line."""
+        :class:`ConfigError` naming ``path`` when it is missing or empty. (The secret
+        resolver registers every value it reads, stripped too, for redaction from
+        every log line.)"""
         secret = await self._secret(selector, path)
         if secret.endswith("\n"):
             secret = secret[:-1]
         if not secret:
             raise ConfigError("the secret's value is empty", path)
-        register_secret(secret)
         return secret
 
     # -- validation -------------------------------------------------------------------

@@ -458,6 +458,39 @@ def parse_body(method: str, content_type: bytes, query: bytes, body: bytes) -> A
         raise BadRequest(f"request body is not valid JSON: {e}") from None
 
 
+def json_body(request: Request) -> Any:
+    """The request body as JSON, for types whose body Argo embeds as raw JSON.
+
+    :class:`BadRequest` when it is empty, not valid JSON, or nested deeper than
+    :data:`MAX_BODY_DEPTH` (Argo cannot marshal such an event either: 400).
+    """
+    if not request.body or request.body.isspace():
+        raise BadRequest("request body is empty; a JSON payload is expected")
+    try:
+        return _parse_json(request.body)
+    except orjson.JSONDecodeError as e:
+        if "depth" in str(e):
+            raise BadRequest(_TOO_DEEP) from None
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+
+
+def provider_data(request: Request, route: Route, body: Any) -> dict[str, Any]:
+    """The event data of the Git hosting types (Argo's ``GithubEventData``,
+    ``GitLabEventData``, ``BitbucketEventData``, ``BitbucketServerEventData``):
+    ``{"headers": {...}, "body": ..., "metadata": {...}}``, ``metadata`` left out when
+    empty (Go's ``omitempty``)."""
+    data: dict[str, Any] = {"headers": request.headers, "body": body}
+    if route.metadata:
+        data["metadata"] = dict(route.metadata)
+    return data
+
+
+def json_provider_data(request: Request, route: Route) -> Any:
+    """:func:`provider_data` of the JSON body: the shaper of ``gitlab``, ``bitbucket``
+    and ``bitbucketserver``."""
+    return provider_data(request, route, json_body(request))
+
+
 class WebhookApp:
     """The ASGI app of one webhook port: its routes, ``/health``, and the publish.
 

@@ -98,6 +98,10 @@ def test_corpus_summary(capsys: pytest.CaptureFixture[str]) -> None:
     for rel in (
         "event-sources/webhook.yaml",
         "event-sources/resource.yaml",
+        "event-sources/github.yaml",
+        "event-sources/gitlab.yaml",
+        "event-sources/bitbucket.yaml",
+        "event-sources/bitbucketserver.yaml",
         "eventbus/native.yaml",
         "sensors/webhook.yaml",
         "sensors/log.yaml",

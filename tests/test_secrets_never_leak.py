@@ -2,7 +2,9 @@
 
 One real ``triggerfish run`` (debug logging, JSON lines, so every ``extra`` field of
 every record is written out) gets known secret values through every path that reads
-one: a webhook ``authSecret`` (and the bearer token a client sends), SQS ``accessKey`` /
+one: a webhook ``authSecret`` (and the bearer token a client sends), a ``github``
+``webhookSecret`` (signing a delivery) and ``apiToken`` (registering the hook on a fake
+GitHub API), SQS ``accessKey`` /
 ``secretKey`` (against moto), a Service Bus connection string with its
 ``SharedAccessKey`` (against the fake broker), and an HTTP trigger's ``basicAuth`` and
 ``secureHeaders`` (against a local recording server, once answering 200 and once 500 so
@@ -15,6 +17,8 @@ document. The recording server proves the values were really used.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Iterator
@@ -26,6 +30,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.fakegithosts import FakeHookHost, threaded
 from tests.servicebus_fixtures import FakeServiceBusServer
 from tests.support.net import free_port, wait_for
 from tests.support.proc import Triggerfish
@@ -38,9 +43,11 @@ SAS_KEY = "sas-k3y-1a2b3c4d5e"
 BASIC_USER = "robot"
 BASIC_PASSWORD = "basic-pw-0f1e2d3c"
 HEADER_SECRET = "hdr-s3cret-77aa88bb"
+GITHUB_HOOK_SECRET = "gh-hook-s3cret-4d3c2b1a"
+GITHUB_TOKEN = "ghp-leak-check-6f5e4d3c"
 BASIC_HEADER = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
 SECRETS = [WEBHOOK_TOKEN, AWS_ACCESS_KEY, AWS_SECRET_KEY, SAS_KEY, BASIC_PASSWORD,
-           BASIC_HEADER, HEADER_SECRET]  # fmt: skip
+           BASIC_HEADER, HEADER_SECRET, GITHUB_HOOK_SECRET, GITHUB_TOKEN]  # fmt: skip
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -88,6 +95,17 @@ def _webhook_source() -> dict[str, Any]:
     return {"webhook": {"hook": hook}}
 
 
+def _github_source(api_url: str) -> dict[str, Any]:
+    push = {"webhook": {"port": "12001", "endpoint": "/github",
+                        "url": "https://hooks.example.com"},
+            "repositories": [{"owner": "ml-team", "names": ["training"]}],
+            "events": ["push"], "active": True,
+            "webhookSecret": {"name": "github", "key": "secret"},
+            "apiToken": {"name": "github", "key": "token"},
+            "githubBaseURL": api_url, "githubUploadURL": api_url}  # fmt: skip
+    return {"github": {"push": push}}
+
+
 def _sqs_source(endpoint: str) -> dict[str, Any]:
     q = {"region": "us-east-1", "queue": "leak-check", "endpoint": endpoint,
          "waitTimeSeconds": 1, "jsonBody": True,
@@ -109,12 +127,14 @@ def _http_trigger(name: str, url: str) -> dict[str, Any]:
             "secureHeaders": [{"name": "X-Api-Key", "valueFrom": {
                 "secretKeyRef": {"name": "http-auth", "key": "header"}}}]}  # fmt: skip
     return {
-        "template": {"name": name, "conditions": "w || s || b", "http": http},
+        "template": {"name": name, "conditions": "w || s || b || g", "http": http},
         "retryStrategy": {"steps": 1, "duration": "10ms"},
     }
 
 
-def _manifests(sqs_endpoint: str, broker: FakeServiceBusServer, target_url: str) -> list[Any]:
+def _manifests(
+    sqs_endpoint: str, broker: FakeServiceBusServer, target_url: str, github_api: str
+) -> list[Any]:
     connection = broker.connection_string.replace("SharedAccessKey=v", f"SharedAccessKey={SAS_KEY}")
     assert SAS_KEY in connection
     es = {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource"}
@@ -122,17 +142,20 @@ def _manifests(sqs_endpoint: str, broker: FakeServiceBusServer, target_url: str)
         {"name": "w", "eventSourceName": "hooks", "eventName": "hook"},
         {"name": "s", "eventSourceName": "queue", "eventName": "q"},
         {"name": "b", "eventSourceName": "bus", "eventName": "sb"},
+        {"name": "g", "eventSourceName": "git", "eventName": "push"},
     ]
     return [
         _secret("webhook-token", {"token": WEBHOOK_TOKEN}),
         _secret("aws", {"access": AWS_ACCESS_KEY, "secret": AWS_SECRET_KEY}),
         _secret("servicebus", {"connectionString": connection}),
+        _secret("github", {"secret": GITHUB_HOOK_SECRET, "token": GITHUB_TOKEN}),
         _secret(
             "http-auth", {"user": BASIC_USER, "password": BASIC_PASSWORD, "header": HEADER_SECRET}
         ),
         {**es, "metadata": {"name": "hooks", "namespace": NS}, "spec": _webhook_source()},
         {**es, "metadata": {"name": "queue", "namespace": NS}, "spec": _sqs_source(sqs_endpoint)},
         {**es, "metadata": {"name": "bus", "namespace": NS}, "spec": _servicebus_source()},
+        {**es, "metadata": {"name": "git", "namespace": NS}, "spec": _github_source(github_api)},
         {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Sensor",
@@ -155,19 +178,35 @@ def test_secret_values_appear_in_no_output(
     fake_servicebus: FakeServiceBusServer,
     target: tuple[str, list[tuple[str, dict[str, str]]]],
 ) -> None:
+
+    target_url, seen = target
+    github = FakeHookHost("github", token=GITHUB_TOKEN)
+    with threaded(github):
+        _run_and_scan(tmp_path, sqs_endpoint, fake_servicebus, target_url, seen, github)
+
+
+def _run_and_scan(
+    tmp_path: Path,
+    sqs_endpoint: str,
+    fake_servicebus: FakeServiceBusServer,
+    target_url: str,
+    seen: list[tuple[str, dict[str, str]]],
+    github: FakeHookHost,
+) -> None:
     import boto3
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
-    target_url, seen = target
     sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint)
     queue_url = sqs.create_queue(QueueName="leak-check")["QueueUrl"]
     manifests = tmp_path / "manifests.yaml"
-    manifests.write_text(yaml.safe_dump_all(_manifests(sqs_endpoint, fake_servicebus, target_url)))
-    port = free_port()
+    manifests.write_text(
+        yaml.safe_dump_all(_manifests(sqs_endpoint, fake_servicebus, target_url, github.api_url))
+    )
+    port, github_port = free_port(), free_port()
     tf = Triggerfish(
         files=[str(manifests)],
         state_dir=tmp_path / "state",
-        port_map={12000: port},
+        port_map={12000: port, 12001: github_port},
         extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG", "TRIGGERFISH_LOG_FORMAT": "json"},
     ).start()
     base = f"http://127.0.0.1:{tf.api_port}"
@@ -176,6 +215,12 @@ def test_secret_values_appear_in_no_output(
         auth = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
         assert httpx.post(hook, json={"from": "webhook"}, headers=auth).status_code == 200
         assert httpx.post(hook, json={}, headers={"Authorization": "Bearer no"}).status_code == 401
+        push = json.dumps({"ref": "refs/heads/main", "after": "abc"}).encode()
+        signature = hmac.new(GITHUB_HOOK_SECRET.encode(), push, hashlib.sha256).hexdigest()
+        gh = f"http://127.0.0.1:{github_port}/github"
+        for sig, status in ((signature, 200), ("0" * 64, 403)):
+            headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={sig}"}
+            assert httpx.post(gh, content=push, headers=headers).status_code == status
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"from": "sqs"}))
         with (
             ServiceBusClient.from_connection_string(fake_servicebus.connection_string) as sb,
@@ -186,12 +231,13 @@ def test_secret_values_appear_in_no_output(
         def all_done() -> bool:
             traces = httpx.get(f"{base}/api/v1/traces").json()
             outcomes = [t["status"] for tr in traces for t in tr["triggers"]]
-            return len(traces) >= 3 and sorted(outcomes).count("dead-lettered") >= 3
+            return len(traces) >= 4 and sorted(outcomes).count("dead-lettered") >= 4
 
         wait_for(all_done, timeout=60, interval=0.3)
         # The secrets were really used: the target saw each of them.
         ok = [h for path, h in seen if path == "/ok"]
-        assert len(ok) == 3, seen
+        assert len(ok) == 4, seen
+        wait_for(lambda: github.urls("repos/ml-team/training"), timeout=15, interval=0.1)
         for headers in ok + [h for path, h in seen if path == "/fail"]:
             assert headers["Authorization"] == f"Basic {BASIC_HEADER}"
             assert headers["X-Api-Key"] == HEADER_SECRET

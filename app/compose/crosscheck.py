@@ -50,12 +50,16 @@ def cross_checks(result: LoadResult) -> list[Finding]:
             for event_name, cfg in configs.items():
                 events.add(event_name)
                 port = getattr(cfg, "port", None)
+                field = "port"
+                if port is None:  # types served over the webhook contract
+                    port = getattr(getattr(cfg, "webhook", None), "port", None)
+                    field = "webhook.port"
                 if port in (None, "", 0):
                     continue
                 owner = ports.setdefault(str(port), (name, event_name))
                 if owner[0] != name:
                     findings.append(Finding(
-                        es.origin, "EventSource", name, f"spec.{key}.{event_name}.port",
+                        es.origin, "EventSource", name, f"spec.{key}.{event_name}.{field}",
                         f"port {port} is also bound by EventSource {owner[0]!r} "
                         f"(event {owner[1]!r}); one process cannot serve both "
                         "(triggerfish run refuses this; in a cluster each has its own pod)",

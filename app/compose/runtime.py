@@ -500,6 +500,12 @@ class Standalone:
             port = getattr(cfg, "port", None)
             if port is not None and str(port).isdigit() and int(port) in pm:
                 cfg = cfg.model_copy(update={"port": str(pm[int(port)])})
+            # Types served over the webhook contract hold the port in their ``webhook``.
+            context = getattr(cfg, "webhook", None)
+            port = getattr(context, "port", None)
+            if context is not None and str(port).isdigit() and int(str(port)) in pm:
+                moved = context.model_copy(update={"port": str(pm[int(str(port))])})
+                cfg = cfg.model_copy(update={"webhook": moved})
             out[name] = cfg
         return out
 
