@@ -297,9 +297,13 @@ async def test_filtered_event_is_acked_and_explained(bus: Bus, tmp_path: Path) -
     rejected, passed = by_value[True], by_value[False]
     assert not rejected.triggers and any("bert" in r for r in rejected.filters)
     assert passed.triggers[0].status == "succeeded"
+
+    async def all_acked() -> bool:  # the ack follows the trace: wait for it, then stop
+        info = await bus._jetstream().consumer_info("default", "ns1-f1-a")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(all_acked, "both events acked")
     await h.stop()
-    info = await bus._jetstream().consumer_info("default", "ns1-f1-a")
-    assert info.num_ack_pending == 0
 
 
 @pytest.mark.parametrize(
