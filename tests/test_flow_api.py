@@ -29,6 +29,7 @@ from tests.support.flow import (
     workflows,
 )
 from tests.support.net import wait_for
+from tests.support.proc import Triggerfish
 
 pytestmark = pytest.mark.slow
 
@@ -260,5 +261,39 @@ def test_the_dlq_command(tmp_path: Path, kube_api: Any) -> None:
         assert len(workflows(kube_api)) == 1
         bad = _dlq(tf, "show", "default", token="cli-t0ken")
         assert bad.returncode == 2 and "expected BUS:SEQ" in bad.stderr
+    finally:
+        tf.stop()
+
+
+def test_same_named_sources_in_two_namespaces_are_counted_apart(tmp_path: Path) -> None:
+    """``push`` exists in ``team-a`` and ``team-b``: an event to one counts for that one."""
+    from tests.support.net import free_port
+
+    ports = {"team-a": free_port(), "team-b": free_port()}
+    docs = [
+        f"""apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: push, namespace: {ns}}}
+spec:
+  webhook:
+    hook: {{port: "{port}", endpoint: /hook, method: POST}}
+"""
+        for ns, port in ports.items()
+    ]
+    (tmp_path / "two.yaml").write_text("---\n".join(docs))
+    tf = Triggerfish(files=[str(tmp_path / "two.yaml")], state_dir=tmp_path / "state").start()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{ports['team-a']}/hook", json={"n": 1})
+        assert r.status_code == 200, r.text
+
+        def counts() -> dict[str, Any]:
+            out = {}
+            for es in _get(tf, "/api/v1/eventsources"):
+                [ev] = es["events"]
+                out[es["namespace"]] = ev["counts"]["total"]
+            return out
+
+        wait_for(lambda: counts()["team-a"] == {"published": 1}, timeout=10)
+        assert counts() == {"team-a": {"published": 1}, "team-b": {}}
     finally:
         tf.stop()

@@ -185,18 +185,18 @@ class Metrics:
     def event_sent(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_sent.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "published")
+        self.recent.inc(("source", ns, source, event_name), "published")
 
     def event_send_failed(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_sent_failed.labels(ns, source, event_name).inc()
         self.events_processing_failed.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "failed")
+        self.recent.inc(("source", ns, source, event_name), "failed")
 
     def event_filtered(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_filtered.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "filtered")
+        self.recent.inc(("source", ns, source, event_name), "filtered")
 
     def http_request(self, source: str, status: int, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace

@@ -269,7 +269,7 @@ def flow_graph(
     for es in event_sources:
         events = []
         for ev in es["events"]:
-            c = counts.get(("source", es["name"], ev["name"]))
+            c = counts.get(("source", es["namespace"], es["name"], ev["name"]))
             events.append(
                 {
                     **{k: ev[k] for k in ("name", "type")},
