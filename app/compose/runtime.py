@@ -265,7 +265,12 @@ class Standalone:
             await self.trace_log.open(self.bus)
             self.traces.sink = self.trace_log.sink
             self._trace_task = asyncio.create_task(self.trace_log.run(), name="trace-log")
-        self.dead_letters = DeadLetters(self.bus, self.runners, sorted(self._bus_names()))
+        self.dead_letters = DeadLetters(
+            self.bus,
+            self.runners,
+            sorted(self._bus_names()),
+            replay_timeout_seconds=self.settings.ui.replay_timeout_seconds,
+        )
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
         )
@@ -299,6 +304,8 @@ class Standalone:
             r = asyncio.Event()
             self._tasks.append(asyncio.create_task(runner.run(r), name=f"sensor:{runner.name}"))
             await self._wait_or_fail(r, self._tasks[-1], f"sensor {runner.name}")
+        # a replay asked anywhere on the bus runs here, where the sensor runs
+        await self.dead_letters.serve_replays()
         for es in self.m.event_sources:
             bus_name = getattr(es.spec, "event_bus_name", None) or "default"
             for key, events in source_plugins(es):
@@ -505,6 +512,8 @@ class Standalone:
             self._trace_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._trace_task
+        if self.dead_letters is not None:
+            await self.dead_letters.stop_serving()
         if self._tctx is not None:
             with contextlib.suppress(Exception):
                 await self._tctx.shared.aclose()

@@ -520,7 +520,7 @@ async function renderDeadLetters(target, filter, compact) {
       replay.disabled = discard.disabled = true;
       result.replaceChildren(el("span", { class: "note" }, "replaying…"));
       try {
-        const r = await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}/replay`, { method: "POST" });
+        const r = await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}/replay?${qs({ namespace: d.namespace })}`, { method: "POST" });
         const o = r.trace.triggers[0] || {};
         result.replaceChildren(r.replayed
           ? el("span", { class: "badge succeeded" }, "replayed: " + (o.action || "ok"))
@@ -534,7 +534,7 @@ async function renderDeadLetters(target, filter, compact) {
     discard.addEventListener("click", async () => {
       replay.disabled = discard.disabled = true;
       try {
-        await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}`, { method: "DELETE" });
+        await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}?${qs({ namespace: d.namespace })}`, { method: "DELETE" });
         result.replaceChildren(el("span", { class: "note" }, "discarded"));
       } catch (e) {
         result.replaceChildren(el("span", { class: "err" }, e.message));
