@@ -273,7 +273,7 @@ async def _controller(args: argparse.Namespace) -> int:
     kube.set_user_agent(f"triggerfish/{__version__} controller/{identity}")
     if getattr(args, "nats_url", None):
         settings.bus.nats_url = args.nats_url
-    flow = ClusterFlow(kube, settings, cfg.namespace) if settings.api_port else None
+    flow = ClusterFlow(kube, settings, cfg.namespace) if settings.api_port and cfg.ui else None
     token = settings.api_token.get_secret_value().encode()
     try:
         await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port,
