@@ -263,8 +263,12 @@ class PodRole:
             if not ok:
                 response.status_code = 503
             meta = self.served.get("metadata") or {}
-            return {"ready": ok, "generation": meta.get("generation"),
+            body = {"ready": ok, "generation": meta.get("generation"),
                     "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
+            errors = self.rt.source_errors() if self.rt is not None else {}
+            if errors:
+                body["sourceErrors"] = errors
+            return body
 
         token = self.settings.api_token.get_secret_value().encode()
         guard = [Depends(bearer_guard(token))] if token else []

@@ -42,6 +42,7 @@ from app.compose.flow import DeadLetters, TraceLog
 from app.kernel.errors import (
     BusUnavailableError,
     ConfigError,
+    ListenError,
     StreamFullError,
     TransientError,
     TriggerfishError,
@@ -55,6 +56,10 @@ from sensors.trace import TraceStore
 from sensors.triggers.base import TriggerContext
 
 log = logging.getLogger("triggerfish.runtime")
+
+BIND_RETRY_FIRST_SECONDS = 0.5
+BIND_RETRY_MAX_SECONDS = 30.0
+"""A source that cannot bind its port retries after 0.5 s, doubling up to 30 s."""
 
 
 @dataclass
@@ -95,6 +100,8 @@ class Standalone:
         self._tctx: TriggerContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._listen_errors: dict[int, str] = {}
+        """id(source plugin) → why it cannot listen (it retries meanwhile)."""
         self.bus_down_since: float | None = None
         """monotonic time the embedded server was found dead; None while it runs."""
 
@@ -325,15 +332,58 @@ class Standalone:
                 )
                 self.sources.append(plugin)
                 source_metrics.running(es.metadata.name, len(events))
-                task = asyncio.create_task(plugin.run(), name=f"source:{es.metadata.name}:{key}")
+                task = asyncio.create_task(
+                    self._run_source(plugin), name=f"source:{es.metadata.name}:{key}"
+                )
                 self._tasks.append(task)
         for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
-            await self._wait_until(plugin.ready, task, f"event source {plugin.source_name}")
+            # a source that cannot listen does not hold up the others (it keeps retrying)
+            await self._wait_until(
+                lambda p=plugin: p.ready() or id(p) in self._listen_errors,
+                task,
+                f"event source {plugin.source_name}",
+            )
         self._lag_task = asyncio.create_task(self._report_lag(), name="consumer-lag")
         self.ready.set()
         log.info(
             "ready: %d event source(s), %d sensor(s)", len(self.m.event_sources), len(self.runners)
         )
+
+    async def _run_source(self, plugin: EventSourcePlugin[Any]) -> None:
+        """Run a source; when it cannot bind its address (:class:`ListenError`: a port
+        taken by another process), note why and try again with backoff, so the other
+        sources and sensors keep working and this one recovers once the port is free."""
+        delay = BIND_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await plugin.run()
+                return
+            except ListenError as e:
+                first = id(plugin) not in self._listen_errors
+                self._listen_errors[id(plugin)] = str(e)
+                (log.error if first else log.debug)(
+                    "event source %s/%s (%s): %s; retrying every %.1fs at most",
+                    plugin.namespace, plugin.source_name, plugin.type_name, e,
+                    BIND_RETRY_MAX_SECONDS,
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BIND_RETRY_MAX_SECONDS)
+
+    def listen_error(self, plugin: EventSourcePlugin[Any]) -> str:
+        """Why ``plugin`` is not listening, while it retries binding ("" otherwise)."""
+        if plugin.ready():
+            self._listen_errors.pop(id(plugin), None)
+            return ""
+        return self._listen_errors.get(id(plugin), "")
+
+    def source_errors(self) -> dict[str, str]:
+        """``namespace/name (type)`` → why that source is not listening now."""
+        out = {}
+        for plugin in self.sources:
+            err = self.listen_error(plugin)
+            if err:
+                out[f"{plugin.namespace}/{plugin.source_name} ({plugin.type_name})"] = err
+        return out
 
     async def _report_lag(self) -> None:
         """Keep the consumer-lag gauges of every sensor dependency current (a scrape must
@@ -382,7 +432,7 @@ class Standalone:
             by_source[(es.metadata.namespace or "default", es.metadata.name)] = []
         for i, plugin in enumerate(self.sources):
             task = self._tasks[n + i] if n + i < len(self._tasks) else None
-            error = ""
+            error = self.listen_error(plugin)
             if task is not None and task.done() and not task.cancelled():
                 exc = task.exception()
                 error = str(exc) if exc is not None else "stopped"

@@ -146,7 +146,11 @@ def build_app(rt: Standalone) -> FastAPI:
         sources_ok = rt.ready.is_set() and all(s.ready() for s in rt.sources)
         if not (bus_ok and sources_ok):
             response.status_code = 503
-        return {"bus": bus_ok, "sources": sources_ok, "busServer": server}
+        body: dict[str, Any] = {"bus": bus_ok, "sources": sources_ok, "busServer": server}
+        errors = rt.source_errors()
+        if errors:
+            body["sourceErrors"] = errors  # why: e.g. cannot listen on a port (retrying)
+        return body
 
     @guarded.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
