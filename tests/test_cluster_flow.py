@@ -270,3 +270,22 @@ def test_a_replay_for_a_sensor_that_runs_nowhere_is_a_404(cluster: Cluster) -> N
     assert r.status_code == 404
     assert "no pod of it answers" in r.json()["detail"]
     assert len(cluster.controller.get("/api/v1/deadletters")) == 1
+
+
+def test_a_bus_the_controller_cannot_reach_is_the_reason_shown(
+    kube_api: Any, tmp_path: Path
+) -> None:
+    kube_api.create_namespace(NS)
+    kube_api.kubectl("apply", "-n", NS, "-f", str(SEED))
+    dead = f"nats://127.0.0.1:{free_port()}"
+    ctl = ControllerProc(str(kube_api.kubeconfig), dead, tmp_path / "controller.log").start()
+    try:
+        flow = ctl.get("/api/v1/flow")
+        status = _sensor(flow)["status"]
+        assert status["state"] == "not ready"
+        assert status["reason"].startswith("the controller cannot reach the bus: ")
+        assert node(flow, SEED_EVENT)["status"]["reason"] == status["reason"]
+        r = httpx.get(f"{ctl.base}/api/v1/deadletters", timeout=30)
+        assert r.status_code == 200 and r.json() == []
+    finally:
+        ctl.stop()

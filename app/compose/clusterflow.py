@@ -50,6 +50,9 @@ from sensors.trace import Trace, TraceStore
 
 log = logging.getLogger("triggerfish.clusterflow")
 
+_RECONNECT_SECONDS = 10.0
+"""A bus the controller could not connect to is tried again after this long."""
+
 _TRACE_TAIL = 2000
 """At most this many new traces are read per refresh (objects per trigger)."""
 
@@ -75,6 +78,8 @@ class ClusterFlow:
         self.namespace = namespace
         self._buses: dict[str, _BusView] = {}
         self._by_ns: dict[str, _BusView] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+        """url → when and why connecting to it failed (tried again after a while)."""
         self._bus_errors: dict[str, str] = {}
         """namespace → why the controller cannot read that namespace's bus."""
         self.store = TraceStore(capacity=1000)
@@ -99,9 +104,21 @@ class ClusterFlow:
                 url, token, _ = await bus_connection(self.kube, namespace, bus_name)
             view = self._buses.get(url)
             if view is None:
+                failed = self._failed.get(url)
+                if failed is not None and time.monotonic() - failed[0] < _RECONNECT_SECONDS:
+                    raise BusUnavailableError(failed[1])
                 bs = self.settings.bus.model_copy(update={"token": token})
                 bus = Bus(bs, url)
-                await bus.connect()
+                try:
+                    # bounded: the client retries a server that does not answer forever
+                    await asyncio.wait_for(bus.connect(), bs.connect_timeout_seconds + 3)
+                except (TimeoutError, BusUnavailableError) as e:
+                    with contextlib.suppress(Exception):
+                        await bus.close()
+                    why = str(e) or f"no answer from NATS at {url}"
+                    self._failed[url] = (time.monotonic(), why)
+                    raise BusUnavailableError(why) from e
+                self._failed.pop(url, None)
                 view = _BusView(bus)
                 view.trace_log = TraceLog(self.store, self.settings.traces)
                 view.trace_log.bus = bus
