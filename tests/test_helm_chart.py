@@ -499,3 +499,6 @@ def test_event_flow_page_service() -> None:
     assert by_kind(off, "ConfigMap")[0]["data"]["TRIGGERFISH_CONTROLLER_UI"] == "false"
     only_api = objects({"controller": {"ui": {"service": {"enabled": False}}}})
     assert by_kind(only_api, "Service") == []
+    name = service["metadata"]["name"]
+    assert f"port-forward svc/{name} 8080:8080" in notes()
+    assert "port-forward" not in notes({"controller": {"ui": {"enabled": False}}})
