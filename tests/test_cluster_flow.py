@@ -270,6 +270,19 @@ def test_a_replay_for_a_sensor_that_runs_nowhere_is_a_404(cluster: Cluster) -> N
     assert r.status_code == 404
     assert "no pod of it answers" in r.json()["detail"]
     assert len(cluster.controller.get("/api/v1/deadletters")) == 1
+    # a pod of it runs again: `triggerfish dlq replay` at the controller gets it done there
+    cluster.pod("sensor", "ml-pipeline-sensor")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERFISH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.compose.cli", "dlq", "--api", cluster.controller.base,
+         "replay", dl["id"], "--namespace", NS],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [wf] = list_workflows(cluster.kube_api)
+    assert done.stdout == f"replayed {dl['id']}: created Workflow {wf['metadata']['name']}\n"
+    assert params_of(wf)["dataset"] == "lost"
+    assert cluster.controller.get("/api/v1/deadletters") == []
 
 
 def test_a_bus_the_controller_cannot_reach_is_the_reason_shown(

@@ -145,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         dl = dlq_sub.add_parser(action, help=text)
         dl.add_argument("id", help="BUS:SEQ, as `dlq list` prints it")
+        dl.add_argument(
+            "--namespace",
+            default=None,
+            help="its namespace (a controller reading one EventBus per namespace needs it)",
+        )
 
     for role, what in (("eventsource", "EventSource"), ("sensor", "Sensor")):
         rp = sub.add_parser(role, help=f"serve one {what} read from the cluster (pod role)")
@@ -382,6 +387,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sensor=getattr(args, "sensor", None),
             trigger=getattr(args, "trigger", None),
             limit=getattr(args, "limit", 100),
+            namespace=getattr(args, "namespace", None),
         )
     if args.cmd == "test":
         from app.compose.offline import run_offline_sync
