@@ -10,7 +10,11 @@
   bus did; without a bus it falls back to the traces kept in memory.
 * :class:`DeadLetters` lists the firings the sensors dead-lettered
   (``<bus>._dlq.<sensor>.<trigger>``), replays one (the sensor's trigger runs again
-  with the same events, hence the same firing key) or discards it.
+  with the same events, hence the same firing key) or discards it. A replay runs where
+  the sensor runs: in this process when it runs the sensor, else asked over the bus
+  (``_replay.<namespace>.<sensor>``) of the sensor's pods, one of which runs it.
+* :class:`SensorView` is what the graph needs of a sensor, from a running runner or
+  from the Sensor object alone (the controller's page, :mod:`app.compose.clusterflow`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ the package (``app/compose/static``), so it works without any network but loopba
 it reads the same API (asking for the bearer token when one is set). ``/api/docs``
 serves Swagger UI from a package (fastapi-offline) for the same reason.
 
+The page and its API read a :class:`FlowView`: the running process's own counters
+and runners here (:class:`StandaloneView`), the cluster's objects and pod reports in
+the controller (:func:`add_flow` onto its probe app; :mod:`app.compose.clusterflow`).
+``/readyz`` names the sources that cannot listen (``sourceErrors``) while they retry.
+
 It binds ``127.0.0.1`` unless ``TRIGGERFISH_API_HOST`` says otherwise. When
 ``TRIGGERFISH_API_TOKEN`` is set, everything but the probes (``/healthz``, ``/readyz``)
 and the API's own description (``/openapi.json``, ``/api/docs``) requires
