@@ -307,3 +307,40 @@ def test_a_bus_the_controller_cannot_reach_is_the_reason_shown(
         assert r.status_code == 200 and r.json() == []
     finally:
         ctl.stop()
+
+
+class _StartsWhileNotListening(RoleProc):
+    """A pod role counted as started once it says why it cannot listen."""
+
+    def readyz(self) -> dict[str, Any]:
+        body = super().readyz()
+        return {**body, "ready": body["ready"] or bool(body.get("sourceErrors"))}
+
+
+def test_a_pod_that_cannot_listen_says_why_on_the_controller_page(cluster: Cluster) -> None:
+    import socket
+
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", cluster.webhook_port))
+    blocker.listen(1)
+    try:
+        args = ["eventsource", "webhook", "--nats-url", cluster.nats_url, "--namespace", NS,
+                "--bind-host", "127.0.0.1",
+                "--port-map", f"12000={cluster.webhook_port}"]  # fmt: skip
+        pod = _StartsWhileNotListening(
+            args, cluster.tmp / "held", str(cluster.kube_api.kubeconfig), dict(FAST)
+        )
+        cluster.pods.append(pod)
+        pod.start()
+        want = f"cannot listen on 127.0.0.1:{cluster.webhook_port}: "
+        wait_for(
+            lambda: node(cluster.flow(), SEED_EVENT)["status"]["reason"].startswith(want),
+            timeout=15,
+        )
+        assert node(cluster.flow(), SEED_EVENT)["status"]["state"] == "error"
+        blocker.close()
+        wait_for(lambda: node(cluster.flow(), SEED_EVENT)["status"]["state"] == "ready", timeout=40)
+        assert pod.readyz()["ready"] is True
+    finally:
+        blocker.close()
