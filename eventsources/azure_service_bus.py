@@ -331,8 +331,11 @@ class _LockKeeper:
                     )
                     wait = min(wait, 0.2)
             self._changed.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancellation that arrives as the event is set (the loop would not stop).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.02))
+                async with asyncio.timeout(max(wait, 0.02)):
+                    await self._changed.wait()
 
 
 # -- TLS ----------------------------------------------------------------------------------

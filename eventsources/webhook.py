@@ -305,7 +305,9 @@ class WebhookSource(EventSourcePlugin[WebhookConfig]):
                 )
                 config.load()
                 config.ssl = self._tls.get(port)
-                server = QuietServer(config)
+                server = QuietServer(
+                    config, handshake_timeout_seconds=self.ctx.http.header_timeout_seconds
+                )
                 servers.append(server)
                 tasks.append(
                     asyncio.create_task(

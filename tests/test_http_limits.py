@@ -218,6 +218,10 @@ async def test_tls_port_cuts_slow_clients_and_survives_plain_http(
         finally:
             writer.close()
         assert answer.startswith(b"HTTP/1.1 408 ")
+        # A client stalling inside the handshake (half a ClientHello record header, or
+        # nothing at all) is disconnected after the head timeout, not asyncio's 60 s.
+        for stall in (b"\x16\x03", b""):
+            assert await _exchange(number, [stall]) == b""
         assert (await client.post(url, json={"n": 2})).status_code == 200
     await asyncio.sleep(0.2)
     assert [m.event.data["body"] for m in stored] == [{"n": 1}, {"n": 2}]

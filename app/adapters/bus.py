@@ -43,6 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from app.adapters.pull import ConsumerGone, StandingPull
 from app.kernel.errors import (
     BusUnavailableError,
     StateConflictError,
@@ -260,6 +261,8 @@ class Bus:
         self._restore: asyncio.Task[None] | None = None
         self.consumer_errors: dict[str, str] = {}
         """durable consumer name → why it is not consuming now (absent while it is)."""
+        self._pulls: set[StandingPull] = set()
+        """The consumers' open pull requests, asked again after a reconnect."""
 
     # -- connection -------------------------------------------------------------------
     @property
@@ -285,6 +288,8 @@ class Bus:
 
         async def on_reconnect() -> None:
             log.info("bus reconnected to %s", self._server_now())
+            for pull in list(self._pulls):  # requests open on the old server are gone
+                pull.reset()
             # A server restarted on an empty store has lost our streams: recreate them,
             # in a task of its own: the client runs this callback inside its reconnect
             # loop, and JetStream calls there (slow while a cluster elects leaders) would
@@ -688,84 +693,112 @@ class Bus:
         The consumer is created on first use with ``DeliverPolicy.NEW`` (a new sensor
         does not replay history) and keeps its position across restarts. Messages the
         handler does not ack are redelivered after ``ack_wait_seconds``. With
-        ``concurrency`` > 1 several handlers run at once (order is then not kept).
-        ``ready`` is set once the consumer exists, so callers can start sources after.
+        ``concurrency`` > 1 several handlers run at once (order is then not kept); with
+        1 they run one after the other in stream order. Messages are asked for with
+        standing pull requests (:class:`app.adapters.pull.StandingPull`), never more
+        than there are free handlers. ``ready`` is set once the consumer exists, so
+        callers can start sources after.
         """
         stream = subject_token(bus)
         name = subject_token(durable)
-        sem = asyncio.Semaphore(max(1, concurrency))
         tasks: set[asyncio.Task[None]] = set()
         backoff = 0.1
-        psub: Any = None
-        while not self._closed:
-            try:
-                if psub is None:
-                    psub = await self._jetstream().pull_subscribe(
-                        subject,
-                        durable=name,
-                        stream=stream,
-                        config=ConsumerConfig(
-                            durable_name=name,
-                            deliver_policy=DeliverPolicy.NEW,
-                            ack_policy=AckPolicy.EXPLICIT,
-                            ack_wait=ack_wait_seconds or self.settings.ack_wait_seconds,
-                            max_deliver=-1,
-                            max_ack_pending=self.settings.max_ack_pending,
-                            filter_subject=subject,
-                        ),
-                    )
-                    if ready is not None:
-                        ready.set()
-                    backoff = 0.1
-                want = self.settings.fetch_batch if concurrency > 1 else 1
+        bound = False
+        try:
+            while not self._closed:
                 try:
-                    msgs = await psub.fetch(want, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if self.connected:  # nothing to fetch, not a broken consumer
-                        self.consumer_errors.pop(name, None)
-                    continue
-                self.consumer_errors.pop(name, None)
-                for m in msgs:
-                    bm = self._decode(m)
-                    if bm is None:
-                        await m.term()
-                        continue
-                    if concurrency <= 1:
-                        await handler(bm)
-                        continue
-                    await sem.acquire()
-                    t = asyncio.create_task(self._run_one(handler, bm, sem))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-            except asyncio.CancelledError:
-                for t in tasks:
-                    t.cancel()
-                if psub is not None:
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
-                raise
-            except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
-                why = (
-                    "no answer from JetStream (leader election, or the server is down)"
-                    if isinstance(
-                        e, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError
+                    if not bound:
+                        await self._ensure_consumer(stream, name, subject, ack_wait_seconds)
+                        bound = True
+                        if ready is not None:
+                            ready.set()
+                    await self._pull(stream, name, handler, concurrency, tasks)
+                except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
+                    why = (
+                        "no answer from JetStream (leader election, or the server is down)"
+                        if isinstance(
+                            e,
+                            nats.js.errors.ServiceUnavailableError
+                            | nats.errors.NoRespondersError
+                            | ConsumerGone,
+                        )
+                        else str(e)
                     )
-                    else str(e)
-                )
-                log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
-                self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
-                if isinstance(e, nats.js.errors.NotFoundError):
-                    psub = None  # consumer or stream lost (server store wiped): recreate
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
+                    self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
+                    bound = False  # check it again: the consumer or its stream may be gone
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.1
+        finally:
+            for t in tasks:
+                t.cancel()
 
-    async def _run_one(self, handler: Handler, bm: BusMessage, sem: asyncio.Semaphore) -> None:
+    async def _ensure_consumer(
+        self, stream: str, name: str, subject: str, ack_wait_seconds: float | None
+    ) -> None:
+        """Create the durable consumer unless it exists (its settings are then kept)."""
+        js = self._jetstream()
+        try:
+            await js.consumer_info(stream, name)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        await js.add_consumer(
+            stream,
+            config=ConsumerConfig(
+                name=name,
+                durable_name=name,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait_seconds or self.settings.ack_wait_seconds,
+                max_deliver=-1,
+                max_ack_pending=self.settings.max_ack_pending,
+                filter_subject=subject,
+            ),
+        )
+
+    async def _pull(
+        self,
+        stream: str,
+        name: str,
+        handler: Handler,
+        concurrency: int,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        """Deliver the consumer's messages to ``handler`` until an error ends it."""
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise BusUnavailableError("bus is not connected")
+
+        def alive() -> None:
+            self.consumer_errors.pop(name, None)
+
+        async def deliver(m: Msg) -> None:
+            bm = self._decode(m)
+            if bm is None:
+                await m.term()
+                return
+            await pull.slot()
+            t = asyncio.create_task(self._run_one(handler, bm, pull))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        pull = StandingPull(nc, stream, name, concurrency, deliver, alive)
+        self._pulls.add(pull)
+        try:
+            await pull.run()
+        finally:
+            self._pulls.discard(pull)
+
+    async def _run_one(self, handler: Handler, bm: BusMessage, pull: StandingPull) -> None:
         try:
             await handler(bm)
         except Exception:  # the handler owns error handling; never kill the loop
             log.exception("sensor handler failed on event %s", bm.event.id)
         finally:
-            sem.release()
+            pull.release()
 
     @staticmethod
     def _decode(m: Msg) -> BusMessage | None:

@@ -19,12 +19,18 @@ forever. :func:`guarded_protocol` returns uvicorn's httptools protocol with the 
 
 One timer per request, armed and cancelled from the parser's callbacks: the cost on the
 hot path is one ``call_later`` and one ``cancel``.
+
+On a TLS port the protocol only sees a connection once its handshake is done, so a client
+that stalls inside the handshake is cut off by the event loop's ``ssl_handshake_timeout``
+instead; uvicorn does not pass one (asyncio's default is 60 s), so :class:`QuietServer`
+sets it to the head timeout for the servers it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Generator
 from typing import Any
 
@@ -33,9 +39,54 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.kernel.settings import HttpServerSettings
 
+_HANDSHAKE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "triggerfish_ssl_handshake_timeout", default=None
+)
+_PATCHED = "_triggerfish_handshake_timeout"
+
+
+def _bound_handshakes(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop.create_server`` apply :data:`_HANDSHAKE_TIMEOUT` to TLS servers.
+
+    uvicorn calls ``loop.create_server(..., ssl=...)`` with no way to pass the handshake
+    timeout; the wrapper adds it for calls made while a :class:`QuietServer` starts (the
+    context variable is set only in that task), and changes nothing for any other call.
+    Installed once per loop.
+    """
+    if getattr(loop, _PATCHED, False):
+        return
+    original = loop.create_server
+
+    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        timeout = _HANDSHAKE_TIMEOUT.get()
+        if timeout is not None and kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", timeout)
+        return await original(*args, **kwargs)
+
+    loop.create_server = create_server  # type: ignore[method-assign]
+    setattr(loop, _PATCHED, True)
+
 
 class QuietServer(uvicorn.Server):
-    """``uvicorn.Server`` without signal handling (see the module docstring)."""
+    """``uvicorn.Server`` without signal handling (see the module docstring).
+
+    ``handshake_timeout_seconds`` bounds a TLS handshake (a client stalling in it is
+    disconnected); ``None`` keeps the event loop's default.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, handshake_timeout_seconds: float | None = None
+    ) -> None:
+        super().__init__(config)
+        self.handshake_timeout_seconds = handshake_timeout_seconds
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        token = _HANDSHAKE_TIMEOUT.set(self.handshake_timeout_seconds)
+        _bound_handshakes(asyncio.get_running_loop())
+        try:
+            await super().startup(sockets)
+        finally:
+            _HANDSHAKE_TIMEOUT.reset(token)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

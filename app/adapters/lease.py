@@ -222,10 +222,10 @@ class LeaderLease:
         while True:
             await asyncio.sleep(self._sleep_time())
             deadline = self._renewed_at + self.timing.renew_deadline_seconds
-            try:  # a hung API call must not outlive the renew deadline
-                ok = await asyncio.wait_for(
-                    self.renew(), timeout=max(0.01, deadline - time.monotonic())
-                )
+            try:  # a hung API call must not outlive the renew deadline (asyncio.timeout:
+                # 3.11's wait_for can swallow a cancellation arriving as renew() ends)
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    ok = await self.renew()
             except TimeoutError:
                 self._lose("renewal timed out")
                 ok = False

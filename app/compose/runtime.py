@@ -205,8 +205,11 @@ class Standalone:
 
     async def _stopping_within(self, seconds: float) -> bool:
         """Sleep ``seconds``, or less when :meth:`stop` begins; True when stopping."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives as the event is set.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
         return self._stopping.is_set()
 
     def bus_server_state(self) -> str:

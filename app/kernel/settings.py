@@ -33,7 +33,6 @@ class BusSettings(BaseModel):
     ack_wait_seconds: float = Field(
         30.0, description="redelivery delay for an unacked sensor message"
     )
-    fetch_batch: int = Field(256, description="messages pulled per fetch by a sensor")
     lag_poll_seconds: float = Field(
         5.0, description="how often the consumer-lag metrics of sensors are refreshed"
     )
