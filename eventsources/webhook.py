@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 
 from app.adapters.httpserver import QuietServer, guarded_protocol
 from app.kernel.argo import SecretKeySelector
-from app.kernel.errors import ConfigError, TransientError, TriggerfishError
+from app.kernel.errors import ConfigError, ListenError, TransientError, TriggerfishError
 from app.kernel.spec import SpecModel
 from app.languages.source_filter import SourceFilter, event_source_filter
 from eventsources.base import EventSourcePlugin, SourceContext
@@ -358,7 +358,8 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
         On cancellation the listeners close at once, in-flight requests get
         ``shutdown_grace_seconds`` to finish (their publishes complete and are answered),
         and keep-alive connections are closed. A port that cannot be bound raises
-        :class:`TransientError`; a bad config raises :class:`ConfigError`.
+        :class:`ListenError` (the runtime retries it with backoff); a bad config raises
+        :class:`ConfigError`.
         """
         apps = await self.prepare()
         servers: list[QuietServer] = []
@@ -486,14 +487,14 @@ class WebhookServedSource(EventSourcePlugin[ConfigT]):
             )[0]
             sock = socket.socket(family, kind, proto)
         except OSError as e:
-            raise TransientError(f"cannot listen on {host}:{port}: {e}") from e
+            raise ListenError(f"cannot listen on {host}:{port}: {e}") from e
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
             sock.setblocking(False)
         except OSError as e:
             sock.close()
-            raise TransientError(f"cannot listen on {host}:{port}: {e}") from e
+            raise ListenError(f"cannot listen on {host}:{port}: {e}") from e
         return sock
 
 

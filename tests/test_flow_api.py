@@ -29,6 +29,7 @@ from tests.support.flow import (
     workflows,
 )
 from tests.support.net import wait_for
+from tests.support.proc import Triggerfish
 
 pytestmark = pytest.mark.slow
 
@@ -261,4 +262,113 @@ def test_the_dlq_command(tmp_path: Path, kube_api: Any) -> None:
         bad = _dlq(tf, "show", "default", token="cli-t0ken")
         assert bad.returncode == 2 and "expected BUS:SEQ" in bad.stderr
     finally:
+        tf.stop()
+
+
+def test_same_named_sources_in_two_namespaces_are_counted_apart(tmp_path: Path) -> None:
+    """``push`` exists in ``team-a`` and ``team-b``: an event to one counts for that one."""
+    from tests.support.net import free_port
+
+    ports = {"team-a": free_port(), "team-b": free_port()}
+    docs = [
+        f"""apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: push, namespace: {ns}}}
+spec:
+  webhook:
+    hook: {{port: "{port}", endpoint: /hook, method: POST}}
+"""
+        for ns, port in ports.items()
+    ]
+    (tmp_path / "two.yaml").write_text("---\n".join(docs))
+    tf = Triggerfish(files=[str(tmp_path / "two.yaml")], state_dir=tmp_path / "state").start()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{ports['team-a']}/hook", json={"n": 1})
+        assert r.status_code == 200, r.text
+
+        def counts() -> dict[str, Any]:
+            out = {}
+            for es in _get(tf, "/api/v1/eventsources"):
+                [ev] = es["events"]
+                out[es["namespace"]] = ev["counts"]["total"]
+            return out
+
+        wait_for(lambda: counts()["team-a"] == {"published": 1}, timeout=10)
+        assert counts() == {"team-a": {"published": 1}, "team-b": {}}
+    finally:
+        tf.stop()
+
+
+def test_a_source_that_cannot_listen_does_not_stop_the_others(tmp_path: Path) -> None:
+    """``held``'s port is taken by the test: ``triggerfish run`` starts anyway, ``free``
+    and its sensor work, ``held`` shows why it is not listening (page API, readiness),
+    and it starts listening once the port is released."""
+    import socket
+
+    from tests.support.net import free_port
+
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    held_port, free = blocker.getsockname()[1], free_port()
+    docs = [
+        f"""apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: {name}, namespace: team}}
+spec:
+  webhook:
+    hook: {{port: "{port}", endpoint: /hook, method: POST}}
+"""
+        for name, port in (("held", held_port), ("free", free))
+    ]
+    docs.append(
+        """apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {name: on-free, namespace: team}
+spec:
+  dependencies:
+    - {name: dep, eventSourceName: free, eventName: hook}
+  triggers:
+    - template: {name: note, log: {}}
+"""
+    )
+    (tmp_path / "m.yaml").write_text("---\n".join(docs))
+
+    def started(tf: Triggerfish) -> bool:
+        if tf.proc is None or tf.proc.poll() is not None:
+            raise AssertionError(f"triggerfish exited:\n{tf.log()}")
+        r = httpx.get(f"http://127.0.0.1:{tf.api_port}/readyz", timeout=1)
+        return r.status_code == 503 and bool(r.json().get("sourceErrors"))
+
+    tf = Triggerfish(files=[str(tmp_path / "m.yaml")], state_dir=tmp_path / "state")
+    tf.start(until=started)
+    try:
+        ready = httpx.get(f"http://127.0.0.1:{tf.api_port}/readyz", timeout=5)
+        assert ready.status_code == 503
+        [(who, why)] = ready.json()["sourceErrors"].items()
+        assert who == "team/held (webhook)"
+        assert why.startswith(f"cannot listen on 127.0.0.1:{held_port}: ")
+        assert "in use" in why
+        by_name = {es["name"]: es for es in _get(tf, "/api/v1/eventsources")}
+        [held] = by_name["held"]["events"]
+        assert held["status"]["state"] == "error"
+        assert held["status"]["reason"] == why
+        [ok] = by_name["free"]["events"]
+        assert ok["status"] == {"state": "ready", "reason": ""}
+        # the other source and its sensor work meanwhile
+        r = httpx.post(f"http://127.0.0.1:{free}/hook", json={"n": 1}, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: _get(tf, "/api/v1/traces?sensor=on-free"), timeout=10)
+        [trace] = _get(tf, "/api/v1/traces?sensor=on-free")
+        assert trace["outcome"] == "fired"
+        # the port is freed: the source binds it on a retry, and the process is ready
+        blocker.close()
+        wait_for(tf.is_ready, timeout=40)
+        [held] = {es["name"]: es for es in _get(tf, "/api/v1/eventsources")}["held"]["events"]
+        assert held["status"] == {"state": "ready", "reason": ""}
+        r = httpx.post(f"http://127.0.0.1:{held_port}/hook", json={"n": 2}, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        blocker.close()
         tf.stop()

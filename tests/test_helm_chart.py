@@ -256,6 +256,7 @@ def test_default_render_has_the_expected_objects() -> None:
     assert kinds == sorted(
         ["ConfigMap", "Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount"]
         + ["CustomResourceDefinition"] * 3
+        + ["Service"]  # the event-flow page
     )
     kinds = sorted(o["kind"] for o in objects(ALL_ON))
     assert "Service" in kinds and "ServiceMonitor" in kinds
@@ -446,7 +447,7 @@ def test_rbac_off_and_existing_service_account() -> None:
 @needs_helm
 def test_metrics_service_and_service_monitor() -> None:
     objs = objects(ALL_ON)
-    (service,) = by_kind(objs, "Service")
+    (service,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     (deploy,) = by_kind(objs, "Deployment")
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 8080, "targetPort": "api", "protocol": "TCP"}
@@ -475,3 +476,29 @@ def test_chart_installs_into_the_fake_api_and_serves_the_seed(
     kube_api.kubectl("apply", "-n", NAMESPACE, "-f", str(seed_dir()))
     listed = kube_api.kubectl("get", "eb,es,sn", "-n", NAMESPACE, "-o", "name").stdout.split()
     assert len(listed) == len(custom_docs(seed_dir()))
+
+
+@needs_helm
+def test_event_flow_page_service() -> None:
+    """The controller serves the event-flow page on its API port; a Service reaches it."""
+    objs = objects({"controller": {"ui": {"argoWorkflowsUrl": "https://argo.example.com"}}})
+    (service,) = by_kind(objs, "Service")
+    (deploy,) = by_kind(objs, "Deployment")
+    (config,) = by_kind(objs, "ConfigMap")
+    assert service["metadata"]["name"].endswith("-controller-ui")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "api", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert config["data"]["TRIGGERFISH_CONTROLLER_UI"] == "true"
+    assert config["data"]["TRIGGERFISH_UI__ARGO_WORKFLOWS_URL"] == "https://argo.example.com"
+    assert config["data"]["TRIGGERFISH_API_HOST"] == "0.0.0.0"
+    off = objects({"controller": {"ui": {"enabled": False}}})
+    assert by_kind(off, "Service") == []
+    assert by_kind(off, "ConfigMap")[0]["data"]["TRIGGERFISH_CONTROLLER_UI"] == "false"
+    only_api = objects({"controller": {"ui": {"service": {"enabled": False}}}})
+    assert by_kind(only_api, "Service") == []
+    name = service["metadata"]["name"]
+    assert f"port-forward svc/{name} 8080:8080" in notes()
+    assert "port-forward" not in notes({"controller": {"ui": {"enabled": False}}})

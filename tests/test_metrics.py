@@ -129,3 +129,36 @@ def test_the_dashboard_reads_only_series_that_exist() -> None:
     base = {n: re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used}
     missing = sorted(n for n, b in base.items() if b not in families and n not in families)
     assert missing == []
+
+
+def test_recent_counts_of_several_processes_add_up_within_the_window() -> None:
+    """What the controller does with the pods' reports: buckets add up, buckets older
+    than the window do not count (a pod gone long ago), totals add, the newest error
+    wins, and malformed entries are skipped."""
+    import time
+
+    from app.adapters.metrics import RecentCounts
+
+    key = ("trigger", "ns", "s", "t")
+    a, b = RecentCounts(60, 5), RecentCounts(60, 5)
+    a.inc(key, "fired", 2)
+    b.inc(key, "fired", 3)
+    b.note_error(key, "Forbidden")
+    old = b.snapshot()
+    for item in old:  # as if b had counted them ten minutes ago
+        item["buckets"] = {
+            w: [[s - 600, n] for s, n in ring] for w, ring in item["buckets"].items()
+        }
+    merged = RecentCounts(60, 5)
+    merged.merge(a.snapshot())
+    merged.merge(b.snapshot())
+    merged.merge([{"key": ["x"], "buckets": {"fired": [["soon", 1]]}}, {"nothing": 1}])
+    got = merged.get(key)
+    assert got["window"] == {"fired": 5} and got["total"] == {"fired": 5}
+    assert got["lastError"] == "Forbidden"
+    assert got["lastTime"] is not None and got["lastTime"] <= time.time()
+    stale = RecentCounts(60, 5)
+    stale.merge(a.snapshot())
+    stale.merge(old)
+    assert stale.get(key)["window"] == {"fired": 2}
+    assert stale.get(key)["total"] == {"fired": 5}

@@ -49,6 +49,7 @@ from app.kernel.errors import (
     StateConflictError,
     StreamFullError,
     TransientError,
+    TriggerfishError,
 )
 from app.kernel.events import Event
 from app.kernel.settings import BusSettings
@@ -245,6 +246,10 @@ class StateStore:
         op = (msg.headers or {}).get("KV-Operation")
         value = None if op in ("DEL", "PURGE") else (msg.data or b"")
         return StateRecord(int(msg.seq), str(msg.subject).removeprefix(self._prefix), value)
+
+
+class NoResponderError(TriggerfishError):
+    """A request found nobody serving its subject (:meth:`Bus.request`)."""
 
 
 class Bus:
@@ -451,10 +456,17 @@ class Bus:
 
     # -- bounded logs (traces) and reading a stream back ---------------------------
     async def ensure_log_stream(
-        self, name: str, subjects: list[str], max_msgs: int, max_age_seconds: float
+        self,
+        name: str,
+        subjects: list[str],
+        max_msgs: int,
+        max_age_seconds: float,
+        *,
+        max_msgs_per_subject: int = 0,
     ) -> None:
         """Create or update a stream that keeps the newest ``max_msgs`` messages for at
-        most ``max_age_seconds`` (discarding the oldest), e.g. the persisted traces."""
+        most ``max_age_seconds`` (discarding the oldest), e.g. the persisted traces;
+        ``max_msgs_per_subject``: keep only that many per subject (the latest reports)."""
         js = self._jetstream()
         cfg = StreamConfig(
             name=name,
@@ -464,6 +476,7 @@ class Bus:
             discard=DiscardPolicy.OLD,
             max_msgs=max_msgs or -1,
             max_age=max_age_seconds or 0,
+            max_msgs_per_subject=max_msgs_per_subject or -1,
             num_replicas=1,
         )
         try:
@@ -485,6 +498,50 @@ class Bus:
         except (nats.errors.Error, OSError) as e:
             raise BusUnavailableError(f"publish to {subject} failed: {e}") from e
 
+    # -- request / reply (core NATS, not stored) --------------------------------------
+    async def request(self, subject: str, payload: bytes, timeout_seconds: float) -> bytes:
+        """Ask whoever serves ``subject`` (:meth:`serve`) and wait for the answer;
+        :class:`NoResponderError` when nobody serves it."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise BusUnavailableError("bus is not connected")
+        try:
+            msg = await nc.request(subject, payload, timeout=timeout_seconds)
+        except nats.errors.NoRespondersError as e:
+            raise NoResponderError(f"nobody serves {subject}") from e
+        except (TimeoutError, nats.errors.TimeoutError) as e:
+            raise BusUnavailableError(f"no answer on {subject} in {timeout_seconds:g}s") from e
+        except (nats.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"request on {subject} failed: {e}") from e
+        return bytes(msg.data)
+
+    async def serve(
+        self, subject: str, queue: str, handler: Callable[[bytes], Awaitable[bytes]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Answer requests on ``subject`` with ``handler`` (one request at a time; the
+        members of ``queue`` share them, each request goes to one). Returns a function
+        that stops serving. The subscription follows reconnects."""
+        nc = self._nc
+        if nc is None:
+            raise BusUnavailableError("bus is not connected")
+
+        async def answer(msg: Msg) -> None:
+            reply = await handler(msg.data)
+            if msg.reply:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.respond(reply)
+
+        try:
+            sub = await nc.subscribe(subject, queue=queue, cb=answer)
+        except (nats.errors.Error, OSError) as e:
+            raise BusUnavailableError(f"cannot serve {subject}: {e}") from e
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+
+        return stop
+
     async def read_stream(
         self,
         stream: str,
@@ -493,10 +550,13 @@ class Bus:
         *,
         before: int | None = None,
         timeout_seconds: float = 2.0,
+        to_the_end: bool = False,
     ) -> list[StoredMessage]:
         """The stored messages of ``stream`` on ``filter_subject`` among its newest
         ``last`` sequence numbers (below ``before`` when given), oldest first; read with
-        an ephemeral consumer that acks nothing."""
+        an ephemeral consumer that acks nothing. ``to_the_end``: also those stored while
+        reading (a stream keeping one message per subject replaces a message that was
+        not read yet by one past the end: without it, that subject would be missed)."""
         js = self._jetstream()
         try:
             info = await js.stream_info(subject_token(stream))
@@ -538,7 +598,7 @@ class Bus:
                 done = False
                 for m in msgs:
                     md = m.metadata
-                    if int(md.sequence.stream) > last_seq:
+                    if int(md.sequence.stream) > last_seq and not to_the_end:
                         done = True
                         break
                     out.append(
@@ -549,7 +609,7 @@ class Bus:
                             time=md.timestamp.timestamp() if md.timestamp else 0.0,
                         )
                     )
-                if done:
+                if done or len(out) > last + 10_000:  # to_the_end on a busy stream
                     break
         except (nats.errors.Error, nats.js.errors.Error) as e:
             raise BusUnavailableError(f"cannot read stream {stream!r}: {e}") from e

@@ -185,18 +185,18 @@ class Metrics:
     def event_sent(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_sent.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "published")
+        self.recent.inc(("source", ns, source, event_name), "published")
 
     def event_send_failed(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_sent_failed.labels(ns, source, event_name).inc()
         self.events_processing_failed.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "failed")
+        self.recent.inc(("source", ns, source, event_name), "failed")
 
     def event_filtered(self, source: str, event_name: str, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
         self.events_filtered.labels(ns, source, event_name).inc()
-        self.recent.inc(("source", source, event_name), "filtered")
+        self.recent.inc(("source", ns, source, event_name), "filtered")
 
     def http_request(self, source: str, status: int, namespace: str | None = None) -> None:
         ns = self.namespace if namespace is None else namespace
@@ -274,6 +274,52 @@ class RecentCounts:
 
     def clear_error(self, key: tuple[str, ...]) -> None:
         self._last.get(key, {}).pop("error", None)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Everything counted, as JSON-able data another process can :meth:`merge` (a
+        pod publishes it; the controller adds up the pods of one object)."""
+        out = []
+        for key in set(self._buckets) | set(self._last):
+            last = self._last.get(key, {})
+            out.append(
+                {
+                    "key": list(key),
+                    "buckets": {
+                        w: [list(b) for b in ring] for w, ring in self._buckets.get(key, {}).items()
+                    },
+                    "total": dict(self._totals.get(key, {})),
+                    "lastTime": last.get("time"),
+                    "lastError": last.get("error", ""),
+                    "errorTime": last.get("errorTime"),
+                }
+            )
+        return out
+
+    def merge(self, snapshot: list[dict[str, Any]]) -> None:
+        """Add another process's :meth:`snapshot` (buckets and totals add up; the newest
+        event time and the newest error win). Malformed entries are skipped."""
+        for item in snapshot:
+            try:
+                key = tuple(str(k) for k in item["key"])
+                for what, ring in (item.get("buckets") or {}).items():
+                    mine = self._buckets.setdefault(key, {}).setdefault(str(what), deque())
+                    merged: dict[float, float] = {b[0]: b[1] for b in mine}
+                    for start, n in ring:
+                        merged[float(start)] = merged.get(float(start), 0.0) + float(n)
+                    mine.clear()
+                    mine.extend([s, n] for s, n in sorted(merged.items()))
+                totals = self._totals.setdefault(key, {})
+                for what, n in (item.get("total") or {}).items():
+                    totals[str(what)] = totals.get(str(what), 0) + int(n)
+                last = self._last.setdefault(key, {})
+                t = item.get("lastTime")
+                if t is not None and float(t) > float(last.get("time") or 0):
+                    last["time"] = float(t)
+                et = item.get("errorTime")
+                if item.get("lastError") and float(et or 0) >= float(last.get("errorTime") or 0):
+                    last.update(error=str(item["lastError"]), errorTime=float(et or 0))
+            except (KeyError, TypeError, ValueError):
+                continue
 
     def get(self, key: tuple[str, ...]) -> dict[str, Any]:
         """``{"window": {what: n}, "total": {what: n}, "lastTime": s, "lastError": str}``."""

@@ -5,7 +5,8 @@
 * ``validate -f FILES_OR_DIRS``: one line per manifest, non-zero exit on any error.
 * ``test SENSOR --event FILE``: run a Sensor offline against events, print the trace.
 * ``crds``: the EventBus/EventSource/Sensor CRDs with schemas, for ``kubectl apply -f -``.
-* ``controller [--namespace NS]``: reconcile EventBus/EventSource/Sensor objects.
+* ``controller [--namespace NS] [--nats-url URL]``: reconcile EventBus/EventSource/Sensor
+  objects; its API port also serves the event-flow page of the cluster.
 * ``eventsource NAME`` / ``sensor NAME``: the pod roles (one object, read from the API).
 * ``dlq list|show|replay|discard``: dead letters, through a running process's API.
 * ``version``.
@@ -117,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
         "controller", help="reconcile EventBus, EventSource and Sensor objects in a cluster"
     )
     ctl.add_argument("--namespace", default=None, help="watch only this namespace (default: all)")
+    ctl.add_argument(
+        "--nats-url",
+        default=None,
+        help="the event-flow page reads every namespace's bus here "
+        "(default: each namespace's EventBus)",
+    )
 
     dlq = sub.add_parser(
         "dlq", help="list, show, replay or discard dead letters (through a running process)"
@@ -138,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         dl = dlq_sub.add_parser(action, help=text)
         dl.add_argument("id", help="BUS:SEQ, as `dlq list` prints it")
+        dl.add_argument(
+            "--namespace",
+            default=None,
+            help="its namespace (a controller reading one EventBus per namespace needs it)",
+        )
 
     for role, what in (("eventsource", "EventSource"), ("sensor", "Sensor")):
         rp = sub.add_parser(role, help=f"serve one {what} read from the cluster (pod role)")
@@ -248,6 +260,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _controller(args: argparse.Namespace) -> int:
     from app.adapters.kube import ApiKube, current_namespace
+    from app.compose.clusterflow import ClusterFlow
     from app.compose.controller import ControllerSettings
     from app.compose.controller.loop import lease_identity, run_controller
 
@@ -263,10 +276,16 @@ async def _controller(args: argparse.Namespace) -> int:
     identity = lease_identity(cfg)
     # the replica's name in every request: the API server's audit log tells them apart
     kube.set_user_agent(f"triggerfish/{__version__} controller/{identity}")
+    if getattr(args, "nats_url", None):
+        settings.bus.nats_url = args.nats_url
+    flow = ClusterFlow(kube, settings, cfg.namespace) if settings.api_port and cfg.ui else None
+    token = settings.api_token.get_secret_value().encode()
     try:
         await run_controller(kube, cfg, _stop_on_signals(), settings.api_host, settings.api_port,
-                             identity)  # fmt: skip
+                             identity, flow, token)  # fmt: skip
     finally:
+        if flow is not None:
+            await flow.close()
         await kube.close()
     return 0
 
@@ -368,6 +387,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sensor=getattr(args, "sensor", None),
             trigger=getattr(args, "trigger", None),
             limit=getattr(args, "limit", 100),
+            namespace=getattr(args, "namespace", None),
         )
     if args.cmd == "test":
         from app.compose.offline import run_offline_sync

@@ -50,6 +50,7 @@ def run_dlq(
     sensor: str | None = None,
     trigger: str | None = None,
     limit: int = 100,
+    namespace: str | None = None,
 ) -> int:
     """Run one ``dlq`` action; 0 on success, 1 when a replay failed again. Raises
     ConfigError for a malformed id, TriggerfishError when the API refuses or is away."""
@@ -70,13 +71,13 @@ def run_dlq(
     bus, seq = _split(dl_id)
     url = f"{base}/{bus}/{seq}"
     if action == "show":
-        out.write(json.dumps(_call("GET", url, token), indent=2) + "\n")
+        out.write(json.dumps(_call("GET", url, token, namespace=namespace), indent=2) + "\n")
         return 0
     if action == "discard":
-        _call("DELETE", url, token)
+        _call("DELETE", url, token, namespace=namespace)
         out.write(f"discarded {dl_id}\n")
         return 0
-    result = _call("POST", url + "/replay", token)
+    result = _call("POST", url + "/replay", token, namespace=namespace)
     [outcome] = result["trace"]["triggers"] or [{}]
     if result["replayed"]:
         d = outcome.get("detail") or {}

@@ -10,7 +10,11 @@
   bus did; without a bus it falls back to the traces kept in memory.
 * :class:`DeadLetters` lists the firings the sensors dead-lettered
   (``<bus>._dlq.<sensor>.<trigger>``), replays one (the sensor's trigger runs again
-  with the same events, hence the same firing key) or discards it.
+  with the same events, hence the same firing key) or discards it. A replay runs where
+  the sensor runs: in this process when it runs the sensor, else asked over the bus
+  (``_replay.<namespace>.<sensor>``) of the sensor's pods, one of which runs it.
+* :class:`SensorView` is what the graph needs of a sensor, from a running runner or
+  from the Sensor object alone (the controller's page, :mod:`app.compose.clusterflow`).
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from app.adapters.bus import Bus
-from app.kernel.errors import BusUnavailableError, TriggerfishError
+from app.adapters.bus import Bus, NoResponderError
+from app.kernel.errors import BusUnavailableError, ConfigError, TriggerfishError
 from app.kernel.events import Event
 from app.kernel.settings import TraceSettings
 from app.kernel.subjects import subject_token
+from sensors.conditions import Condition
 from sensors.runner import SensorRunner
 from sensors.trace import Trace, TraceStore
 
@@ -126,6 +132,14 @@ class TraceLog:
         return out
 
 
+REPLAY_PREFIX = "_replay"
+"""Replay requests: ``_replay.<namespace>.<sensor>`` (core NATS request/reply)."""
+
+
+def replay_subject(namespace: str, sensor: str) -> str:
+    return f"{REPLAY_PREFIX}.{subject_token(namespace)}.{subject_token(sensor)}"
+
+
 class DeadLetterGone(TriggerfishError):
     """The dead letter is no longer stored (replayed, discarded or aged out)."""
 
@@ -133,11 +147,19 @@ class DeadLetterGone(TriggerfishError):
 class DeadLetters:
     """The dead-letter subjects of every EventBus a process uses."""
 
-    def __init__(self, bus: Bus, runners: list[SensorRunner], bus_names: list[str]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        runners: list[SensorRunner],
+        bus_names: list[str],
+        replay_timeout_seconds: float = 60.0,
+    ) -> None:
         self.bus = bus
         self.runners = runners
         self.bus_names = sorted(bus_names)
+        self.replay_timeout_seconds = replay_timeout_seconds
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._stop_serving: list[Any] = []
 
     @staticmethod
     def _entry(bus: str, seq: int, data: bytes, stored: float) -> dict[str, Any] | None:
@@ -202,24 +224,19 @@ class DeadLetters:
     async def replay(self, bus: str, seq: int) -> dict[str, Any]:
         """Run the dead letter's trigger again; delete the dead letter when it succeeds.
 
-        One replay at a time per dead letter; a second one after a success finds it gone
-        (:class:`DeadLetterGone`), and the trigger's firing key keeps a late duplicate
-        from creating a second object."""
+        Where the sensor runs: here when this process runs it, else the request goes
+        over the bus to the sensor's pods (``_replay.<namespace>.<sensor>``, one of its
+        replicas answers; :meth:`serve_replays`). One replay at a time per dead letter
+        in a process; a second one after a success finds it gone
+        (:class:`DeadLetterGone`), and the trigger's firing key (the same events, the
+        same key) keeps a concurrent duplicate from creating a second object."""
+        entry = await self.show(bus, seq)
+        runner = self._runner(entry["namespace"], entry["sensor"])
+        if runner is None:
+            return await self._replay_remote(entry)
         lock = self._locks.setdefault((bus, seq), asyncio.Lock())
         async with lock:
             entry = await self.show(bus, seq)
-            runner = next(
-                (
-                    r
-                    for r in self.runners
-                    if r.name == entry["sensor"] and r.namespace == entry["namespace"]
-                ),
-                None,
-            )
-            if runner is None:
-                raise DeadLetterGone(
-                    f"sensor {entry['namespace']}/{entry['sensor']} does not run here"
-                )
             events: Mapping[str, Event] = {
                 dep: Event.from_json(orjson.dumps(ev)) for dep, ev in entry["events"].items()
             }
@@ -230,10 +247,119 @@ class DeadLetters:
             self._locks.pop((bus, seq), None)
             return {"replayed": ok, "deadLetter": entry, "trace": trace.to_dict()}
 
+    def _runner(self, namespace: str, sensor: str) -> SensorRunner | None:
+        return next(
+            (r for r in self.runners if r.name == sensor and r.namespace == namespace), None
+        )
+
+    async def _replay_remote(self, entry: dict[str, Any]) -> dict[str, Any]:
+        subject = replay_subject(entry["namespace"], entry["sensor"])
+        ask = orjson.dumps({"bus": entry["bus"], "seq": entry["seq"]})
+        try:
+            raw = await self.bus.request(subject, ask, self.replay_timeout_seconds)
+        except NoResponderError as e:
+            raise DeadLetterGone(
+                f"sensor {entry['namespace']}/{entry['sensor']} does not run "
+                "(no pod of it answers on the bus)"
+            ) from e
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise BusUnavailableError(f"unreadable answer from the sensor: {raw[:80]!r}") from e
+        if not isinstance(answer, dict) or not isinstance(answer.get("result"), dict):
+            error = str(answer.get("error") if isinstance(answer, dict) else answer)
+            if isinstance(answer, dict) and answer.get("gone"):
+                raise DeadLetterGone(error)
+            raise BusUnavailableError(f"the sensor could not replay it: {error}")
+        return dict(answer["result"])
+
+    async def serve_replays(self) -> None:
+        """Answer replay requests for the sensors this process runs (their pods share a
+        queue group, so one replica runs each request)."""
+        for r in self.runners:
+
+            async def answer(ask: bytes) -> bytes:
+                try:
+                    body = orjson.loads(ask)
+                    result = await self.replay(str(body["bus"]), int(body["seq"]))
+                except (DeadLetterGone, ConfigError) as e:
+                    return orjson.dumps({"error": str(e), "gone": True})
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    return orjson.dumps({"error": f"malformed replay request: {e}"})
+                except TriggerfishError as e:
+                    return orjson.dumps({"error": f"replay failed: {e}"})
+                return orjson.dumps({"result": result})
+
+            stop = await self.bus.serve(replay_subject(r.namespace, r.name), "replay", answer)
+            self._stop_serving.append(stop)
+
+    async def stop_serving(self) -> None:
+        for stop in self._stop_serving:
+            await stop()
+        self._stop_serving.clear()
+
     async def discard(self, bus: str, seq: int) -> None:
         await self.show(bus, seq)
         if not await self.bus.delete_stored(bus, seq):
             raise DeadLetterGone(f"dead letter {bus}:{seq} is gone (replayed or discarded)")
+
+
+@dataclass(frozen=True)
+class DependencyView:
+    """What the page shows of one dependency."""
+
+    name: str
+    event_source_name: str
+    event_name: str
+
+
+@dataclass(frozen=True)
+class TriggerView:
+    """What the page shows of one trigger."""
+
+    name: str
+    type_key: str
+    conditions: str
+
+
+@dataclass(frozen=True)
+class SensorView:
+    """What the page shows of one Sensor: from a running :class:`SensorRunner`, or from
+    the Sensor object alone (the controller, which runs no sensor)."""
+
+    namespace: str
+    name: str
+    deps: tuple[DependencyView, ...]
+    triggers: tuple[TriggerView, ...]
+
+    @classmethod
+    def of_runner(cls, r: SensorRunner) -> SensorView:
+        return cls(
+            r.namespace,
+            r.name,
+            tuple(DependencyView(d.name, d.event_source_name, d.event_name) for d in r.deps),
+            tuple(TriggerView(t.name, t.type_key, t.condition.text) for t in r.triggers),
+        )
+
+    @classmethod
+    def of_model(cls, sensor: Any) -> SensorView:
+        """From a loaded Sensor model (a condition that does not compile shows as written)."""
+        deps = tuple(
+            DependencyView(d.name, d.event_source_name, d.event_name)
+            for d in sensor.spec.dependencies
+        )
+        names = [d.name for d in deps]
+        triggers = []
+        for t in sensor.spec.triggers:
+            written = getattr(t.template, "conditions", None)
+            try:
+                text = Condition.compile(written, names).text
+            except ValueError:
+                text = written or ""
+            triggers.append(TriggerView(t.template.name, t.template.trigger_type, text))
+        return cls(
+            sensor.metadata.namespace or "default", sensor.metadata.name, deps, tuple(triggers)
+        )
 
 
 def _status(ok: bool, error: str, not_ready: str) -> dict[str, str]:
@@ -254,7 +380,7 @@ def workflow_link(base: str, obj: Mapping[str, Any]) -> str:
 def flow_graph(
     *,
     event_sources: list[dict[str, Any]],
-    runners: list[SensorRunner],
+    sensors: list[SensorView],
     runner_errors: Mapping[str, str],
     consumer_errors: Mapping[str, str],
     store: TraceStore,
@@ -263,17 +389,20 @@ def flow_graph(
 ) -> dict[str, Any]:
     """The page's document. ``event_sources``: ``{name, namespace, events: [{name, type,
     ready, error}]}``; ``runner_errors``: ``namespace/name`` → why that sensor stopped;
-    ``consumer_errors``: why a sensor's bus consumer is not consuming now (not ready)."""
+    ``consumer_errors``: why a sensor's bus consumer is not consuming now (not ready).
+    An event may carry a ``reason`` for not being ready (default: not listening)."""
     counts = store.counts
     sources = []
     for es in event_sources:
         events = []
         for ev in es["events"]:
-            c = counts.get(("source", es["name"], ev["name"]))
+            c = counts.get(("source", es["namespace"], es["name"], ev["name"]))
             status = _status(
                 ev["ready"] and bus_connected,
                 ev["error"] or c["lastError"],
-                "not listening" if not ev["ready"] else "bus disconnected: posts get 503",
+                (ev.get("reason") or "not listening")
+                if not ev["ready"]
+                else "bus disconnected: posts get 503",
             )
             if status["state"] == "ready" and ev.get("standby"):
                 status["reason"] = ev["standby"]  # idle on purpose: another replica fires
@@ -293,8 +422,8 @@ def flow_graph(
                 "events": events,
             }
         )
-    sensors = []
-    for r in runners:
+    sensor_nodes = []
+    for r in sensors:
         deps = []
         for d in r.deps:
             c = counts.get(("dependency", r.namespace, r.name, d.name))
@@ -322,7 +451,7 @@ def flow_graph(
                     "name": t.name,
                     "id": f"trg:{r.namespace}/{r.name}/{t.name}",
                     "type": t.type_key,
-                    "conditions": t.condition.text,
+                    "conditions": t.conditions,
                     "counts": c,
                     "status": _status(True, c["lastError"], ""),
                     "objects": objects,
@@ -334,7 +463,7 @@ def flow_graph(
             down = "bus disconnected: its consumers wait for it to come back"
         else:
             down = consumer_errors.get(key, "")
-        sensors.append(
+        sensor_nodes.append(
             {
                 "id": f"sn:{r.namespace}/{r.name}",
                 "name": r.name,
@@ -349,5 +478,5 @@ def flow_graph(
         "generated": datetime.now(UTC).isoformat(),
         "argoWorkflowsUrl": argo_workflows_url,
         "eventSources": sources,
-        "sensors": sensors,
+        "sensors": sensor_nodes,
     }

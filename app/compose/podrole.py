@@ -23,7 +23,10 @@ Lease (:class:`app.compose.runtime.Standalone`), the others are ready but idle a
 ``/readyz`` says so (``standby``).
 
 ``/healthz``, ``/readyz`` (also says which ``generation`` is served, and which sources
-stand by for a Lease) and ``/metrics`` are served on ``--api-port``.
+stand by for a Lease) and ``/metrics`` are served on ``--api-port``. The pod's status
+and counters go onto the bus every ``ui.status_interval_seconds``
+(:mod:`app.compose.status`) for the controller's event-flow page; a sensor pod also
+answers replay requests for its dead letters there.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from app.compose.controller.builders import bus_url
 from app.compose.manifests import ManifestInvalid, load_one
 from app.compose.runtime import Manifests, Standalone
 from app.compose.server import bearer_guard
+from app.compose.status import pod_name, report_status, status_subject
 from app.kernel.argo import API_VERSION
 from app.kernel.errors import ConfigError, TriggerfishError
 from app.kernel.eventbus import EventBus
@@ -112,6 +116,8 @@ class PodRole:
         self.namespace = namespace
         self.nats_url = nats_url
         self.metrics = Metrics(namespace, version=__version__)
+        self.metrics.recent.window_seconds = settings.ui.window_seconds
+        self.pod = pod_name()
         self.rt: Standalone | None = None
         self.served: dict[str, Any] = {}
         """The object the running runtime was built from."""
@@ -141,8 +147,10 @@ class PodRole:
         m = Manifests(event_buses=buses)
         (m.event_sources if self.role == "eventsource" else m.sensors).append(model)
         rt = Standalone(m, settings)
+        # the pod's counters outlive a runtime restarted for a new spec
         rt.metrics = self.metrics
         rt.replica_leases = True
+        rt.traces.counts = self.metrics.recent
         return rt
 
     async def _start(self, obj: dict[str, Any]) -> None:
@@ -216,6 +224,37 @@ class PodRole:
                 rv = ""
                 await asyncio.sleep(1.0)
 
+    # -- status on the bus (the controller's event-flow page reads it) -----------------
+    def ready(self) -> bool:
+        rt = self.rt
+        return (
+            rt is not None
+            and rt.ready.is_set()
+            and rt.bus is not None
+            and rt.bus.connected
+            and all(rt.source_ready(s) for s in rt.sources)
+        )
+
+    def report(self) -> dict[str, Any] | None:
+        """This pod's status and counters (:mod:`app.compose.status`)."""
+        rt = self.rt
+        if rt is None or rt.bus is None:
+            return None
+        meta = self.served.get("metadata") or {}
+        return {
+            "pod": self.pod,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "generation": meta.get("generation"),
+            "ready": self.ready(),
+            "busConnected": rt.bus.connected,
+            "sources": rt.source_states() if self.role == "eventsource" else [],
+            "runnerErrors": rt.runner_errors(),
+            "consumerErrors": rt.consumer_errors(),
+            "counts": self.metrics.recent.snapshot(),
+        }
+
     # -- process ----------------------------------------------------------------------
     def app(self) -> FastAPI:
         """Health, readiness and metrics of this pod."""
@@ -227,23 +266,20 @@ class PodRole:
 
         @api.get("/readyz")
         async def readyz(response: Response) -> dict[str, Any]:
-            rt = self.rt
-            ok = (
-                rt is not None
-                and rt.ready.is_set()
-                and rt.bus is not None
-                and rt.bus.connected
-                and all(rt.source_ready(s) for s in rt.sources)
-            )
+            ok = self.ready()
             if not ok:
                 response.status_code = 503
             meta = self.served.get("metadata") or {}
             body: dict[str, Any] = {"ready": ok, "generation": meta.get("generation"),
                                     "resourceVersion": meta.get("resourceVersion")}  # fmt: skip
+            rt = self.rt
             if rt is not None:
                 standby = {s.type_name: why for s in rt.sources if (why := rt.source_standby(s))}
                 if standby:
                     body["standby"] = standby
+            errors = rt.source_errors() if rt is not None else {}
+            if errors:
+                body["sourceErrors"] = errors
             return body
 
         token = self.settings.api_token.get_secret_value().encode()
@@ -274,6 +310,14 @@ class PodRole:
                 tasks.append(asyncio.create_task(QuietServer(cfg).serve(), name="pod-api"))
             await self._start(obj)
             tasks.append(asyncio.create_task(self._follow(), name="follow"))
+            subject = status_subject(self.namespace, self.kind, self.name, self.pod)
+            reporter = report_status(
+                lambda: self.rt.bus if self.rt is not None else None,
+                self.report,
+                subject,
+                self.settings.ui,
+            )
+            tasks.append(asyncio.create_task(reporter, name="status"))
             tasks.append(asyncio.create_task(stop.wait(), name="stop"))
             tasks.append(asyncio.create_task(self.died.wait(), name="runtime"))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

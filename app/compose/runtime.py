@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import socket
 import time
@@ -55,6 +56,7 @@ from app.kernel.clock import Clock, SystemClock
 from app.kernel.errors import (
     BusUnavailableError,
     ConfigError,
+    ListenError,
     StreamFullError,
     TransientError,
     TriggerfishError,
@@ -68,6 +70,10 @@ from sensors.trace import TraceStore
 from sensors.triggers.base import TriggerContext
 
 log = logging.getLogger("triggerfish.runtime")
+
+BIND_RETRY_FIRST_SECONDS = 0.5
+BIND_RETRY_MAX_SECONDS = 30.0
+"""A source that cannot bind its port retries after 0.5 s, doubling up to 30 s."""
 
 
 @dataclass
@@ -133,6 +139,8 @@ class Standalone:
         self._tctx: TriggerContext | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._listen_errors: dict[int, str] = {}
+        """id(source plugin) → why it cannot listen (it retries meanwhile)."""
         self.bus_down_since: float | None = None
         """monotonic time the embedded server was found dead; None while it runs."""
         self.clock: Clock = SystemClock()
@@ -313,7 +321,12 @@ class Standalone:
             await self.trace_log.open(self.bus)
             self.traces.sink = self.trace_log.sink
             self._trace_task = asyncio.create_task(self.trace_log.run(), name="trace-log")
-        self.dead_letters = DeadLetters(self.bus, self.runners, sorted(self._bus_names()))
+        self.dead_letters = DeadLetters(
+            self.bus,
+            self.runners,
+            sorted(self._bus_names()),
+            replay_timeout_seconds=self.settings.ui.replay_timeout_seconds,
+        )
         states = SourceStates(self.bus, self.kube)
         secrets = ManifestSecrets(
             self.m.others, self.kube if isinstance(self.kube, ApiKube) else None
@@ -348,6 +361,8 @@ class Standalone:
             r = asyncio.Event()
             self._tasks.append(asyncio.create_task(runner.run(r), name=f"sensor:{runner.name}"))
             await self._wait_or_fail(r, self._tasks[-1], f"sensor {runner.name}")
+        # a replay asked anywhere on the bus runs here, where the sensor runs
+        await self.dead_letters.serve_replays()
         for es in self.m.event_sources:
             bus_name = getattr(es.spec, "event_bus_name", None) or "default"
             for key, events in source_plugins(es):
@@ -371,12 +386,16 @@ class Standalone:
                 self.sources.append(plugin)
                 source_metrics.running(es.metadata.name, len(events))
                 lease = self._lease_for(es, key, plugin)
-                work = plugin.run() if lease is None else lease.lead(plugin.run)
+                run = functools.partial(self._run_source, plugin)
+                work = run() if lease is None else lease.lead(run)
                 task = asyncio.create_task(work, name=f"source:{es.metadata.name}:{key}")
                 self._tasks.append(task)
         for plugin, task in zip(self.sources, self._tasks[len(self.runners) :], strict=True):
+            # a source that cannot listen does not hold up the others (it keeps retrying)
             await self._wait_until(
-                lambda p=plugin: self.source_ready(p), task, f"event source {plugin.source_name}"
+                lambda p=plugin: self.source_ready(p) or id(p) in self._listen_errors,
+                task,
+                f"event source {plugin.source_name}",
             )
         self._lag_task = asyncio.create_task(self._report_lag(), name="consumer-lag")
         self.ready.set()
@@ -417,6 +436,42 @@ class Standalone:
     def source_ready(self, plugin: EventSourcePlugin[Any]) -> bool:
         """Ready: listening, or standing by for its Lease (idle on purpose)."""
         return bool(self.source_standby(plugin)) or plugin.ready()
+
+    async def _run_source(self, plugin: EventSourcePlugin[Any]) -> None:
+        """Run a source; when it cannot bind its address (:class:`ListenError`: a port
+        taken by another process), note why and try again with backoff, so the other
+        sources and sensors keep working and this one recovers once the port is free."""
+        delay = BIND_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await plugin.run()
+                return
+            except ListenError as e:
+                first = id(plugin) not in self._listen_errors
+                self._listen_errors[id(plugin)] = str(e)
+                (log.error if first else log.debug)(
+                    "event source %s/%s (%s): %s; retrying every %.1fs at most",
+                    plugin.namespace, plugin.source_name, plugin.type_name, e,
+                    BIND_RETRY_MAX_SECONDS,
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BIND_RETRY_MAX_SECONDS)
+
+    def listen_error(self, plugin: EventSourcePlugin[Any]) -> str:
+        """Why ``plugin`` is not listening, while it retries binding ("" otherwise)."""
+        if plugin.ready():
+            self._listen_errors.pop(id(plugin), None)
+            return ""
+        return self._listen_errors.get(id(plugin), "")
+
+    def source_errors(self) -> dict[str, str]:
+        """``namespace/name (type)`` → why that source is not listening now."""
+        out = {}
+        for plugin in self.sources:
+            err = self.listen_error(plugin)
+            if err:
+                out[f"{plugin.namespace}/{plugin.source_name} ({plugin.type_name})"] = err
+        return out
 
     async def _report_lag(self) -> None:
         """Keep the consumer-lag gauges of every sensor dependency current (a scrape must
@@ -465,7 +520,7 @@ class Standalone:
             by_source[(es.metadata.namespace or "default", es.metadata.name)] = []
         for i, plugin in enumerate(self.sources):
             task = self._tasks[n + i] if n + i < len(self._tasks) else None
-            error = ""
+            error = self.listen_error(plugin)
             if task is not None and task.done() and not task.cancelled():
                 exc = task.exception()
                 error = str(exc) if exc is not None else "stopped"
@@ -604,6 +659,8 @@ class Standalone:
             self._trace_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._trace_task
+        if self.dead_letters is not None:
+            await self.dead_letters.stop_serving()
         if self._tctx is not None:
             with contextlib.suppress(Exception):
                 await self._tctx.shared.aclose()

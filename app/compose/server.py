@@ -13,6 +13,11 @@ the package (``app/compose/static``), so it works without any network but loopba
 it reads the same API (asking for the bearer token when one is set). ``/api/docs``
 serves Swagger UI from a package (fastapi-offline) for the same reason.
 
+The page and its API read a :class:`FlowView`: the running process's own counters
+and runners here (:class:`StandaloneView`), the cluster's objects and pod reports in
+the controller (:func:`add_flow` onto its probe app; :mod:`app.compose.clusterflow`).
+``/readyz`` names the sources that cannot listen (``sourceErrors``) while they retry.
+
 It binds ``127.0.0.1`` unless ``TRIGGERFISH_API_HOST`` says otherwise. When
 ``TRIGGERFISH_API_TOKEN`` is set, everything but the probes (``/healthz``, ``/readyz``)
 and the API's own description (``/openapi.json``, ``/api/docs``) requires
@@ -25,7 +30,7 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response, Security
 from fastapi import Path as PathParam
@@ -37,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import __version__
 from app.adapters.kube import FileKube
-from app.compose.flow import DeadLetterGone, DeadLetters, flow_graph
-from app.compose.runtime import Standalone, source_plugins
+from app.compose.flow import DeadLetterGone, DeadLetters, SensorView, flow_graph
+from app.compose.runtime import Standalone
 from app.kernel.errors import BusUnavailableError, ConfigError
 
 STATIC = Path(__file__).with_name("static")
@@ -48,28 +53,89 @@ _GONE: dict[int | str, dict[str, Any]] = {
 _DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "the bus is not reachable"}}
 
 
-def build_app(rt: Standalone) -> FastAPI:
-    """The FastAPI app for one running :class:`Standalone`."""
-    # Swagger UI from the fastapi-offline package, not a CDN: /api/docs works air-gapped.
-    api = FastAPIOffline(
-        title="Triggerfish",
+class FlowView(Protocol):
+    """What the event-flow page and its API read: a ``triggerfish run`` process
+    (:class:`StandaloneView`) or the controller (:class:`app.compose.clusterflow.ClusterFlow`)."""
+
+    async def graph(self) -> dict[str, Any]:
+        """The :func:`app.compose.flow.flow_graph` document."""
+        ...
+
+    async def traces(
+        self, limit: int, *, before: int | None, namespace: str | None, sensor: str | None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Traces newest first (:meth:`app.compose.flow.TraceLog.query`)."""
+        ...
+
+    async def dead_letters(self, namespace: str | None = None) -> DeadLetters | None:
+        """The dead letters (of that namespace's bus); None before the bus is connected."""
+        ...
+
+    async def all_dead_letters(self) -> list[DeadLetters]:
+        """The dead letters of every bus the view reads."""
+        ...
+
+
+class StandaloneView:
+    """The flow of one running :class:`Standalone`: its own counters and runners."""
+
+    def __init__(self, rt: Standalone) -> None:
+        self.rt = rt
+
+    async def graph(self) -> dict[str, Any]:
+        rt = self.rt
+        return flow_graph(
+            event_sources=rt.source_states(),
+            sensors=[SensorView.of_runner(r) for r in rt.runners],
+            runner_errors=rt.runner_errors(),
+            consumer_errors=rt.consumer_errors(),
+            store=rt.traces,
+            bus_connected=rt.bus is not None and rt.bus.connected,
+            argo_workflows_url=rt.settings.ui.argo_workflows_url,
+        )
+
+    async def traces(
+        self, limit: int, *, before: int | None, namespace: str | None, sensor: str | None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        return await self.rt.trace_log.query(
+            limit, before=before, namespace=namespace, sensor=sensor, **filters
+        )
+
+    async def dead_letters(self, namespace: str | None = None) -> DeadLetters | None:
+        return self.rt.dead_letters
+
+    async def all_dead_letters(self) -> list[DeadLetters]:
+        return [self.rt.dead_letters] if self.rt.dead_letters is not None else []
+
+
+def offline_api(title: str) -> FastAPI:
+    """A FastAPI app whose ``/api/docs`` (Swagger UI) is served from a package, not a
+    CDN, so it works air-gapped."""
+    return FastAPIOffline(
+        title=title,
         version=__version__,
         docs_url="/api/docs",
         redoc_url=None,
         static_url="/api/docs/static",
         favicon_url="/static/logo.svg",
     )
-    token = rt.settings.api_token.get_secret_value().encode()
-    guarded = APIRouter(
+
+
+def token_router(token: bytes) -> APIRouter:
+    """A router whose routes need ``Authorization: Bearer <token>`` (none when empty)."""
+    return APIRouter(
         dependencies=[Depends(bearer_guard(token))] if token else [],
         responses={401: {"description": "missing or wrong bearer token"}} if token else {},
     )
 
-    api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @api.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+def build_app(rt: Standalone) -> FastAPI:
+    """The FastAPI app for one running :class:`Standalone`."""
+    api = offline_api("Triggerfish")
+    token = rt.settings.api_token.get_secret_value().encode()
+    guarded = token_router(token)
 
     @api.get("/healthz")
     async def healthz(response: Response) -> dict[str, str]:
@@ -85,87 +151,100 @@ def build_app(rt: Standalone) -> FastAPI:
         sources_ok = rt.ready.is_set() and all(rt.source_ready(s) for s in rt.sources)
         if not (bus_ok and sources_ok):
             response.status_code = 503
-        return {"bus": bus_ok, "sources": sources_ok, "busServer": server}
+        body: dict[str, Any] = {"bus": bus_ok, "sources": sources_ok, "busServer": server}
+        errors = rt.source_errors()
+        if errors:
+            body["sourceErrors"] = errors  # why: e.g. cannot listen on a port (retrying)
+        return body
 
     @guarded.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def graph() -> dict[str, Any]:
-        return flow_graph(
-            event_sources=rt.source_states(),
-            runners=rt.runners,
-            runner_errors=rt.runner_errors(),
-            consumer_errors=rt.consumer_errors(),
-            store=rt.traces,
-            bus_connected=rt.bus is not None and rt.bus.connected,
-            argo_workflows_url=rt.settings.ui.argo_workflows_url,
-        )
+    @guarded.get("/api/v1/objects")
+    async def objects() -> list[dict[str, Any]]:
+        if isinstance(rt.kube, FileKube):
+            return rt.kube.list_objects()
+        return []
 
-    @guarded.get("/api/v1/eventsources")
+    api.include_router(guarded)
+    add_flow(api, StandaloneView(rt), token)
+    return api
+
+
+def add_flow(api: FastAPI, view: FlowView, token: bytes) -> None:
+    """The event-flow page (``/``, ``/static``) and the API it reads, onto ``api``."""
+    guarded = token_router(token)
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @api.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def graph() -> dict[str, Any]:
+        try:
+            return await view.graph()
+        except BusUnavailableError as e:
+            raise HTTPException(503, str(e)) from e
+
+    @guarded.get("/api/v1/eventsources", responses=_DOWN)
     async def eventsources() -> list[dict[str, Any]]:
         """Per EventSource: its types and event names; per event name its status
         (ready / not ready / error with the reason), counts over the recent window and
         since start, last event time and last error."""
-        nodes = {(n["namespace"], n["name"]): n for n in graph()["eventSources"]}
         out = []
-        for es in rt.m.event_sources:
-            ns = es.metadata.namespace or "default"
-            node = nodes.get((ns, es.metadata.name), {"events": []})
+        for es in (await graph())["eventSources"]:
+            types: dict[str, list[str]] = {}
+            for e in es["events"]:
+                types.setdefault(e["type"], []).append(e["name"])
             out.append(
                 {
-                    "name": es.metadata.name,
-                    "namespace": ns,
-                    "types": {key: sorted(events) for key, events in source_plugins(es)},
+                    "name": es["name"],
+                    "namespace": es["namespace"],
+                    "types": {k: sorted(v) for k, v in types.items()},
                     "events": [
                         {"name": e["name"], "type": e["type"], **_status_view(e)}
-                        for e in node["events"]
+                        for e in es["events"]
                     ],
                 }
             )
         return out
 
-    @guarded.get("/api/v1/sensors")
+    @guarded.get("/api/v1/sensors", responses=_DOWN)
     async def sensors() -> list[dict[str, Any]]:
         """Per Sensor: status, dependencies and triggers, each with its counts, last
         event time and last error."""
-        nodes = {(n["namespace"], n["name"]): n for n in graph()["sensors"]}
-        out = []
-        for r in rt.runners:
-            node = nodes[(r.namespace, r.name)]
-            deps = {d["name"]: d for d in node["dependencies"]}
-            trigs = {t["name"]: t for t in node["triggers"]}
-            out.append(
-                {
-                    "name": r.name,
-                    "namespace": r.namespace,
-                    "status": node["status"],
-                    "dependencies": [
-                        {
-                            "name": d.name,
-                            "eventSourceName": d.event_source_name,
-                            "eventName": d.event_name,
-                            **_status_view(deps[d.name]),
-                        }
-                        for d in r.deps
-                    ],
-                    "triggers": [
-                        {
-                            "name": t.name,
-                            "type": t.type_key,
-                            "conditions": t.condition.text,
-                            **_status_view(trigs[t.name]),
-                        }
-                        for t in r.triggers
-                    ],
-                }
-            )
-        return out
+        return [
+            {
+                "name": s["name"],
+                "namespace": s["namespace"],
+                "status": s["status"],
+                "dependencies": [
+                    {
+                        "name": d["name"],
+                        "eventSourceName": d["eventSourceName"],
+                        "eventName": d["eventName"],
+                        **_status_view(d),
+                    }
+                    for d in s["dependencies"]
+                ],
+                "triggers": [
+                    {
+                        "name": t["name"],
+                        "type": t["type"],
+                        "conditions": t["conditions"],
+                        **_status_view(t),
+                    }
+                    for t in s["triggers"]
+                ],
+            }
+            for s in (await graph())["sensors"]
+        ]
 
     @guarded.get("/api/v1/traces", responses=_DOWN)
     async def traces(q: TracesQuery = Query()) -> list[dict[str, Any]]:  # noqa: B008
         try:
-            return await rt.trace_log.query(
+            return await view.traces(
                 q.limit,
                 before=q.before,
                 namespace=q.namespace,
@@ -178,66 +257,77 @@ def build_app(rt: Standalone) -> FastAPI:
         except BusUnavailableError as e:
             raise HTTPException(503, str(e)) from e
 
-    @guarded.get("/api/v1/flow")
+    @guarded.get("/api/v1/flow", responses=_DOWN)
     async def flow() -> dict[str, Any]:
         """The event-flow page's graph: event names → dependencies → sensors → triggers
         → recently created objects, with statuses and windowed counts."""
-        return graph()
+        return await graph()
 
-    def dead_letters() -> DeadLetters:
-        if rt.dead_letters is None:
-            raise HTTPException(503, "the bus is not connected yet")
-        return rt.dead_letters
+    async def dead_letters(namespace: str | None) -> DeadLetters:
+        found = await view.dead_letters(namespace)
+        if found is None:
+            raise HTTPException(
+                503, "the bus is not connected yet (cluster mode: or give ?namespace=)"
+            )
+        return found
 
     @guarded.get("/api/v1/deadletters", responses=_DOWN)
     async def list_dead_letters(
         q: DeadLettersQuery = Query(),  # noqa: B008
     ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         try:
-            return await dead_letters().list(
-                sensor=q.sensor, trigger=q.trigger, limit=q.limit, before=q.before
-            )
+            for dl in await view.all_dead_letters():
+                out += await dl.list(
+                    sensor=q.sensor, trigger=q.trigger, limit=q.limit, before=q.before
+                )
         except BusUnavailableError as e:
             raise HTTPException(503, str(e)) from e
+        out.sort(key=lambda e: (e["time"], e["seq"]), reverse=True)
+        return out[: q.limit]
+
+    ns_param = Query(
+        None, description="the dead letter's namespace (cluster mode: which namespace's bus)"
+    )
 
     @guarded.get("/api/v1/deadletters/{bus}/{seq}", responses={**_GONE, **_DOWN})
-    async def show_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
+    async def show_dead_letter(
+        bus: str, seq: int = PathParam(ge=1), namespace: str | None = ns_param
+    ) -> dict[str, Any]:
         try:
-            return await dead_letters().show(bus, seq)
+            return await (await dead_letters(namespace)).show(bus, seq)
         except DeadLetterGone as e:
             raise HTTPException(404, str(e)) from e
         except BusUnavailableError as e:
             raise HTTPException(503, str(e)) from e
 
     @guarded.post("/api/v1/deadletters/{bus}/{seq}/replay", responses={**_GONE, **_DOWN})
-    async def replay_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
-        """Run the trigger again for that firing (same events, same firing key); the
+    async def replay_dead_letter(
+        bus: str, seq: int = PathParam(ge=1), namespace: str | None = ns_param
+    ) -> dict[str, Any]:
+        """Run the trigger again for that firing (same events, same firing key), where
+        the sensor runs (in cluster mode: one of its pods, asked over the bus); the
         dead letter is deleted when the trigger succeeds (``replayed: true``)."""
         try:
-            return await dead_letters().replay(bus, seq)
+            return await (await dead_letters(namespace)).replay(bus, seq)
         except (DeadLetterGone, ConfigError) as e:
             raise HTTPException(404, str(e)) from e
         except BusUnavailableError as e:
             raise HTTPException(503, str(e)) from e
 
     @guarded.delete("/api/v1/deadletters/{bus}/{seq}", responses={**_GONE, **_DOWN})
-    async def discard_dead_letter(bus: str, seq: int = PathParam(ge=1)) -> dict[str, Any]:
+    async def discard_dead_letter(
+        bus: str, seq: int = PathParam(ge=1), namespace: str | None = ns_param
+    ) -> dict[str, Any]:
         try:
-            await dead_letters().discard(bus, seq)
+            await (await dead_letters(namespace)).discard(bus, seq)
         except DeadLetterGone as e:
             raise HTTPException(404, str(e)) from e
         except BusUnavailableError as e:
             raise HTTPException(503, str(e)) from e
         return {"discarded": f"{bus}:{seq}"}
 
-    @guarded.get("/api/v1/objects")
-    async def objects() -> list[dict[str, Any]]:
-        if isinstance(rt.kube, FileKube):
-            return rt.kube.list_objects()
-        return []
-
     api.include_router(guarded)
-    return api
 
 
 def _status_view(node: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,12 @@ class TransientError(TriggerfishError):
     retry_after_seconds: float | None = None
 
 
+class ListenError(TransientError):
+    """A server could not bind its address (port taken, no permission). The process
+    keeps running and the source retries with backoff, so it recovers once the port
+    is free; meanwhile its status says why."""
+
+
 class BusUnavailableError(TransientError):
     """The event bus did not accept a publish (not connected, no PubAck in time)."""
 

@@ -162,6 +162,16 @@ class UiSettings(BaseModel):
         "", description="base URL of the Argo Workflows UI; Workflows created link to it"
     )
     window_seconds: float = Field(300.0, description="the page's counts cover this window")
+    status_interval_seconds: float = Field(
+        2.0,
+        description="cluster mode: how often each pod publishes its status and counts to "
+        "the bus (stream TRIGGERFISH_STATUS); a pod silent for 3 intervals is gone",
+    )
+    replay_timeout_seconds: float = Field(
+        60.0,
+        description="cluster mode: how long a replay asked at the controller waits for "
+        "the sensor's pod that runs it to answer",
+    )
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,10 @@ class Triggerfish:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 30.0) -> Triggerfish:
+    def start(
+        self, timeout: float = 30.0, until: Callable[[Triggerfish], bool] | None = None
+    ) -> Triggerfish:
+        """Start and wait until ready (or until ``until(self)`` holds)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api_port = self.api_port or free_port()
         args = [sys.executable, "-m", "app.compose.cli", "run", "--state-dir", str(self.state_dir),
@@ -60,7 +64,8 @@ class Triggerfish:
                 env=env, cwd=str(Path(__file__).resolve().parents[2]),
             )  # fmt: skip
         try:
-            wait_for(self.is_ready, timeout=timeout, interval=0.05)
+            check = self.is_ready if until is None else lambda: until(self)
+            wait_for(check, timeout=timeout, interval=0.05)
         except TimeoutError:
             self.stop()
             raise AssertionError(f"triggerfish did not become ready:\n{self.log()}") from None

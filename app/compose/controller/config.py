@@ -24,6 +24,9 @@ class ControllerSettings(BaseSettings):
     image_pull_policy: str = Field("IfNotPresent", description="pull policy of that image")
     nats_image: str = Field("nats:2.10-alpine", description="image of the EventBus servers")
     pod_api_port: int = Field(8080, description="health/metrics port inside the pods")
+    ui: bool = Field(
+        True, description="serve the event-flow page and its API on the controller's API port"
+    )
     watch_timeout_seconds: int = Field(
         300, description="server-side length of one watch before it is resumed"
     )

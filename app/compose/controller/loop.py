@@ -22,13 +22,16 @@ import contextlib
 import logging
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.kube import ApiKube, KubeError
 from app.adapters.lease import LeaderLease, LeaseTiming
 from app.compose.controller.config import ControllerSettings
 from app.compose.controller.reconcilers import API_VERSION, Reconciler
 from app.kernel.errors import TransientError
+
+if TYPE_CHECKING:
+    from app.compose.server import FlowView
 
 log = logging.getLogger("triggerfish.controller")
 
@@ -168,6 +171,8 @@ async def run_controller(
     api_host: str = "127.0.0.1",
     api_port: int = 0,
     identity: str = "",
+    flow: FlowView | None = None,
+    api_token: bytes = b"",
 ) -> None:
     """Run a :class:`Controller` until ``stop`` is set (the CLI's entry point), with
     ``/healthz`` and ``/readyz`` on ``api_host:api_port`` when a port is given.
@@ -176,7 +181,10 @@ async def run_controller(
     ``cfg.lease_namespace/cfg.lease_name``: a standby watches nothing and writes
     nothing; the leader runs a fresh :class:`Controller` (list, then watch: it needs no
     state from the previous leader) and cancels it when the Lease is lost, before
-    anyone else may take it over. A standby is ready (it is doing its job)."""
+    anyone else may take it over. A standby is ready (it is doing its job).
+
+    With ``flow``, the same port serves the event-flow page and its API (bearer
+    ``api_token`` when set), on every replica."""
     current: list[Controller] = []
 
     async def reconcile() -> None:
@@ -212,7 +220,7 @@ async def run_controller(
                 return False
             return all(c.synced.is_set() for c in current) and (lease is not None or bool(current))
 
-        app = build_health_app(ready)
+        app = build_health_app(ready, flow, api_token)
         server = QuietServer(
             uvicorn.Config(app, host=api_host, port=api_port, log_level="warning",
                            access_log=False, lifespan="off",

@@ -96,6 +96,14 @@ function sum(list, pick) {
   return out;
 }
 
+// cluster mode: how many pods of the object report now (their names on hover)
+function podsNote(x) {
+  if (!x.pods) return null;
+  const n = x.pods.length;
+  return el("span", { class: "meta pods", "data-pods": n, title: x.pods.join("\n") || "no pod reports" },
+    `${n} pod${n === 1 ? "" : "s"}`);
+}
+
 function byNamespace(items) {
   const groups = new Map();
   for (const x of items) {
@@ -162,7 +170,7 @@ function render() {
         ev.status.reason ? el("div", { class: "reason" }, ev.status.reason) : null,
         badges(ev.counts.window, SOURCE_KINDS)));
       return card(es.id, es.name, worst.status,
-        badges(sum(es.events, (e) => ({ published: e.counts.window.published || 0 })), [SOURCE_KINDS[0]]),
+        [podsNote(es), badges(sum(es.events, (e) => ({ published: e.counts.window.published || 0 })), [SOURCE_KINDS[0]])],
         el("div", {}, rows), manySources);
     }));
   }
@@ -193,7 +201,7 @@ function render() {
       const totals = sum(s.triggers, (t) => t.counts.window);
       Object.assign(totals, { received: sum(s.dependencies, (d) => d.counts.window).received || 0 });
       return card(s.id, s.name, status,
-        badges(totals, [DEP_KINDS[0], TRIGGER_KINDS[0], TRIGGER_KINDS[1]]),
+        [podsNote(s), badges(totals, [DEP_KINDS[0], TRIGGER_KINDS[0], TRIGGER_KINDS[1]])],
         [el("div", { class: "deps" }, el("div", { class: "sub" }, "dependencies"), deps),
          el("div", { class: "trigs" }, el("div", { class: "sub" }, "triggers"), trigs)],
         manySensors);
@@ -520,7 +528,7 @@ async function renderDeadLetters(target, filter, compact) {
       replay.disabled = discard.disabled = true;
       result.replaceChildren(el("span", { class: "note" }, "replaying…"));
       try {
-        const r = await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}/replay`, { method: "POST" });
+        const r = await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}/replay?${qs({ namespace: d.namespace })}`, { method: "POST" });
         const o = r.trace.triggers[0] || {};
         result.replaceChildren(r.replayed
           ? el("span", { class: "badge succeeded" }, "replayed: " + (o.action || "ok"))
@@ -534,7 +542,7 @@ async function renderDeadLetters(target, filter, compact) {
     discard.addEventListener("click", async () => {
       replay.disabled = discard.disabled = true;
       try {
-        await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}`, { method: "DELETE" });
+        await api(`/api/v1/deadletters/${encodeURIComponent(d.bus)}/${d.seq}?${qs({ namespace: d.namespace })}`, { method: "DELETE" });
         result.replaceChildren(el("span", { class: "note" }, "discarded"));
       } catch (e) {
         result.replaceChildren(el("span", { class: "err" }, e.message));
