@@ -11,6 +11,7 @@ which shares :func:`redis_client`. Registered as ``redis`` in :mod:`eventsources
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -123,16 +124,25 @@ async def redis_client(
     return aioredis.Redis(**options), tls
 
 
-class _Channels:
-    """One event name: a pub/sub connection, made again when it drops."""
+class RedisWorker(abc.ABC):
+    """One event name of a Redis source: connect, serve, reconnect with backoff.
 
-    def __init__(self, plugin: RedisSource, event_name: str, cfg: RedisConfig) -> None:
+    Subclasses set ``type_key`` (the manifest key, for field paths) and ``lost_note``
+    (what a lost connection means for their messages) and implement :meth:`_serve`.
+    Bad credentials stop the source (a :class:`ConfigError` naming the event);
+    anything else is retried.
+    """
+
+    type_key: ClassVar[str]
+    lost_note: ClassVar[str]
+
+    def __init__(self, plugin: PerEventSource[Any], event_name: str, cfg: Any) -> None:
         self.plugin = plugin
         self.log = plugin.ctx.log
         self.cfg = cfg
         self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
         self.where = self.deliver.where
-        self.path = f"spec.redis.{event_name}"
+        self.path = f"spec.{self.type_key}.{event_name}"
         self.live = False
 
     async def run(self) -> None:
@@ -152,11 +162,11 @@ class _Channels:
                 raise ConfigError(f"Redis refused the credentials: {e}", self.path) from e
             except REDIS_CONNECTION_ERRORS as e:
                 self.log.warning(
-                    "%s: connection to %s lost (%s); messages published meanwhile are "
-                    "lost (pub/sub has no redelivery); reconnecting",
+                    "%s: connection to %s lost (%s); %s",
                     self.where,
                     self.cfg.host_address,
                     e or type(e).__name__,
+                    self.lost_note,
                 )
             finally:
                 self.live = False
@@ -165,6 +175,19 @@ class _Channels:
                 if tls is not None:
                     tls.close()
             await retry.wait()
+
+    @abc.abstractmethod
+    async def _serve(self, client: aioredis.Redis, retry: Retry) -> None:
+        """Consume on ``client`` until the connection fails (raise) or cancelled."""
+
+
+class _Channels(RedisWorker):
+    """One event name: a pub/sub connection, made again when it drops."""
+
+    type_key: ClassVar[str] = "redis"
+    lost_note: ClassVar[str] = (
+        "messages published meanwhile are lost (pub/sub has no redelivery); reconnecting"
+    )
 
     async def _serve(self, client: aioredis.Redis, retry: Retry) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -13,7 +13,6 @@ client this module shares). Registered as ``redisStream`` in :mod:`eventsources.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, ClassVar
 
@@ -21,19 +20,18 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from pydantic import Field, field_validator
 
-from app.kernel.errors import ConfigError, TransientError
+from app.kernel.errors import ConfigError
 from app.kernel.events import event_id_from
 from app.kernel.spec import SpecModel
 from eventsources.brokers import (
     BusBackoff,
-    Deliverer,
     Outcome,
     PerEventSource,
     Retry,
     go_string,
 )
 from eventsources.common import EventSourceFilter
-from eventsources.redis import REDIS_CONNECTION_ERRORS, RedisConnection, redis_client
+from eventsources.redis import RedisConnection, RedisWorker
 
 #: Argo's defaults: the consumer group, the consumer name, the entries per stream and read.
 DEFAULT_CONSUMER_GROUP = "argo-events-cg"
@@ -74,51 +72,18 @@ class RedisStreamConfig(RedisConnection):
         return self.max_msg_count_per_read or DEFAULT_MAX_MSG_COUNT_PER_READ
 
 
-class _GroupReader:
+class _GroupReader(RedisWorker):
     """One event name: its consumer group on every stream, read and acked."""
 
+    type_key: ClassVar[str] = "redisStream"
+    lost_note: ClassVar[str] = "reconnecting (unacked entries stay pending and are read again)"
+
     def __init__(self, plugin: RedisStreamSource, event_name: str, cfg: RedisStreamConfig) -> None:
-        self.plugin = plugin
-        self.log = plugin.ctx.log
-        self.cfg = cfg
-        self.deliver = Deliverer(plugin, event_name, cfg.filter.expression if cfg.filter else None)
-        self.where = self.deliver.where
-        self.path = f"spec.redisStream.{event_name}"
-        self.live = False
+        super().__init__(plugin, event_name, cfg)
+        self.cfg: RedisStreamConfig = cfg
         self.claim_min_idle_seconds = CLAIM_MIN_IDLE_SECONDS
         self.claim_interval_seconds = CLAIM_INTERVAL_SECONDS
         self._bus_backoff = BusBackoff()
-
-    async def run(self) -> None:
-        retry = Retry(None)
-        while True:
-            try:
-                client, tls = await redis_client(
-                    self.cfg, self.plugin.ctx, self.plugin.namespace, self.path
-                )
-            except TransientError as e:
-                self.log.error("%s: %s; retrying", self.where, e)
-                await retry.wait()
-                continue
-            try:
-                await self._serve(client, retry)
-            except redis.exceptions.AuthenticationError as e:
-                raise ConfigError(f"Redis refused the credentials: {e}", self.path) from e
-            except REDIS_CONNECTION_ERRORS as e:
-                self.log.warning(
-                    "%s: connection to %s lost (%s); reconnecting (unacked entries stay "
-                    "pending and are read again)",
-                    self.where,
-                    self.cfg.host_address,
-                    e or type(e).__name__,
-                )
-            finally:
-                self.live = False
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-                if tls is not None:
-                    tls.close()
-            await retry.wait()
 
     async def _ensure_groups(self, client: aioredis.Redis, start: str) -> None:
         """Create the group on every stream (``start``: ``$`` as Argo, ``0`` after the
