@@ -155,7 +155,9 @@ def _mutmut_config(target: Target) -> str:
         f"source_paths = {arr(['app', 'eventsources', 'sensors'])}\n"
         f"only_mutate = {arr([target.module])}\n"
         f"pytest_add_cli_args_test_selection = {arr(target.tests)}\n"
-        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-q'])}\n"
+        # -n 0: the project's addopts start xdist workers, and mutmut must see which
+        # tests run each function from its own process
+        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-q', '-n', '0'])}\n"
         f"do_not_mutate_patterns = {arr([NOT_MUTATED])}\n"
     )
 

@@ -87,7 +87,7 @@ ANNOTATION_TRACE_ID = "events.triggerfish.io/trace-id"
 NAME_HASH_CHARS = 10
 
 
-def load_resource(config: K8sTriggerConfig, read_files: bool = True) -> ResourceSource:
+def load_resource(config: K8sTriggerConfig, read_files: bool) -> ResourceSource:
     """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
     ``configmap`` (see :mod:`sensors.triggers.sources`)."""
     return ResourceSource(config.source, where="k8s.source", read_files=read_files)
