@@ -257,6 +257,21 @@ def run_target(
     stale = [n for n in equivalents if n.startswith(mod + ".") and statuses.get(n) != "survived"]
     for name in stale:
         print(f"   note: {name} is listed as equivalent but is {statuses.get(name, 'gone')}")
+    # Mutants are numbered per function: a stale name means the function changed, so the
+    # names listed for it that still survive may now be other mutants. Their diffs go to
+    # recheck.txt, to be read against the listed reasons.
+    changed = {n.rpartition("__mutmut_")[0] for n in stale}
+    recheck = sorted(
+        n
+        for n in equivalents
+        if n.rpartition("__mutmut_")[0] in changed and statuses.get(n) == "survived"
+    )
+    if recheck:
+        with (workdir / "recheck.txt").open("w") as f:
+            for name in recheck:
+                f.write(f"# listed: {equivalents[name]}\n{mutmut(workdir, 'show', name)}\n")
+        print(f"   {len(recheck)} listed equivalents of changed functions to re-read "
+              f"against their reasons: {workdir / 'recheck.txt'}")  # fmt: skip
     if result.unexplained:
         report = workdir / "survivors.txt"
         with report.open("w") as f:
