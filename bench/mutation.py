@@ -293,6 +293,37 @@ def print_table(results: list[Result]) -> None:
           "score = killed / (mutants - equivalent))")  # fmt: skip
 
 
+def short_name(name: str) -> str:
+    """``sensors.x_f__mutmut_1`` → ``f__mutmut_1``; ``xǁCǁm__mutmut_2`` → ``C.m__mutmut_2``."""
+    rest = name.partition(".x")[2] if ".x\u01c1" in name else name.partition(".x_")[2]
+    if rest.startswith("\u01c1"):
+        cls, _, method = rest[1:].partition("\u01c1")
+        return f"{cls}.{method}"
+    return rest
+
+
+def equivalents_markdown(equivalents: dict[str, str]) -> str:
+    """The equivalent-mutant tables of docs/mutation.md, one per module."""
+    by_module: dict[str, list[tuple[str, str]]] = {}
+    for name, reason in equivalents.items():
+        module = next(
+            (t.module for t in TARGETS.values() if name.startswith(slug(t.module) + ".x")), "?"
+        )
+        by_module.setdefault(module, []).append((short_name(name), reason))
+    out: list[str] = []
+    for module in sorted(by_module):
+        rows = by_module[module]
+        out += [
+            f"### `{module}` ({len(rows)})",
+            "",
+            "| mutant | why it is equivalent |",
+            "|---|---|",
+        ]
+        out += [f"| `{n}` | {r} |" for n, r in rows]
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.mutation",
@@ -307,7 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="report the last (maybe interrupted) run only"
     )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the equivalent-mutant tables for docs/mutation.md",
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(equivalents_markdown(json.loads(EQUIVALENTS_FILE.read_text())), end="")
+        return 0
     if args.list:
         for t in TARGETS.values():
             only = f" (functions {', '.join(t.functions)})" if t.functions else ""
