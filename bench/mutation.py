@@ -106,8 +106,26 @@ TARGETS: dict[str, Target] = {
                 "tests/test_runner.py::test_redelivered_event_does_not_create_twice",
             ),
         ),
-        Target("sensors/triggers/argo_workflow.py", ("tests/test_trigger_argo_workflow.py",)),
-        Target("app/adapters/bus.py", ("tests/test_bus.py", "tests/test_runner_delivery.py")),
+        Target(
+            "sensors/triggers/argo_workflow.py",
+            ("tests/test_trigger_argo_workflow.py",),
+            # the idempotent submit: one Workflow per firing, a name clash is permanent
+            # (1,223 mutants for the whole module: ~25 min on two cores)
+            (
+                *_methods("ArgoWorkflowTrigger", "execute", "_check", "_prepare", "_create"),
+                "x__ref",
+            ),
+        ),
+        Target(
+            "app/adapters/bus.py",
+            ("tests/test_bus.py", "tests/test_runner_delivery.py"),
+            # the ack verbs a handler gets and how a delivery reaches it; each mutant runs
+            # test_runner_delivery.py (~30 s), so the rest of the module is left out
+            (
+                *_methods("BusMessage", "__init__", "ack", "nak", "in_progress", "term"),
+                *_methods("Bus", "_run_one", "_decode"),
+            ),
+        ),
         Target(
             "eventsources/sqs.py",
             ("tests/test_sqs.py",),
@@ -155,7 +173,9 @@ def _mutmut_config(target: Target) -> str:
         f"source_paths = {arr(['app', 'eventsources', 'sensors'])}\n"
         f"only_mutate = {arr([target.module])}\n"
         f"pytest_add_cli_args_test_selection = {arr(target.tests)}\n"
-        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-q'])}\n"
+        # -n 0: the project's addopts start xdist workers, and mutmut must see which
+        # tests run each function from its own process
+        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-q', '-n', '0'])}\n"
         f"do_not_mutate_patterns = {arr([NOT_MUTATED])}\n"
     )
 
@@ -255,6 +275,21 @@ def run_target(
     stale = [n for n in equivalents if n.startswith(mod + ".") and statuses.get(n) != "survived"]
     for name in stale:
         print(f"   note: {name} is listed as equivalent but is {statuses.get(name, 'gone')}")
+    # Mutants are numbered per function: a stale name means the function changed, so the
+    # names listed for it that still survive may now be other mutants. Their diffs go to
+    # recheck.txt, to be read against the listed reasons.
+    changed = {n.rpartition("__mutmut_")[0] for n in stale}
+    recheck = sorted(
+        n
+        for n in equivalents
+        if n.rpartition("__mutmut_")[0] in changed and statuses.get(n) == "survived"
+    )
+    if recheck:
+        with (workdir / "recheck.txt").open("w") as f:
+            for name in recheck:
+                f.write(f"# listed: {equivalents[name]}\n{mutmut(workdir, 'show', name)}\n")
+        print(f"   {len(recheck)} listed equivalents of changed functions to re-read "
+              f"against their reasons: {workdir / 'recheck.txt'}")  # fmt: skip
     if result.unexplained:
         report = workdir / "survivors.txt"
         with report.open("w") as f:
@@ -276,6 +311,37 @@ def print_table(results: list[Result]) -> None:
           "score = killed / (mutants - equivalent))")  # fmt: skip
 
 
+def short_name(name: str) -> str:
+    """``sensors.x_f__mutmut_1`` → ``f__mutmut_1``; ``xǁCǁm__mutmut_2`` → ``C.m__mutmut_2``."""
+    rest = name.partition(".x")[2] if ".x\u01c1" in name else name.partition(".x_")[2]
+    if rest.startswith("\u01c1"):
+        cls, _, method = rest[1:].partition("\u01c1")
+        return f"{cls}.{method}"
+    return rest
+
+
+def equivalents_markdown(equivalents: dict[str, str]) -> str:
+    """The equivalent-mutant tables of docs/mutation.md, one per module."""
+    by_module: dict[str, list[tuple[str, str]]] = {}
+    for name, reason in equivalents.items():
+        module = next(
+            (t.module for t in TARGETS.values() if name.startswith(slug(t.module) + ".x")), "?"
+        )
+        by_module.setdefault(module, []).append((short_name(name), reason))
+    out: list[str] = []
+    for module in sorted(by_module):
+        rows = by_module[module]
+        out += [
+            f"### `{module}` ({len(rows)})",
+            "",
+            "| mutant | why it is equivalent |",
+            "|---|---|",
+        ]
+        out += [f"| `{n}` | {r} |" for n, r in rows]
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.mutation",
@@ -290,7 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="report the last (maybe interrupted) run only"
     )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the equivalent-mutant tables for docs/mutation.md",
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(equivalents_markdown(json.loads(EQUIVALENTS_FILE.read_text())), end="")
+        return 0
     if args.list:
         for t in TARGETS.values():
             only = f" (functions {', '.join(t.functions)})" if t.functions else ""

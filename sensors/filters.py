@@ -37,8 +37,10 @@ Semantics (Argo's ``pkg/sensors/dependencies/filter.go``):
   the filter sets them (``id``, ``specversion``, ``time`` are not compared, as in Argo).
 * **time**: the *event's* time (its CloudEvents ``time``, not the time of arrival) must
   fall in ``[start, stop)`` on the event's day in ``timezone`` (UTC by default); when
-  stop is before start the window wraps past midnight (``[start, 24:00)`` or
-  ``[00:00, stop)``). An event without a readable time is checked at ``now``.
+  stop is not after start the window wraps past midnight (``[start, 24:00)`` or
+  ``[00:00, stop)``). Where the clocks change, a wall time is placed as Go's
+  ``time.Date`` places it (see :func:`_go_wall_time`). An event time without an offset
+  is UTC; an event without a readable time is checked at ``now``.
 * **script** (``filters.script``): a Lua script (:mod:`app.languages.lua`: sandboxed,
   bounded in instructions and memory) run with the event's data as the global
   ``event``; it passes only when its last returned value is ``true`` (any other value
@@ -63,7 +65,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -352,13 +354,29 @@ class _TimeCheck:
     def evaluate(self, when: datetime, note: str) -> tuple[bool, str]:
         local = when.astimezone(self.zone)
         day = local.date()
-        start = datetime.combine(day, self.start, tzinfo=self.zone).astimezone(UTC)
-        stop = datetime.combine(day, self.stop, tzinfo=self.zone).astimezone(UTC)
+        start = _go_wall_time(day, self.start, self.zone)
+        stop = _go_wall_time(day, self.stop, self.zone)
         t = when.astimezone(UTC)
         inside = start <= t < stop if start < stop else (t >= start or t < stop)
         where = "inside" if inside else "outside"
         window = f"[{self.start_text}, {self.stop_text}) {self.zone_name}"
         return inside, f"time: {local:%H:%M:%S} {where} {window}{note}"
+
+
+def _go_wall_time(day: date, at: dt_time, zone: tzinfo) -> datetime:
+    """The instant (UTC) of wall time ``at`` on ``day`` in ``zone``, chosen as Go's
+    ``time.Date`` (so Argo's ``time.ParseInLocation``) chooses it where the clocks change:
+    the offset in force at the wall time read as UTC, corrected once if the instant
+    that gives lies outside it. Python's ``fold=0`` differs in the skipped hour (Go:
+    02:30 in New York's spring gap is 06:30Z, not 07:30Z) and in the repeated hour east
+    of UTC (Go: 02:30 on Paris's autumn night is the second one, 01:30Z)."""
+    as_utc = datetime.combine(day, at, tzinfo=UTC)
+    guess = as_utc - _offset(as_utc, zone)
+    return as_utc - _offset(guess, zone)
+
+
+def _offset(instant: datetime, zone: tzinfo) -> timedelta:
+    return instant.astimezone(zone).utcoffset() or timedelta(0)
 
 
 def _event_time(event: Event, now: datetime | None) -> tuple[datetime, str]:

@@ -632,3 +632,39 @@ async def test_tls_config_builds_a_context() -> None:
         await build_ssl_context(
             TLSConfig.model_validate({"clientCertSecret": {"name": "a", "key": "b"}}), ctx, "ns"
         )
+
+
+async def test_stopping_mid_publish_hands_the_message_back_at_once(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer],
+    bus: Bus,
+    nats_server: EmbeddedNats,
+) -> None:
+    """Stopped while a message is being published: it is abandoned on the way out, so the
+    next receiver gets it now, not when its 60 s lock expires; it becomes one event."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    holding = asyncio.Event()
+
+    async def hang(event: Event) -> None:
+        holding.set()
+        await asyncio.Event().wait()  # the stop comes in the middle of this publish
+
+    async def is_holding() -> bool:
+        return holding.is_set()
+
+    events = {"handback": _queue("handback")}
+    async with Peer(server, queues=("handback",)) as peer:
+        async with _running(_source(server, hang, events)) as task:
+            await peer.send("handback", ServiceBusMessage("hold", message_id="h-1"))
+            await _eventually(is_holding, "the message is being published")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        async with _running(_source(server, Publisher(bus), events)):
+
+            async def through() -> bool:
+                return await _stream_count(nats_server.url) == 1 and not await peer.peek("handback")
+
+            await _eventually(through, "the handed-back message delivered", timeout=20.0)
+    [(_, event)] = await _stream_messages(nats_server.url)
+    assert event["data"]["messageID"] == "h-1"

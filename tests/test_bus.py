@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -138,3 +139,40 @@ async def test_unacked_message_is_redelivered(bus: Bus) -> None:
         await asyncio.sleep(0.02)
     task.cancel()
     assert seen[:2] == [1, 2]
+
+
+async def test_nak_with_a_delay_is_not_redelivered_sooner(bus: Bus) -> None:
+    """``nak(delay_seconds)`` reaches the server: the redelivery comes no sooner (a lower
+    bound the server guarantees, not a timing measurement); the message names its subject."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[int, str, float]] = []
+    ready = asyncio.Event()
+    redelivered = asyncio.Event()
+    nak_at = 0.0
+
+    async def handler(m: BusMessage) -> None:
+        nonlocal nak_at
+        seen.append((m.num_delivered, m.subject, loop.time()))
+        if m.num_delivered == 1:
+            nak_at = loop.time()
+            await m.nak(delay_seconds=1.0)
+        else:
+            await m.ack()
+            redelivered.set()
+
+    task = asyncio.create_task(
+        bus.consume("default", "default.webhook.trigger", "nak-delay", handler, ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        await bus.publish("default", _event(1))
+        await asyncio.wait_for(redelivered.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [(n, s) for n, s, _ in seen] == [
+        (1, "default.webhook.trigger"),
+        (2, "default.webhook.trigger"),
+    ]
+    assert seen[1][2] - nak_at >= 0.9

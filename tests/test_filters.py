@@ -9,7 +9,9 @@ case can be refused when the manifest loads, which the compile tests cover.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time as time_module
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,14 @@ from hypothesis import strategies as st
 from app.kernel.events import Event
 from app.languages.source_filter import event_source_filter
 from sensors.filters import CompiledFilters, FilterVerdict
-from sensors.spec import DataFilter, EventDependencyFilter, ExprFilter, PayloadField, TimeFilter
+from sensors.spec import (
+    DataFilter,
+    EventContextFilter,
+    EventDependencyFilter,
+    ExprFilter,
+    PayloadField,
+    TimeFilter,
+)
 
 DAY = "2024-07-15"
 
@@ -795,6 +804,145 @@ def test_no_data_passes_data_and_expr_filters() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("spec", "data", "passed", "reason"),
+    [
+        # the reason names the value that decided
+        pytest.param(d("a", "string", "x", "b"), {"a": "b"}, True, 'data[0] a: "b" =~ "b"',
+                     id="= matched by the second value"),
+        pytest.param(d("a", "string", "a", "b", comparator="!="), {"a": "a"}, True,
+                     'data[0] a: "a" !~ "b"', id="!= passed by the second value"),
+        pytest.param(d("a", "string", "a", comparator="!="), {"a": "a"}, False,
+                     'data[0] a: "a" =~ "a"', id="!= failed"),
+        pytest.param(d("a", "string", "a", comparator="<"), {"a": "a"}, False,
+                     "data[0] a: comparator '<' never matches a string filter (as in Argo), "
+                     'value "a"', id="string <"),
+        # an empty template output fails even a filter it would pass (Argo: "template
+        # evaluated to empty string or no value")
+        pytest.param(d("a", "string", "^$", template="{{ if false }}x{{ end }}"), {"a": "x"},
+                     False, "data[0] a: template produced no value ('')", id="empty output"),
+        pytest.param(d("a", "string", "^$", template="{{ .Missing }}"), {"a": "x"}, False,
+                     "data[0] a: template produced no value ('<no value>')", id="no value"),
+    ],
+)  # fmt: skip
+def test_data_reason_lines(spec: dict[str, Any], data: Any, passed: bool, reason: str) -> None:
+    verdict = run({"data": [spec]}, data)
+    assert (verdict.passed, verdict.reasons) == (passed, [reason])
+
+
+def test_context_reason_lists_every_field() -> None:
+    both = {"type": "calendar", "source": "cron"}
+    assert run({"context": both}).reasons == [
+        'context: type "webhook" != "calendar", source "webhook-gateway" != "cron"'
+    ]
+    ok = run({"context": {"type": "webhook", "source": "webhook-gateway"}})
+    assert ok.reasons == ['context: type == "webhook", source == "webhook-gateway"']
+
+
+def test_repr_names_the_kinds_and_the_operator() -> None:
+    spec = combo(
+        time=("09:09:09", "10:10:10"),
+        context=GATEWAY,
+        data=[d("k", "string", "v")],
+        exprs=[x('k == "v"', k="k")],
+    )
+    model = EventDependencyFilter.model_validate(spec)
+    assert (
+        repr(CompiledFilters.compile(model, "or")) == "CompiledFilters(exprs|data|context|time, or)"
+    )
+    assert repr(CompiledFilters.compile(None, "or")) == "CompiledFilters(none, or)"
+    assert repr(CompiledFilters.compile(None)) == "CompiledFilters(none, and)"
+
+
+# --------------------------------------------------------------------------- time, further
+# The machine's own zone never counts: naive times are UTC, and a window without a
+# timezone is in UTC. The tests run with the process in Tokyo time to show it.
+
+
+@pytest.fixture
+def tokyo_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time_module.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()
+
+
+WINDOW = {"time": {"start": "09:00:00", "stop": "12:00:00"}}
+
+
+@pytest.mark.usefixtures("tokyo_local_time")
+@pytest.mark.parametrize(
+    ("event_time", "expected"),
+    [
+        ("2024-07-15T10:00:00", True),  # no offset: UTC
+        ("2024-07-15T10:00:00Z", True),
+        ("2024-07-15T10:00:00+09:00", False),  # 01:00 UTC
+        ("2024-07-15T01:00:00", False),
+    ],
+)
+def test_time_window_ignores_the_machines_zone(event_time: str, expected: bool) -> None:
+    verdict = run(WINDOW, time=event_time)
+    assert verdict.passed is expected
+    assert verdict.reasons[0].endswith("[09:00:00, 12:00:00) UTC")
+
+
+@pytest.mark.usefixtures("tokyo_local_time")
+def test_event_without_time_is_checked_at_now_in_utc() -> None:
+    compiled = CompiledFilters.compile(EventDependencyFilter.model_validate(WINDOW))
+    no_time = make_event(time="not a time")
+    inside = compiled.evaluate(no_time, now=datetime(2024, 7, 15, 10, 0))  # naive: UTC
+    assert inside.passed
+    assert inside.reasons == [
+        "time: 10:00:00 inside [09:00:00, 12:00:00) UTC"
+        " (the event has no readable time; checked at the current time)"
+    ]
+    # an aware now keeps its own offset: 10:00+02:00 is 08:00 UTC
+    paris_summer = timezone(timedelta(hours=2))
+    assert not compiled.evaluate(
+        no_time, now=datetime(2024, 7, 15, 10, 0, tzinfo=paris_summer)
+    ).passed
+    # without now, the clock (in UTC, not the machine's zone)
+    clock = datetime.now(UTC)
+    around = {"time": {"start": f"{(clock - timedelta(hours=1)):%H:%M:%S}",
+                       "stop": f"{(clock + timedelta(hours=1)):%H:%M:%S}"}}  # fmt: skip
+    assert (
+        CompiledFilters.compile(EventDependencyFilter.model_validate(around))
+        .evaluate(no_time)
+        .passed
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "zone", "event_time", "expected"),
+    [
+        # New York skips 02:00-03:00 on 2024-03-10: Go places 02:30 at 06:30Z (01:30 EST)
+        ("02:30:00", "03:30:00", "America/New_York", "2024-03-10T06:45:00Z", True),
+        ("02:30:00", "03:30:00", "America/New_York", "2024-03-10T08:00:00Z", False),
+        ("02:30:00", "09:00:00", "America/New_York", "2024-03-10T06:30:00Z", True),
+        ("02:30:00", "09:00:00", "America/New_York", "2024-03-10T06:29:59Z", False),
+        # 01:30 and 02:30 are then the same instant: stop is not after start, so the
+        # window wraps and the whole day passes (Argo's rule for stop <= start)
+        ("01:30:00", "02:30:00", "America/New_York", "2024-03-10T20:00:00Z", True),
+        # Paris repeats 02:00-03:00 on 2024-10-27: Go takes the second 02:30 (01:30Z)
+        ("02:30:00", "04:00:00", "Europe/Paris", "2024-10-27T00:45:00Z", False),
+        ("02:30:00", "04:00:00", "Europe/Paris", "2024-10-27T01:30:00Z", True),
+        # New York repeats 01:00-02:00 on 2024-11-03: Go takes the first 01:30 (05:30Z)
+        ("01:30:00", "05:00:00", "America/New_York", "2024-11-03T05:30:00Z", True),
+        ("01:30:00", "05:00:00", "America/New_York", "2024-11-03T05:29:59Z", False),
+    ],
+)
+def test_time_window_where_the_clocks_change(
+    start: str, stop: str, zone: str, event_time: str, expected: bool
+) -> None:
+    """Argo parses ``start``/``stop`` with Go's ``time.ParseInLocation`` on the event's
+    day; where a wall time is skipped or repeated, it lands where Go puts it."""
+    spec = {"time": {"start": start, "stop": stop, "timezone": zone}}
+    assert passes(spec, time=event_time) is expected
+
+
 # --------------------------------------------------------------------------- compiling
 
 
@@ -816,6 +964,24 @@ def data_model(**kw: Any) -> EventDependencyFilter:
         data_logical_operator="",
         expr_logical_operator="",
     )
+
+
+def filters_model(**kw: Any) -> EventDependencyFilter:
+    base: dict[str, Any] = {
+        "data": [],
+        "exprs": [],
+        "time": None,
+        "context": None,
+        "script": "",
+        "data_logical_operator": "",
+        "expr_logical_operator": "",
+    }
+    base.update(kw)
+    return EventDependencyFilter.model_construct(**base)
+
+
+def time_model(start: str, stop: str, timezone: str = "") -> EventDependencyFilter:
+    return filters_model(time=TimeFilter.model_construct(start=start, stop=stop, timezone=timezone))
 
 
 def expr_model(expr: str, path: str = "a", name: str = "a") -> EventDependencyFilter:
@@ -852,8 +1018,29 @@ def expr_model(expr: str, path: str = "a", name: str = "a") -> EventDependencyFi
         (expr_model("a == "), "filters.exprs[0].expr: unexpected end of expression at position 5"),
         (expr_model("a == 1", path=""), "filters.exprs[0].fields[0].path: path is empty"),
         (expr_model("a == 1", name=""), "filters.exprs[0].fields[0].name: must not be empty"),
+        (filters_model(exprs=[ExprFilter.model_construct(expr="a", fields=[])]),
+         "filters.exprs[0].fields: at least one field is required"),
+        (filters_model(expr_logical_operator="xor"),
+         "filters.exprLogicalOperator: 'xor' is not a logical operator (and, or)"),
+        (filters_model(data_logical_operator="AND"),
+         "filters.dataLogicalOperator: 'AND' is not a logical operator (and, or)"),
+        (filters_model(context=EventContextFilter.model_construct(id="1", specversion="1.0",
+                                                                  time="", type="", source="",
+                                                                  subject="", datacontenttype="")),
+         "filters.context: no fields specified (all events would be discarded)"),
+        (time_model("09:00:00", "9:00"),
+         "filters.time.stop: invalid time '9:00', expected hh:mm:ss"),
+        (time_model("09:00:00", "09:00:00"),
+         "filters.time.stop: '09:00:00' is equal to start '09:00:00'"),
+        (time_model("09:00:00", "10:00:00", "Mars/Olympus"),
+         "filters.time.timezone: invalid timezone 'Mars/Olympus'"),
+        # hh:mm:ss as Go's time.Parse("15:04:05") reads it: hours below 24, two-digit
+        # minutes and seconds below 60
+        *[(time_model(bad, "10:00:00"), f"filters.time.start: invalid time {bad!r}")
+          for bad in ("24:00:00", "23:60:00", "23:59:60", "09:09", "09:0a:00", "09:5:00",
+                      "09:00:5", "09:00:00:00", "٠٩:00:00")],
     ],
-)
+)  # fmt: skip
 def test_compile_errors_name_the_field(model: EventDependencyFilter, message: str) -> None:
     with pytest.raises(ValueError) as info:
         CompiledFilters.compile(model)

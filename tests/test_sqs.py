@@ -619,3 +619,50 @@ async def test_invalid_filter_is_rejected_at_start() -> None:
     with pytest.raises(ConfigError) as info:
         await source.run()
     assert info.value.path == "spec.sqs.example.filter.expression"
+
+
+async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_rest(
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+) -> None:
+    """Stopped while a batch is being published: the message already on the bus is
+    deleted, the one whose publish was cut short is visible again at once (not hidden for
+    the 120 s visibility timeout, nor lost)."""
+    url = await _create_queue(sqs, "mid-batch")
+    await _send_many(sqs, url, ["go", "hold"])  # before the start: one batch
+    real = _publisher(bus)
+    published: list[str] = []
+    holding = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "hold":
+            holding.set()
+            await asyncio.Event().wait()  # the stop comes in the middle of this publish
+        await real(event)
+        published.append(str(event.data["body"]))
+
+    source = _source(publish, {"example": _cfg(sqs_endpoint, "mid-batch", visibilityTimeout=120)})
+    async with _running(source) as task:
+
+        async def mid_batch() -> bool:
+            return holding.is_set() and published == ["go"]
+
+        await _eventually(mid_batch, "'go' published while 'hold' is being published")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    resp = await sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attrs = resp["Attributes"]
+    assert (
+        attrs["ApproximateNumberOfMessages"],
+        attrs["ApproximateNumberOfMessagesNotVisible"],
+    ) == (
+        "1",
+        "0",
+    )
+    again = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    assert [m["Body"] for m in again["Messages"]] == ["hold"]
+    assert [e["data"]["body"] for _, e in await stream.messages()] == ["go"]

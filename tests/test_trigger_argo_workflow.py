@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import yaml
 
 from app.adapters.bus import Bus
 from app.adapters.kube import ApiKube
@@ -22,6 +24,7 @@ from app.kernel.errors import PermanentError
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.runner import RetryPolicy, SensorRunner
+from sensors.spec import TriggerPolicy
 from sensors.trace import TraceStore
 from sensors.triggers.argo_workflow import ArgoWorkflowTrigger, ArgoWorkflowTriggerConfig
 from sensors.triggers.base import Invocation, TriggerContext
@@ -97,7 +100,9 @@ async def test_submit_creates_the_workflow_once_per_firing(
     t = make(ctx, source={"resource": workflow(generate_name="run-")}, parameters=[
         {"src": {"dependencyName": "a", "dataKey": "body"}, "dest": dest}
     ])  # fmt: skip
+    before = int(time.time() * 1000)
     first = await t.execute(inv({"body": "from-event"}))
+    after = int(time.time() * 1000)
     assert first.action == "created"
     name = first.detail["name"]
     assert name == "run-" + KEY[:10]
@@ -105,7 +110,7 @@ async def test_submit_creates_the_workflow_once_per_firing(
     labels = wf["metadata"]["labels"]
     assert labels["events.argoproj.io/sensor"] == "s1"
     assert labels["events.argoproj.io/trigger"] == "t1"
-    assert labels["events.argoproj.io/action-timestamp"].isdigit()
+    assert before <= int(labels["events.argoproj.io/action-timestamp"]) <= after  # ms
     assert wf["metadata"]["annotations"]["events.triggerfish.io/trigger-key"] == KEY
     assert wf["spec"]["arguments"]["parameters"] == [{"name": "message", "value": "from-event"}]
     # a redelivered firing: same key, no second Workflow
@@ -454,3 +459,131 @@ async def test_runner_submits_once_under_redelivery(
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+
+
+# --------------------------------------------------------------------------- results
+
+
+def ref(wf: dict[str, Any]) -> dict[str, Any]:
+    meta = wf["metadata"]
+    return {"kind": "Workflow", "namespace": NS, "name": meta["name"], "uid": meta["uid"]}
+
+
+NAME_FROM_EVENT = [{"src": {"dependencyName": "a", "dataKey": "wf"}, "dest": "metadata.name"}]
+
+
+@pytest.mark.parametrize(
+    ("operation", "action"),
+    [("suspend", "suspended"), ("resume", "not-suspended"), ("terminate", "terminated"),
+     ("stop", "stopped"), ("resubmit", "created")],
+)  # fmt: skip
+async def test_every_operation_reports_the_object_and_its_parameters(
+    ctx: TriggerContext, kube: ApiKube, operation: str, action: str
+) -> None:
+    """The result names the Workflow acted on (kind, namespace, name, uid) and carries the
+    parameter records of the firing, whatever the operation, also when redelivered."""
+    await running(kube, "from-event", status={"phase": "Running"})
+    t = make(ctx, operation=operation, source=named("placeholder"), parameters=NAME_FROM_EVENT)
+    result = await t.execute(inv({"wf": "from-event"}))
+    assert result.action == action
+    assert [r["dest"] for r in result.parameters] == ["metadata.name"]
+    if operation != "resubmit":
+        return
+    made = await get_wf(kube, result.detail["name"])
+    assert result.detail == ref(made)
+    again = await t.execute(inv({"wf": "from-event"}))
+    assert (again.action, again.detail) == ("already-exists", ref(made))
+    assert [r["dest"] for r in again.parameters] == ["metadata.name"]
+    with pytest.raises(PermanentError) as clash:
+        await t.execute(inv({"wf": "from-event"}, key=KEY[:10] + "f" * 22))
+    assert str(clash.value) == (
+        f"Workflow {NS}/{made['metadata']['name']} exists but was not created for these "
+        "events (name clash)"
+    )
+
+
+async def test_submit_from_reports_the_workflow_and_its_parameters(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    await kube.create({"apiVersion": API, "kind": "WorkflowTemplate",
+                       "metadata": {"name": "print", "namespace": NS},
+                       "spec": {"entrypoint": "main"}}, NS)  # fmt: skip
+    t = make(ctx, operation="submit-from", parameters=NAME_FROM_EVENT,
+             source={"resource": {"apiVersion": API, "kind": "WorkflowTemplate",
+                                  "metadata": {"name": "placeholder"}}})  # fmt: skip
+    result = await t.execute(inv({"wf": "print"}))
+    assert result.detail == ref(await get_wf(kube, "print-" + KEY[:10]))
+    assert [r["dest"] for r in result.parameters] == ["metadata.name"]
+
+
+async def test_the_source_is_read_with_the_firings_namespace(
+    ctx: TriggerContext, kube: ApiKube
+) -> None:
+    """A configmap source is read in the Sensor's namespace, through the trigger's API."""
+    await kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "wf-cm", "namespace": NS},
+                       "data": {"wf": yaml.safe_dump(workflow(generate_name="cm-"))}},
+                      NS)  # fmt: skip
+    t = make(ctx, source={"configmap": {"name": "wf-cm", "key": "wf"}})
+    result = await t.execute(inv())
+    assert (result.action, result.detail["name"]) == ("created", "cm-" + KEY[:10])
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"apiVersion": API, "metadata": {"name": "x"}},
+         f"argoWorkflow.source: submit needs an {API} Workflow, got '{API}' ''"),
+        ({"apiVersion": "argoproj.io/v1", "kind": "Workflow", "metadata": {"name": "x"}},
+         f"argoWorkflow.source: submit needs an {API} Workflow, got 'argoproj.io/v1' 'Workflow'"),
+    ],
+)  # fmt: skip
+def test_submit_refuses_anything_but_a_workflow_naming_what_it_got(
+    ctx: TriggerContext, obj: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError) as e:
+        make(ctx, source={"resource": obj})
+    assert str(e.value) == message
+
+
+async def test_generate_name_may_come_from_args_alone(ctx: TriggerContext, kube: ApiKube) -> None:
+    bare = {"apiVersion": API, "kind": "Workflow", "metadata": {}, "spec": {"entrypoint": "m"}}
+    result = await make(ctx, source={"resource": bare}, args=["--generate-name", "a-"]).execute(
+        inv()
+    )
+    assert result.detail["name"] == "a-" + KEY[:10]
+
+
+def test_control_needs_a_name(ctx: TriggerContext) -> None:
+    nameless = {"resource": {"apiVersion": API, "kind": "Workflow", "metadata": {}}}
+    with pytest.raises(PermanentError) as e:
+        make(ctx, operation="suspend", source=nameless)
+    assert str(e.value) == "argoWorkflow.source: operation suspend needs metadata.name"
+
+
+async def test_policy_waits_for_the_labels_of_the_created_workflow(
+    kube: ApiKube,
+) -> None:
+    """``policy.k8s`` reads the created Workflow back through the API: labels it carries
+    match at once; labels it never gets time out (or fail, with errorOnBackoffTimeout)."""
+    template = workflow(generate_name="p-")
+    template["metadata"]["labels"] = {"stage": "ready"}
+
+    async def fire(labels: dict[str, str], error: bool, key: str) -> Any:
+        policy = TriggerPolicy.model_validate({"k8s": {
+            "labels": labels, "errorOnBackoffTimeout": error,
+            "backoff": {"steps": 2, "duration": "10ms"}}})  # fmt: skip
+        c = TriggerContext(kube=kube, policy=policy)
+        try:
+            return await make(c, source={"resource": template}).execute(inv(key=key))
+        finally:
+            await c.shared.aclose()
+
+    matched = await fire({"stage": "ready"}, False, "a" * 32)
+    assert matched.action == "created"
+    assert (matched.detail["policy"], matched.detail["policyAttempts"]) == ("labels matched", 1)
+    assert matched.detail["name"] == "p-" + "a" * 10
+    timed_out = await fire({"stage": "done"}, False, "b" * 32)
+    assert (timed_out.detail["policy"], timed_out.detail["policyAttempts"]) == ("timed out", 2)
+    with pytest.raises(PermanentError, match=f"Workflow {NS}/p-cccccccccc did not get labels"):
+        await fire({"stage": "done"}, True, "c" * 32)

@@ -21,7 +21,13 @@ from app.kernel.errors import PermanentError, TransientError
 from app.kernel.events import Event, new_event_id
 from app.kernel.settings import KubeSettings
 from sensors.triggers.base import Invocation, TriggerContext
-from sensors.triggers.k8s import ANNOTATION_KEY, NAME_HASH_CHARS, K8sTrigger, K8sTriggerConfig
+from sensors.triggers.k8s import (
+    ANNOTATION_KEY,
+    ANNOTATION_TRACE_ID,
+    NAME_HASH_CHARS,
+    K8sTrigger,
+    K8sTriggerConfig,
+)
 from tests.fakekube.harness import KubeApi
 
 NS = "ns1"
@@ -405,3 +411,21 @@ def test_live_object_is_refused_at_load_with_other_operations(operation: str) ->
             {"operation": operation, "liveObject": True,
              "source": {"resource": configmap(name="cm")}}
         )  # fmt: skip
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize("trace_id", [TRACE_ID, ""], ids=["traced", "none"])
+async def test_created_object_carries_the_firings_trace_id(
+    ctx: TriggerContext, kube: ApiKube, trace_id: str
+) -> None:
+    """The trace id annotation links an object to the firing's trace; none without one."""
+    firing = inv()
+    firing.trace_id = trace_id
+    out = await trigger(ctx, configmap(generateName="t-")).execute(firing)
+    live = await kube.get("v1", "ConfigMap", out.detail["name"], NS)
+    assert live is not None
+    annotations = live["metadata"]["annotations"]
+    assert annotations.get(ANNOTATION_TRACE_ID) == (trace_id or None)
+    assert annotations[ANNOTATION_KEY] == KEY

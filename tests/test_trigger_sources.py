@@ -79,6 +79,17 @@ def test_bad_static_sources_fail_when_built(loc: dict[str, Any], message: str) -
         source(**loc)
 
 
+def test_k8s_trigger_reads_its_file_when_built_unless_only_validating(tmp_path: Path) -> None:
+    """A sensor's pod fails at start on a missing file; a manifest check away from the
+    pod (``read_files=False``) leaves the file for the first firing."""
+    cfg = K8sTriggerConfig.model_validate({"source": {"file": {"path": str(tmp_path / "no")}}})
+    kube = FileKube(tmp_path / "objects")
+    with pytest.raises(PermanentError, match=r"^k8s\.source\.file: cannot read"):
+        K8sTrigger(cfg, TriggerContext(kube=kube))
+    unread = K8sTrigger(cfg, TriggerContext(kube=kube, read_files=False))
+    assert unread.source.static is None
+
+
 async def test_file_is_read_when_built(ctx: TriggerContext, tmp_path: Path) -> None:
     path = tmp_path / "wf.yaml"
     path.write_text(yaml.safe_dump(OBJ))

@@ -107,7 +107,7 @@ CLUSTER_SCOPED_KINDS: frozenset[str] = frozenset(
 """The kinds Argo's liveObject lookup reads without a namespace (its ``clusterResources``)."""
 
 
-def load_resource(config: K8sTriggerConfig, read_files: bool = True) -> ResourceSource:
+def load_resource(config: K8sTriggerConfig, read_files: bool) -> ResourceSource:
     """The object template's source: ``resource``, ``inline``, ``file``, ``url`` or
     ``configmap`` (see :mod:`sensors.triggers.sources`)."""
     return ResourceSource(config.source, where="k8s.source", read_files=read_files)
