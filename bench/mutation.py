@@ -127,6 +127,10 @@ TARGETS: dict[str, Target] = {
             ),
         ),
         Target(
+            "app/adapters/pull.py",
+            ("tests/test_pull.py", "tests/test_bus.py"),
+        ),
+        Target(
             "eventsources/sqs.py",
             ("tests/test_sqs.py",),
             _methods(

@@ -114,7 +114,7 @@ async def test_one_request_serves_many_messages(bus: Bus, monkeypatch: pytest.Mo
             await asyncio.sleep(0.002)  # a trickle: the batches of one per-batch fetch gave
         await eventually(lambda: len(done) == 100, "100 handled")
     assert asks[0] == 64
-    assert len(asks) <= 1 + 100 // 16  # one per 16 freed slots at most
+    assert len(asks) < 20  # about one per 16 freed slots (7), never one per message (100)
 
 
 async def test_a_deleted_consumer_is_recreated(bus: Bus) -> None:
