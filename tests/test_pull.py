@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from nats.aio.msg import Msg
 
 import app.adapters.pull as pull_module
 from app.adapters.bus import Bus, BusMessage, event_subject
@@ -159,3 +160,103 @@ async def test_stop_while_a_handler_finishes_always_stops(bus: Bus) -> None:
             release.set()  # the slot frees in the same loop turn as the cancel below
             task.cancel()
         assert task.done()
+
+
+# -- the status messages a pull request can end with, fed one by one ----------------------
+
+
+class _Recorder:
+    """A StandingPull on the bus's real connection whose asks are recorded, not sent:
+    the status replies are fed to it directly, so each branch is reached every time."""
+
+    def __init__(self, bus: Bus, limit: int) -> None:
+        self.delivered: list[bytes] = []
+        self.alive = 0
+
+        async def deliver(m: Msg) -> None:
+            self.delivered.append(m.data)
+
+        def alive() -> None:
+            self.alive += 1
+
+        assert bus._nc is not None
+        self.nc = bus._nc
+        self.pull = pull_module.StandingPull(bus._nc, "default", "c", limit, deliver, alive)
+
+    async def feed(self, status: str | None, **headers: str) -> None:
+        hdrs = {"Status": status, **headers} if status else None
+        await self.pull._on_msg(Msg(self.nc, subject="_INBOX.x", data=b"d", headers=hdrs))
+
+
+async def test_status_replies_adjust_what_is_asked_for(bus: Bus) -> None:
+    r = _Recorder(bus, limit=8)
+    p = r.pull
+    await p._ask(8, "_INBOX.unused")  # eight asked for
+    await r.feed(None)  # a message: seven still due
+    assert (p._outstanding, r.delivered, r.alive) == (7, [b"d"], 1)
+    await r.feed("100", Description="Idle Heartbeat")  # alive, nothing changes
+    assert (p._outstanding, r.alive) == (7, 2)
+    # a request expired with 5 of its messages unfilled: those are no longer due
+    await r.feed("408", Description="Request Timeout", **{"Nats-Pending-Messages": "5"})
+    assert p._outstanding == 2
+    # a request ended without saying how much: forget every open request, ask again
+    await r.feed("409", Description="Leadership Change")
+    assert p._outstanding == 0
+    assert p._gone is None and r.delivered == [b"d"]
+
+
+@pytest.mark.parametrize(
+    ("status", "description"),
+    [("409", "Consumer Deleted"), ("503", "")],
+)
+async def test_a_consumer_that_stopped_answering_ends_the_loop(
+    bus: Bus, status: str, description: str
+) -> None:
+    r = _Recorder(bus, limit=2)
+    await r.feed(status, Description=description)
+    with pytest.raises(pull_module.ConsumerGone):
+        await asyncio.wait_for(r.pull.run(), 5)
+
+
+async def test_silence_forgets_the_open_requests(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No message and no heartbeat for SILENCE_SECONDS while requests are open: they
+    are presumed lost (a restarted server) and asked for again."""
+    monkeypatch.setattr(pull_module, "SILENCE_SECONDS", 0.05)
+    monkeypatch.setattr(pull_module, "HEARTBEAT_SECONDS", 0.02)
+    asks: list[int] = []
+
+    async def recorded(self: pull_module.StandingPull, batch: int, inbox: str) -> None:
+        asks.append(batch)
+        self._outstanding += batch  # asked, but nothing will ever answer
+
+    monkeypatch.setattr(pull_module.StandingPull, "_ask", recorded)
+    r = _Recorder(bus, limit=4)
+    task = asyncio.create_task(r.pull.run())
+    try:
+        await eventually(lambda: len(asks) >= 3, "asked again after each silence")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert set(asks) == {4}  # the whole limit each time: nothing was counted as due
+
+
+async def test_reset_asks_again_at_once(bus: Bus) -> None:
+    """After a reconnect (:meth:`StandingPull.reset`) the open requests are forgotten."""
+    r = _Recorder(bus, limit=4)
+    await r.pull._ask(4, "_INBOX.unused")
+    r.pull.reset()
+    assert r.pull._outstanding == 0 and r.pull._wake.is_set()
+
+
+async def test_a_freed_quarter_wakes_the_loop(bus: Bus) -> None:
+    r = _Recorder(bus, limit=8)  # asks again once 2 slots are free
+    p = r.pull
+    await p._ask(6, "_INBOX.unused")
+    for _ in range(2):
+        await p.slot()
+    p._wake.clear()
+    p.release()  # 8 - 1 busy - 6 due = 1 free: not yet
+    assert not p._wake.is_set()
+    p.release()  # 2 free: ask
+    assert p._wake.is_set()
