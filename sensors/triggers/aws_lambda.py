@@ -60,7 +60,7 @@ from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import PermanentError, TransientError
 from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerResult
 from sensors.triggers.http import read_secret
 from sensors.triggers.parameterized import ParameterizedTrigger
 
@@ -204,14 +204,6 @@ class AwsLambdaTrigger(ParameterizedTrigger[AwsLambdaTriggerConfig]):
     type_name: ClassVar[str] = "awsLambda"
     config_model: ClassVar[type[SpecModel]] = AwsLambdaTriggerConfig
 
-    def __init__(self, config: AwsLambdaTriggerConfig, ctx: TriggerContext) -> None:
-        super().__init__(config, ctx)
-        policy = ctx.policy
-        status = policy.status if policy is not None else None
-        self.allow: frozenset[int] | None = (
-            frozenset(status.allow) if status is not None and status.allow else None
-        )
-
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
         body, payload_records = self._payload_for(cfg, inv.events)
@@ -247,9 +239,9 @@ class AwsLambdaTrigger(ParameterizedTrigger[AwsLambdaTriggerConfig]):
         if function_error:
             raise PermanentError(f"{where}: the function failed ({function_error}): "
                                  f"{_snippet(result_body)}")  # fmt: skip
-        allowed = status in self.allow if self.allow is not None else 200 <= status <= 299
+        allowed = self._status_allowed(status)
         if not allowed:
-            expected = f"policy.status.allow {sorted(self.allow)}" if self.allow else "2xx"
+            expected = self._expected_statuses()
             raise PermanentError(f"{where}: answered {status}, expected {expected}")
         if result_body:
             detail["response"] = _snippet(result_body)

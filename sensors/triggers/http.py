@@ -232,11 +232,6 @@ class HttpTrigger(ParameterizedTrigger[HttpTriggerConfig]):
     def __init__(self, config: HttpTriggerConfig, ctx: TriggerContext) -> None:
         super().__init__(config, ctx)
         self.compiled = _compile(config)
-        policy = ctx.policy
-        status = policy.status if policy is not None else None
-        self.allow: frozenset[int] | None = (
-            frozenset(status.allow) if status is not None and status.allow else None
-        )
 
     # -- per firing ---------------------------------------------------------------------
     async def execute(self, inv: Invocation) -> TriggerResult:
@@ -281,10 +276,10 @@ class HttpTrigger(ParameterizedTrigger[HttpTriggerConfig]):
             "url": url,
             "status": status,
         }
-        allowed = status in self.allow if self.allow is not None else 200 <= status <= 299
+        allowed = self._status_allowed(status)
         if allowed:
             return TriggerResult(f"http {status}", detail, records)
-        expected = f"policy.status.allow {sorted(self.allow)}" if self.allow is not None else "2xx"
+        expected = self._expected_statuses()
         message = f"{cfg.method} {url} answered {status}, expected {expected}"
         if snippet:
             message += f": {snippet}"

@@ -46,7 +46,7 @@ from app.kernel.argo import SecretKeySelector
 from app.kernel.errors import PermanentError, TransientError
 from app.kernel.spec import SpecModel
 from sensors.spec import TriggerParameter
-from sensors.triggers.base import Invocation, TriggerContext, TriggerResult
+from sensors.triggers.base import Invocation, TriggerResult
 from sensors.triggers.http import (
     IDEMPOTENCY_HEADER,
     TRANSIENT_STATUSES,
@@ -108,14 +108,6 @@ class OpenWhiskTrigger(ParameterizedTrigger[OpenWhiskTriggerConfig]):
     type_name: ClassVar[str] = "openWhisk"
     config_model: ClassVar[type[SpecModel]] = OpenWhiskTriggerConfig
 
-    def __init__(self, config: OpenWhiskTriggerConfig, ctx: TriggerContext) -> None:
-        super().__init__(config, ctx)
-        policy = ctx.policy
-        status = policy.status if policy is not None else None
-        self.allow: frozenset[int] | None = (
-            frozenset(status.allow) if status is not None and status.allow else None
-        )
-
     async def execute(self, inv: Invocation) -> TriggerResult:
         cfg, records = self._config_for(inv.events)
         body, payload_records = self._payload_for(cfg, inv.events)
@@ -131,7 +123,7 @@ class OpenWhiskTrigger(ParameterizedTrigger[OpenWhiskTriggerConfig]):
         detail: dict[str, Any] = {"name": f"openWhisk {cfg.action_name}",
                                   "action": cfg.action_name, "status": status}  # fmt: skip
         answer = _json(text)
-        allowed = status in self.allow if self.allow is not None else 200 <= status <= 299
+        allowed = self._status_allowed(status)
         if allowed:
             if status == 202 and isinstance(answer, dict) and "activationId" in answer:
                 detail["activationId"] = answer["activationId"]
@@ -140,7 +132,7 @@ class OpenWhiskTrigger(ParameterizedTrigger[OpenWhiskTriggerConfig]):
             return TriggerResult(f"openWhisk {status}", detail, records)
         if status == 502 and isinstance(answer, dict) and "error" in answer:
             raise PermanentError(f"{where}: the action failed: {_snippet(text)}")
-        expected = f"policy.status.allow {sorted(self.allow)}" if self.allow else "2xx"
+        expected = self._expected_statuses()
         message = f"{where}: answered {status}, expected {expected}"
         if text:
             message += f": {_snippet(text)}"

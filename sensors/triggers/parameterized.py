@@ -4,6 +4,7 @@ In Argo, a trigger type's own ``parameters`` are applied to its whole config bef
 runs, so a parameter may set a URL, a subject, a function name or the payload's own
 parameters; the payload is then built from the events (``payload`` entries with
 ``src`` and ``dest``). Every such trigger does the same three things, kept here once:
+read Argo's ``policy.status.allow`` once (for the types that get an HTTP-like status),
 compile both lists when the Sensor is loaded (a bad path fails at load), apply the
 parameters per firing and validate the result against the type's config model (an
 invalid result is permanent: a retry would build the same config), and recompile the
@@ -53,11 +54,24 @@ class ParameterizedTrigger(Trigger, Generic[ConfigT]):
         super().__init__(config, ctx)
         self.config: ConfigT = config
         self.params = compile_parameters(config.parameters, where=f"{self.type_name}.parameters")
+        status = ctx.policy.status if ctx.policy is not None else None
+        self.allow: frozenset[int] | None = (
+            frozenset(status.allow) if status is not None and status.allow else None
+        )
+        """``policy.status.allow`` (Argo's status policy); ``None``: any 2xx succeeds."""
         self.payload: list[CompiledParameter] = (
             compile_parameters(getattr(config, "payload", None), where=f"{self.type_name}.payload")
             if self.has_payload
             else []
         )
+
+    def _status_allowed(self, status: int) -> bool:
+        """Whether an answer's status counts as success under ``policy.status``."""
+        return status in self.allow if self.allow is not None else 200 <= status <= 299
+
+    def _expected_statuses(self) -> str:
+        """The successful statuses, for an error message."""
+        return f"policy.status.allow {sorted(self.allow)}" if self.allow is not None else "2xx"
 
     def _config_for(self, events: Mapping[str, Event]) -> tuple[ConfigT, list[dict[str, Any]]]:
         """The config with the type's ``parameters`` applied, and the parameter records."""
