@@ -494,6 +494,7 @@ async def test_trigger_level_parameters_build_the_template_per_firing(
     key = firing_key("ns1", "s1", "make-job", {"a": ev})
     assert obj["metadata"]["annotations"]["events.triggerfish.io/trigger-key"] == key
     assert obj["metadata"]["name"] == "job-" + key[:10]
+    await eventually(lambda: len(h.traces.recent()) == 1)  # the trace follows the object
     out = h.traces.recent()[0].triggers[0]
     assert out.trigger == "make-job"
     # the template's parameter first, then the k8s one
