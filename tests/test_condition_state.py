@@ -165,7 +165,12 @@ async def test_two_replicas_sharing_the_consumers_fire_each_round_once(
             await eventually(
                 lambda n=n: len(kube.list_objects()) == n + 1, f"round {n} fired", timeout=30
             )
-        await eventually(lambda: sum(len(r.traces.recent(2000)) for r in replicas) == 10 * rounds)
+        # every event handled (a redelivery under load records one trace more)
+        await eventually(
+            lambda: sum(len(r.traces.recent(2000)) for r in replicas) >= 10 * rounds,
+            "every event handled",
+            timeout=30,
+        )
         await asyncio.sleep(0.3)
         assert rounds_created(kube) == [str(n) for n in range(rounds)]
         handled = [len(r.traces.recent(2000)) for r in replicas]
