@@ -230,6 +230,8 @@ class Run:
     samples: list[tuple[float, int, int]] = field(default_factory=list)
     cpu_seconds: float = 0.0
     """triggerfish + its nats-server, over the offered window."""
+    cpu_bus_seconds: float = 0.0
+    """Of which its nats-server (the embedded bus: a child process)."""
     window_created: int = 0
     window_seconds: float = 0.0
     drain_created: int = 0
@@ -250,6 +252,10 @@ class Run:
     @property
     def cpu_us_per_event(self) -> float:
         return self.cpu_seconds / self.window_created * 1e6 if self.window_created else 0.0
+
+    @property
+    def bus_cpu_us_per_event(self) -> float:
+        return self.cpu_bus_seconds / self.window_created * 1e6 if self.window_created else 0.0
 
 
 async def _offer(
@@ -295,21 +301,24 @@ async def _offer(
         stop = asyncio.Event()
         st = asyncio.create_task(sampler(t0, stop))
         sent = 0
-        mark: tuple[float, int, float] | None = None
+        mark: tuple[float, int, float, float] | None = None
         while (now := time.monotonic() - t0) < seconds:
             if mark is None and now >= 1.0:  # the window starts after one second
-                mark = (now, watcher.count, sum(map(cpu_seconds, pids)))
+                bus_cpu = sum(map(cpu_seconds, pids[1:]))
+                mark = (now, watcher.count, cpu_seconds(pids[0]) + bus_cpu, bus_cpu)
             due = int(now * rate)
             while sent < due:
                 queue.put_nowait(sent)
                 sent += 1
             await asyncio.sleep(0.001)
         end = (time.monotonic() - t0, watcher.count)
-        cpu_end = sum(map(cpu_seconds, pids))
+        bus_end = sum(map(cpu_seconds, pids[1:]))
+        cpu_end = cpu_seconds(pids[0]) + bus_end
         if mark is not None:
             run.window_seconds = end[0] - mark[0]
             run.window_created = end[1] - mark[1]
             run.cpu_seconds = cpu_end - mark[2]
+            run.cpu_bus_seconds = bus_end - mark[3]
         for _ in workers:
             queue.put_nowait(-1)
         await asyncio.gather(*workers)
@@ -482,7 +491,10 @@ def _sensors(target: Target, work: Path, args: argparse.Namespace, counts: list[
         (c, _, _), _ = run_loop(_watched(target, lambda w: _ceiling(target, args.seconds)))
         offered = max(100.0, round(1.5 * c))
         print(f"(c) raw creates, {target.in_flight} in flight   {c:8.0f}/s")
-    print("sensors  offered/s  e2e/s  cpu µs/event  accepted  created  (vs 1 sensor: rate, cpu)")
+    print(
+        "sensors  offered/s  e2e/s  cpu µs/event (of which bus)  accepted  created  "
+        "(vs 1 sensor: rate, cpu)"
+    )
     first: Run | None = None
     for n in counts:
         if target.server is not None:
@@ -507,7 +519,8 @@ def _sensors(target: Target, work: Path, args: argparse.Namespace, counts: list[
             else "-"
         )
         print(
-            f"{n:7d}  {offered:9.0f}  {r.rate:5.0f}  {r.cpu_us_per_event:12.0f}  "
+            f"{n:7d}  {offered:9.0f}  {r.rate:5.0f}  {r.cpu_us_per_event:12.0f} "
+            f"({r.bus_cpu_us_per_event:5.0f})        "
             f"{r.accepted:8d}  {r.created:7d}  ({rel})"
         )
 
