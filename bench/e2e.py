@@ -21,13 +21,19 @@ One run, against one API server (the fake API by default, any cluster with
   just before its create request, and to the moment a watch on the Workflows (opened by
   the bench) sees the object: stored by the API server, visible to any client.
 
+``--pods`` runs the same (t), (d) and latency phases with Triggerfish as it is
+deployed in a cluster instead of ``triggerfish run``: a ``nats-server`` with JetStream,
+the manifests applied to the API server, and the ``triggerfish eventsource`` and
+``triggerfish sensor`` pod roles as two processes (so the webhook and the sensor each
+have an event loop of their own); their CPU and the nats-server's are what is counted.
+
 ``--sensors 1,10,100`` instead runs one Triggerfish per count, with that many Sensors
 (each its own dependency on its own event name of one webhook EventSource) and the
 same total offered rate spread over them, and prints the e2e rate and the CPU time per
 event of the triggerfish process (+ its nats-server) for each count.
 
     python -m bench.e2e [--seconds 8] [--rate R] [--in-flight 64] [--concurrency 64]
-                        [--sensors 1,10,100] [--kubeconfig PATH --namespace NS]
+                        [--pods | --sensors 1,10,100] [--kubeconfig PATH --namespace NS]
 
 With ``--kubeconfig`` the cluster needs the ``argoproj.io`` ``Workflow`` CRD; the
 Workflows are created suspended (an Argo controller, if any, runs no pods), labelled
@@ -63,8 +69,10 @@ from app.kernel.settings import KubeSettings
 from bench._common import cpu_seconds, percentile, run_loop
 from tests.fakekube.kubeconfig import write_kubeconfig
 from tests.fakekube.process import FakeKubeServer
+from tests.support.natspeer import NatsPeer
 from tests.support.net import free_port
 from tests.support.proc import Triggerfish
+from tests.test_podroles import RoleProc
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ml-pipeline"
@@ -258,9 +266,24 @@ class Run:
         return self.cpu_bus_seconds / self.window_created * 1e6 if self.window_created else 0.0
 
 
+@dataclass
+class Deployment:
+    """What serves the webhook and runs the sensor: its processes, and how to stop them."""
+
+    port: int
+    pids: list[int]
+    """The Triggerfish processes."""
+    bus_pids: list[int]
+    """Their nats-server."""
+    stops: list[Callable[[], None]]
+
+    def stop(self) -> None:
+        for stop in reversed(self.stops):
+            stop()
+
+
 async def _offer(
-    port: int,
-    tf: Triggerfish,
+    dep: Deployment,
     endpoints: Sequence[str],
     rate: float,
     seconds: float,
@@ -273,9 +296,7 @@ async def _offer(
     # Unbounded: the offered pace never waits for answers (open loop); what the webhook
     # has not taken when the window ends is posted after it, and still counted.
     queue: asyncio.Queue[int] = asyncio.Queue()
-    assert tf.proc is not None
-    pids = [tf.proc.pid, *_children(tf.proc.pid)]
-    urls = [f"http://127.0.0.1:{port}/{e}" for e in endpoints]
+    urls = [f"http://127.0.0.1:{dep.port}/{e}" for e in endpoints]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as c:
 
         async def worker() -> None:
@@ -304,16 +325,16 @@ async def _offer(
         mark: tuple[float, int, float, float] | None = None
         while (now := time.monotonic() - t0) < seconds:
             if mark is None and now >= 1.0:  # the window starts after one second
-                bus_cpu = sum(map(cpu_seconds, pids[1:]))
-                mark = (now, watcher.count, cpu_seconds(pids[0]) + bus_cpu, bus_cpu)
+                bus_cpu = sum(map(cpu_seconds, dep.bus_pids))
+                mark = (now, watcher.count, sum(map(cpu_seconds, dep.pids)) + bus_cpu, bus_cpu)
             due = int(now * rate)
             while sent < due:
                 queue.put_nowait(sent)
                 sent += 1
             await asyncio.sleep(0.001)
         end = (time.monotonic() - t0, watcher.count)
-        bus_end = sum(map(cpu_seconds, pids[1:]))
-        cpu_end = cpu_seconds(pids[0]) + bus_end
+        bus_end = sum(map(cpu_seconds, dep.bus_pids))
+        cpu_end = sum(map(cpu_seconds, dep.pids)) + bus_end
         if mark is not None:
             run.window_seconds = end[0] - mark[0]
             run.window_created = end[1] - mark[1]
@@ -394,7 +415,8 @@ class Watcher:
         return sorted(issued), sorted(seen)
 
 
-def _start_tf(target: Target, work: Path, sensors: int) -> tuple[Triggerfish, int]:
+def _start_tf(target: Target, work: Path, sensors: int) -> Deployment:
+    """``triggerfish run``: one process, its embedded nats-server a child of it."""
     port = free_port()
     tf = Triggerfish(
         files=[str(_manifests(work, target.namespace, sensors, target.run_id))],
@@ -404,7 +426,87 @@ def _start_tf(target: Target, work: Path, sensors: int) -> tuple[Triggerfish, in
         extra_env={"TRIGGERFISH_KUBE__MAX_IN_FLIGHT": str(target.in_flight)},
     )
     tf.start(timeout=120)
-    return tf, port
+    assert tf.proc is not None
+    return Deployment(port, [tf.proc.pid], _children(tf.proc.pid), [tf.stop])
+
+
+async def _apply(target: Target, manifests: Path, delete: bool = False) -> None:
+    """Create the manifests' objects in the API server (or delete them again)."""
+    api = target.client()
+    try:
+        for doc in yaml.safe_load_all((manifests / "all.yaml").read_text()):
+            if delete:
+                with contextlib.suppress(TriggerfishError):
+                    await api.delete(
+                        doc["apiVersion"], doc["kind"], doc["metadata"]["name"], target.namespace
+                    )
+            else:
+                await api.create(doc, target.namespace)
+    finally:
+        await api.close()
+
+
+def _start_pods(target: Target, work: Path) -> Deployment:
+    """The cluster topology: a JetStream nats-server, the manifests in the API server, and
+    the eventsource and sensor pod roles as two processes."""
+    manifests = _manifests(work, target.namespace, 1, target.run_id)
+    dep = Deployment(free_port(), [], [], [])
+    try:
+        nats = NatsPeer(work / "pods-nats", jetstream=True).start()
+        dep.stops.append(nats.stop)
+        dep.bus_pids.append(nats.pid)
+        dep.stops.append(lambda: run_loop(_apply(target, manifests, delete=True)))
+        run_loop(_apply(target, manifests))
+        docs = list(yaml.safe_load_all((manifests / "all.yaml").read_text()))
+        env = {"TRIGGERFISH_KUBE__MAX_IN_FLIGHT": str(target.in_flight)}
+        common = ["--nats-url", nats.url, "--namespace", target.namespace]
+        for role, doc in (("eventsource", docs[1]), ("sensor", docs[2])):
+            args = [role, doc["metadata"]["name"], *common]
+            if role == "eventsource":
+                args += ["--bind-host", "127.0.0.1", "--port-map", f"{PORT}={dep.port}"]
+            pod = RoleProc(args, work / f"pod-{role}", str(target.kubeconfig), dict(env))
+            pod.start()
+            dep.stops.append(pod.stop)
+            assert pod.proc is not None
+            dep.pids.append(pod.proc.pid)
+    except BaseException:
+        dep.stop()
+        raise
+    return dep
+
+
+def _kept_up(run: Run, concurrency: int) -> tuple[bool, int]:
+    """Whether the pipeline kept up with ``run``'s offered rate: it created at least 95 %
+    of it over the window, and the backlog when the posts stopped was no more than what
+    is in flight anyway (the posters' concurrency, or a quarter second of events)."""
+    in_window = [s for s in run.samples if s[0] <= run.seconds]
+    lag = in_window[-1][1] - in_window[-1][2] if in_window else run.accepted
+    ok = run.rate >= 0.95 * run.offered and lag <= max(2 * concurrency, 0.25 * run.offered)
+    return ok, lag
+
+
+def _sustained(target: Target, dep: Deployment, c: float, args: argparse.Namespace) -> float:
+    """(s): the highest rate the pipeline sustains, offered from 30 % of (c) upwards in
+    steps of 20 % until it falls behind; the rate created in the last step it kept up."""
+    rate = max(20.0, round(0.3 * c))
+    best = 0.0
+    while True:
+        r, _ = run_loop(
+            _watched(
+                target,
+                functools.partial(_offer, dep, ["trigger"], rate, args.seconds, args.concurrency),
+            )
+        )
+        kept, lag = _kept_up(r, args.concurrency)
+        print(
+            f"  offered {rate:6.0f}/s  created {r.rate:6.0f}/s  backlog when the posts "
+            f"stopped {lag:6d}  cpu {r.cpu_us_per_event:5.0f} µs/event  "
+            + ("kept up" if kept else "fell behind")
+        )
+        if not kept:
+            return best
+        best = r.rate
+        rate = round(rate * 1.2)
 
 
 def _backlog(run: Run) -> None:
@@ -434,13 +536,21 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
     print(
         f"(c) raw creates, {target.in_flight} in flight   {c:8.0f}/s  ({c_ok} ok, {c_err} errors)"
     )
-    tf, port = _start_tf(target, work, 1)
+    dep = _start_pods(target, work) if args.pods else _start_tf(target, work, 1)
+    print(
+        "topology: "
+        + (
+            "pods (eventsource and sensor processes, a nats-server)"
+            if args.pods
+            else "triggerfish run (one process, its embedded nats-server)"
+        )
+    )
     try:
         offered = args.rate or max(100.0, round(1.5 * c))
         sat, _ = run_loop(
             _watched(
                 target,
-                lambda w: _offer(port, tf, ["trigger"], offered, args.seconds, args.concurrency, w),
+                lambda w: _offer(dep, ["trigger"], offered, args.seconds, args.concurrency, w),
             )
         )
         t = sat.rate
@@ -459,21 +569,25 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
         if sat.accepted - sat.created > 0:
             print(f"  NOT DRAINED: {sat.accepted - sat.created} accepted events not created")
         _backlog(sat)
+        print("(s) the highest rate sustained, offered in steps:")
+        sus = _sustained(target, dep, c, args)
+        print(f"(s) sustained end to end        {sus:8.0f}/s  s/c = {sus / c:.2f}" if c else "")
         light = max(1.0, round(0.3 * t))
         lr, watcher = run_loop(
             _watched(
                 target,
-                lambda w: _offer(port, tf, ["trigger"], light, args.seconds, args.concurrency, w),
+                lambda w: _offer(dep, ["trigger"], light, args.seconds, args.concurrency, w),
             )
         )
     finally:
-        tf.stop()
+        dep.stop()
     # Again, now that Triggerfish is stopped: a shared machine drifts, and a ratio
     # against two ceilings around it says how much.
     (c2, _, _), _ = run_loop(_watched(target, lambda w: _ceiling(target, args.seconds)))
     print(
         f"(c') raw creates again           {c2:8.0f}/s  "
-        f"t/c' = {t / c2:.2f}, t/mean(c, c') = {2 * t / (c + c2):.2f}"
+        f"t/c' = {t / c2:.2f}, t/mean(c, c') = {2 * t / (c + c2):.2f}, "
+        f"s/mean = {2 * sus / (c + c2):.2f}"
         + (f", d/mean = {2 * sat.drain_rate / (c + c2):.2f}" if sat.drain_rate else "")
     )
     issued, seen = watcher.latencies()
@@ -499,19 +613,17 @@ def _sensors(target: Target, work: Path, args: argparse.Namespace, counts: list[
     for n in counts:
         if target.server is not None:
             target.server.reset()
-        tf, port = _start_tf(target, work, n)
+        dep = _start_tf(target, work, n)
         names = ["trigger"] if n == 1 else [f"e{i}" for i in range(n)]
         try:
             r, _ = run_loop(
                 _watched(
                     target,
-                    functools.partial(
-                        _offer, port, tf, names, offered, args.seconds, args.concurrency
-                    ),
+                    functools.partial(_offer, dep, names, offered, args.seconds, args.concurrency),
                 )
             )
         finally:
-            tf.stop()
+            dep.stop()
         first = first or r
         rel = (
             f"{r.rate / first.rate:.2f}, {first.cpu_us_per_event / r.cpu_us_per_event:.2f}"
@@ -532,6 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="concurrent posters")
     ap.add_argument("--in-flight", type=int, default=64, help="API requests in flight")
     ap.add_argument("--sensors", default="", help="e.g. 1,10,100: the sensors-count bench")
+    ap.add_argument(
+        "--pods", action="store_true", help="eventsource and sensor pod roles, not `run`"
+    )
     ap.add_argument("--kubeconfig", default="", help="measure this cluster instead")
     ap.add_argument("--namespace", default="", help="with --kubeconfig (default tf-bench)")
     args = ap.parse_args(argv)
