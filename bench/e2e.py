@@ -240,6 +240,8 @@ class Run:
     """triggerfish + its nats-server, over the offered window."""
     cpu_bus_seconds: float = 0.0
     """Of which its nats-server (the embedded bus: a child process)."""
+    cpu_by_process: list[float] = field(default_factory=list)
+    """Per Triggerfish process (the deployment's ``pids``), over the window."""
     window_created: int = 0
     window_seconds: float = 0.0
     drain_created: int = 0
@@ -323,10 +325,12 @@ async def _offer(
         st = asyncio.create_task(sampler(t0, stop))
         sent = 0
         mark: tuple[float, int, float, float] | None = None
+        per_process: list[float] = []
         while (now := time.monotonic() - t0) < seconds:
             if mark is None and now >= 1.0:  # the window starts after one second
                 bus_cpu = sum(map(cpu_seconds, dep.bus_pids))
                 mark = (now, watcher.count, sum(map(cpu_seconds, dep.pids)) + bus_cpu, bus_cpu)
+                per_process = [cpu_seconds(p) for p in dep.pids]
             due = int(now * rate)
             while sent < due:
                 queue.put_nowait(sent)
@@ -340,6 +344,9 @@ async def _offer(
             run.window_created = end[1] - mark[1]
             run.cpu_seconds = cpu_end - mark[2]
             run.cpu_bus_seconds = bus_end - mark[3]
+            run.cpu_by_process = [
+                cpu_seconds(p) - before for p, before in zip(dep.pids, per_process, strict=True)
+            ]
         for _ in workers:
             queue.put_nowait(-1)
         await asyncio.gather(*workers)
@@ -485,10 +492,17 @@ def _kept_up(run: Run, concurrency: int) -> tuple[bool, int]:
     return ok, lag
 
 
-def _sustained(target: Target, dep: Deployment, c: float, args: argparse.Namespace) -> float:
-    """(s): the highest rate the pipeline sustains, offered from 30 % of (c) upwards in
+def _split(run: Run) -> str:
+    """CPU per event of each Triggerfish process and of the nats-server."""
+    n = run.window_created or 1
+    parts = [f"{1e6 * c / n:.0f}" for c in run.cpu_by_process]
+    return " + ".join(parts) + f" + bus {1e6 * run.cpu_bus_seconds / n:.0f}"
+
+
+def _sustained(target: Target, dep: Deployment, t: float, args: argparse.Namespace) -> float:
+    """(s): the highest rate the pipeline sustains, offered from half of (t) upwards in
     steps of 20 % until it falls behind; the rate created in the last step it kept up."""
-    rate = max(20.0, round(0.3 * c))
+    rate = max(20.0, round(0.5 * t))
     best = 0.0
     while True:
         r, _ = run_loop(
@@ -500,7 +514,7 @@ def _sustained(target: Target, dep: Deployment, c: float, args: argparse.Namespa
         kept, lag = _kept_up(r, args.concurrency)
         print(
             f"  offered {rate:6.0f}/s  created {r.rate:6.0f}/s  backlog when the posts "
-            f"stopped {lag:6d}  cpu {r.cpu_us_per_event:5.0f} µs/event  "
+            f"stopped {lag:6d}  cpu {r.cpu_us_per_event:5.0f} µs/event ({_split(r)})  "
             + ("kept up" if kept else "fell behind")
         )
         if not kept:
@@ -557,7 +571,8 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
         print(
             f"(t) end to end, offered {offered:.0f}/s  {t:8.0f}/s  "
             f"(accepted {sat.accepted}, failed {sat.failed}, created {sat.created}, "
-            f"drained at {sat.drained_seconds:.1f}s; cpu {sat.cpu_us_per_event:.0f} µs/event)"
+            f"drained at {sat.drained_seconds:.1f}s; cpu {sat.cpu_us_per_event:.0f} µs/event: "
+            f"{_split(sat)})"
         )
         print(f"t/c = {t / c:.2f}" if c else "t/c = n/a", "(c measured again at the end)")
         if sat.drain_rate:
@@ -570,7 +585,7 @@ def _e2e(target: Target, work: Path, args: argparse.Namespace) -> None:
             print(f"  NOT DRAINED: {sat.accepted - sat.created} accepted events not created")
         _backlog(sat)
         print("(s) the highest rate sustained, offered in steps:")
-        sus = _sustained(target, dep, c, args)
+        sus = _sustained(target, dep, t, args)
         print(f"(s) sustained end to end        {sus:8.0f}/s  s/c = {sus / c:.2f}" if c else "")
         light = max(1.0, round(0.3 * t))
         lr, watcher = run_loop(
