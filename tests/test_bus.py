@@ -372,9 +372,10 @@ async def test_one_handler_at_a_time_by_default(bus: Bus) -> None:
 
 async def test_a_consumer_whose_stream_vanished_is_recreated(bus: Bus) -> None:
     """The stream (and with it the consumer) is deleted under a running ``consume``: the
-    consumer's error is recorded under its name while it cannot consume, the consumer is
-    created again with its settings once the stream is back, the error is cleared and
-    delivery goes on."""
+    consumer's error is recorded under its name while it cannot consume. A ``consume``
+    of the same durable started during the outage (a sensor restarted) keeps trying too;
+    once the stream is back it creates the consumer with its settings, the error is
+    cleared and delivery goes on."""
     got: list[int] = []
 
     async def handler(m: BusMessage) -> None:
@@ -393,12 +394,22 @@ async def test_a_consumer_whose_stream_vanished_is_recreated(bus: Bus) -> None:
             lambda: bus.consumer_errors.get("vanish", "").startswith("NotFoundError: "),
             "the missing stream named",
         )
+
+    await _consume_until(bus, "vanish", handler, body, ack_wait_seconds=9.0)
+    again = asyncio.create_task(
+        bus.consume("default", "default.webhook.trigger", "vanish", handler, ack_wait_seconds=9.0)
+    )
+    try:
+        await asyncio.sleep(0.5)  # the outage goes on: the new consume fails meanwhile
+        assert not again.done()
         await bus.ensure_stream("default")
         await eventually(lambda: "vanish" not in bus.consumer_errors, "the error cleared")
         await bus.publish("default", _event(1))
         await eventually(lambda: got == [0, 1], "the event after the outage handled")
-
-    await _consume_until(bus, "vanish", handler, body, ack_wait_seconds=9.0)
+    finally:
+        again.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await again
     cfg = (await _consumer(bus, "vanish")).config
     assert (cfg.ack_wait, cfg.filter_subject) == (9.0, "default.webhook.trigger")
 
