@@ -118,12 +118,31 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "app/adapters/bus.py",
-            ("tests/test_bus.py", "tests/test_runner_delivery.py"),
-            # the ack verbs a handler gets and how a delivery reaches it; each mutant runs
-            # test_runner_delivery.py (~30 s), so the rest of the module is left out
+            (
+                "tests/test_bus.py",
+                "tests/test_stream_full.py::test_full_stream_refuses_new_events_and_keeps_the_old",
+                "tests/test_stream_full.py::test_discard_old_when_the_eventbus_asks_and_switching_an_existing_stream",
+                "tests/test_stream_full.py::test_interest_retention_frees_consumed_events",
+            ),
+            # the publish/consume promise: a publish returns only once stored (PubAck,
+            # dedup id, retried within its budget, a full stream refused at once), the
+            # stream and the durable consumer as configured, every delivery reaching the
+            # handler with its ack verbs; connection handling, state, traces and
+            # request/reply are left out (see docs/mutation.md, footnote 5)
             (
                 *_methods("BusMessage", "__init__", "ack", "nak", "in_progress", "term"),
-                *_methods("Bus", "_run_one", "_decode"),
+                *_methods(
+                    "Bus",
+                    "ensure_stream",
+                    "publish",
+                    "publish_raw",
+                    "consume",
+                    "_ensure_consumer",
+                    "_pull",
+                    "_run_one",
+                    "_decode",
+                ),
+                "x__is_stream_full",
             ),
         ),
         Target(

@@ -9,7 +9,8 @@ handler coroutine; event sources through :meth:`Bus.publish`.
 Failure contract: :meth:`Bus.publish` raises :class:`BusUnavailableError` when the event
 is not known to be durable (not connected, no PubAck within
 ``publish_timeout_seconds``, stream error), :class:`StreamFullError` (a subclass) when
-the stream is at its ``maxMsgs``/``maxBytes`` limit. Callers must then not ack upstream.
+the stream is at its ``maxMsgs``/``maxBytes`` limit or the server's or the account's
+JetStream storage is used up. Callers must then not ack upstream.
 
 Streams discard *new* messages at their limits unless the EventBus asks for *old*
 (``discard: 0``): a full stream refuses the publisher, which can answer 503 or leave
@@ -98,12 +99,16 @@ _STREAM_STORE_FAILED = 10077
 """JetStream's err_code for a store refusal; with discard *new* the description says
 "maximum messages exceeded" / "maximum bytes exceeded"."""
 _INSUFFICIENT_RESOURCES = 10023
+"""The server's JetStream storage is used up (its ``max_file_store``)."""
+_ACCOUNT_RESOURCES_EXCEEDED = 10002
+"""The account's JetStream storage quota is used up: "resource limits exceeded for
+account". As full as a stream at its limit: only consumed or aged-out events make room."""
 
 
 def _is_stream_full(e: nats.js.errors.APIError) -> bool:
     code = getattr(e, "err_code", None)
     text = str(getattr(e, "description", "") or "")
-    if code == _INSUFFICIENT_RESOURCES:
+    if code in (_INSUFFICIENT_RESOURCES, _ACCOUNT_RESOURCES_EXCEEDED):
         return True
     return code == _STREAM_STORE_FAILED and "exceeded" in text
 
@@ -708,17 +713,20 @@ class Bus:
         name = subject_token(durable)
         tasks: set[asyncio.Task[None]] = set()
         backoff = 0.1
-        bound = False
         try:
             while not self._closed:
                 try:
-                    if not bound:
-                        await self._ensure_consumer(stream, name, subject, ack_wait_seconds)
-                        bound = True
-                        if ready is not None:
-                            ready.set()
+                    # every round checks the consumer: a round ends only with an error
+                    # (the pull never returns), and the consumer or its stream may be gone
+                    await self._ensure_consumer(stream, name, subject, ack_wait_seconds)
+                    if ready is not None:
+                        ready.set()
                     await self._pull(stream, name, handler, concurrency, tasks)
                 except (nats.errors.Error, nats.js.errors.Error, OSError, TransientError) as e:
+                    if name not in self.consumer_errors:
+                        # the server answered since the last error (alive() cleared it):
+                        # a new outage starts again at the shortest wait
+                        backoff = 0.1
                     why = (
                         "no answer from JetStream (leader election, or the server is down)"
                         if isinstance(
@@ -731,11 +739,8 @@ class Bus:
                     )
                     log.warning("consumer %s: %s; retrying in %.1fs", name, why, backoff)
                     self.consumer_errors[name] = f"{type(e).__name__}: {e}".rstrip(": ")
-                    bound = False  # check it again: the consumer or its stream may be gone
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-                else:
-                    backoff = 0.1
         finally:
             for t in tasks:
                 t.cancel()

@@ -49,7 +49,8 @@ class BusUnavailableError(TransientError):
 
 class StreamFullError(BusUnavailableError):
     """The bus stream is at its ``maxMsgs``/``maxBytes`` limit and refuses new events
-    (discard policy *new*): retry later, once sensors have caught up or events aged out."""
+    (discard policy *new*), or the server's or the account's JetStream storage is used
+    up: retry later, once sensors have caught up or events aged out."""
 
 
 class InstanceLockedError(TriggerfishError):
