@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import shutil
 import socket
 import subprocess
@@ -266,6 +267,37 @@ async def test_a_message_that_is_not_an_event_is_terminated(bus: Bus) -> None:
 
     await _consume_until(bus, "junk", handler, body, ack_wait_seconds=30.0)
     assert got == [7]
+
+
+async def test_a_message_that_is_not_an_event_frees_its_slot_at_once(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one slot, a message that is not an event is asked for alone; once it is
+    terminated the consumer asks for the next message at once, not only when the open
+    request's heartbeat wait runs out (made longer than the test's bound here)."""
+    import app.adapters.pull as pull_module
+
+    monkeypatch.setattr(pull_module, "HEARTBEAT_SECONDS", 14.0)  # < expires / 2
+    got: list[int] = []
+
+    async def handler(m: BusMessage) -> None:
+        got.append(m.event.data["body"]["i"])
+        await m.ack()
+
+    async def body() -> None:
+        await bus.publish_raw("default.webhook.trigger", b"not an event", "junk-2")
+
+        async def terminated() -> bool:
+            return (
+                int((await _consumer(bus, "junk1")).num_ack_pending) == 0
+                and int((await _consumer(bus, "junk1")).delivered.consumer_seq) == 1
+            )
+
+        await eventually(terminated, "the junk message delivered and terminated")
+        await bus.publish("default", _event(8))
+        await eventually(lambda: got == [8], "the event behind it handled", timeout=10)
+
+    await _consume_until(bus, "junk1", handler, body, concurrency=1)
 
 
 async def test_in_progress_holds_off_redelivery_past_the_ack_wait(bus: Bus) -> None:
@@ -614,6 +646,40 @@ async def test_publish_gives_up_at_its_budget_when_no_stream_answers(
         assert loop.time() - t0 >= 0.5  # a lower bound: the attempts were spaced out
     finally:
         await bus.close()
+
+
+async def test_a_stream_without_a_leader_is_tried_again_and_named_when_given_up(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A JetStream cluster electing a stream leader answers a publish with a 503 API
+    error. Here a plain subscriber on the real server answers every publish on the
+    subject with that error, as the cluster would: the publish is tried again within its
+    budget, and when the budget is spent the error names the 503."""
+    answers = 0
+    peer = await nats.connect(nats_server.url)
+
+    async def no_leader(msg: Msg) -> None:
+        nonlocal answers
+        answers += 1
+        error = {"code": 503, "err_code": 10008,
+                 "description": "JetStream system temporarily unavailable"}  # fmt: skip
+        await msg.respond(json.dumps({"error": error}).encode())
+
+    await peer.subscribe("electing.x", cb=no_leader)
+    await peer.flush()
+    bus = Bus(BusSettings(publish_timeout_seconds=1.0), nats_server.url)
+    await bus.connect()
+    try:
+        with pytest.raises(BusUnavailableError) as raised:
+            await bus.publish_raw("electing.x", b"{}", "elect-1")
+        assert str(raised.value) == (
+            "publish to electing.x not acknowledged: nats: ServiceUnavailableError: "
+            "code=503 err_code=10008 description='JetStream system temporarily unavailable'"
+        )
+        assert answers >= 2  # tried again, not given up at the first 503
+    finally:
+        await bus.close()
+        await peer.close()
 
 
 async def test_publish_on_a_closed_or_unconnected_bus_fails_at_once(

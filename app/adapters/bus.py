@@ -786,11 +786,17 @@ class Bus:
             self.consumer_errors.pop(name, None)
 
         async def deliver(m: Msg) -> None:
+            await pull.slot()
             bm = self._decode(m)
             if bm is None:
-                await m.term()
+                # not an event: ended here, and its slot freed like a handler's, which
+                # wakes the loop to ask for what comes next (else, if it was the last
+                # message asked for, nothing would until the heartbeat wait ran out)
+                try:
+                    await m.term()
+                finally:
+                    pull.release()
                 return
-            await pull.slot()
             t = asyncio.create_task(self._run_one(handler, bm, pull))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
