@@ -15,6 +15,9 @@ One run, against one API server (the fake API by default, any cluster with
   backlog was left once the posts stopped, **(d)** its drain rate (the sensor and the
   API alone, no ingest competing for the cores) and d/c;
   the backlog (accepted posts - created objects) is printed every second;
+- **(s) the highest rate sustained**: runs offered from half of t upwards in steps of
+  20 % until one falls behind; s is what the last run that kept up created per second,
+  and **s/c** its ratio (each step prints its CPU per event, split by process);
 - **receipt → create latency** p50/p99 at 30 % of t (a second, lighter run): from the
   event's CloudEvent time (the webhook's receipt; a ``contextKey`` parameter puts it on
   the Workflow) to the ``events.argoproj.io/action-timestamp`` label the trigger sets
