@@ -100,9 +100,8 @@ async def test_never_more_handlers_than_the_limit(bus: Bus) -> None:
     assert most == 4  # the limit is used, and never passed
 
 
-async def test_one_request_serves_many_messages(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A consumer seeing one message at a time asks again only when a quarter of its
-    slots freed, not per message (the cost per-batch fetches paid)."""
+def _count_asks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the batch of every pull request a StandingPull sends (still sent)."""
     asks: list[int] = []
     ask = pull_module.StandingPull._ask
 
@@ -111,6 +110,13 @@ async def test_one_request_serves_many_messages(bus: Bus, monkeypatch: pytest.Mo
         await ask(self, batch, inbox)
 
     monkeypatch.setattr(pull_module.StandingPull, "_ask", counted)
+    return asks
+
+
+async def test_one_request_serves_many_messages(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer seeing one message at a time asks again only when a quarter of its
+    slots freed, not per message (the cost per-batch fetches paid)."""
+    asks = _count_asks(monkeypatch)
     done: list[int] = []
 
     async def handler(m: BusMessage) -> None:
@@ -352,14 +358,7 @@ async def test_an_idle_request_is_kept_open_by_heartbeats(
     each heartbeat tells the bus the consumer is alive, and nothing is asked again."""
     monkeypatch.setattr(pull_module, "HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(pull_module, "SILENCE_SECONDS", 60.0)  # a slow turn is no loss
-    asks: list[int] = []
-    ask = pull_module.StandingPull._ask
-
-    async def counted(self: pull_module.StandingPull, batch: int, inbox: str) -> None:
-        asks.append(batch)
-        await ask(self, batch, inbox)
-
-    monkeypatch.setattr(pull_module.StandingPull, "_ask", counted)
+    asks = _count_asks(monkeypatch)
     await bus._ensure_consumer("default", "idle", SUBJECT, None)
     r = _Recorder(bus, limit=4, consumer="idle")
     async with running(r.pull):
