@@ -132,7 +132,24 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "eventsources/sqs.py",
-            ("tests/test_sqs.py",),
+            # the tests that drive messages through the ack path; the credential and the
+            # late-queue tests reach it too, but only to repeat the happy path (and the
+            # configuration tests never reach it)
+            tuple(
+                f"tests/test_sqs.py::test_{t}"
+                for t in (
+                    "message_becomes_event_then_is_deleted",
+                    "bus_down_deletes_nothing_then_every_message_is_one_event",
+                    "full_stream_leaves_messages_in_the_queue_until_there_is_room",
+                    "publish_slower_than_visibility_timeout_is_one_event",
+                    "lost_puback_redelivery_is_deduplicated",
+                    "invalid_json_with_dlq_is_redriven_and_the_rest_flows",
+                    "invalid_json_without_dlq_is_deleted_and_counted",
+                    "fifo_queue_keeps_order",
+                    "stopping_during_a_long_poll_does_not_hide_messages",
+                    "stopping_mid_batch_deletes_what_was_published_and_gives_back_the_rest",
+                )
+            ),
             _methods(
                 "_QueueConsumer",
                 "_process_batch",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from app.adapters.bus import Bus, StreamLimits
 from app.adapters.natsserver import EmbeddedNats
 from app.kernel.errors import BusUnavailableError, ConfigError, StreamFullError
 from app.kernel.events import Event, event_id_from
+from app.kernel.settings import BusSettings
 from app.kernel.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
@@ -81,7 +81,26 @@ def _cfg(endpoint: str, queue: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-_eventually = functools.partial(eventually, timeout=20.0, interval=0.05)
+#: Sources started by ``_running`` and not stopped yet.
+_RUNNING: list[asyncio.Task[None]] = []
+
+
+async def _eventually(
+    check: Callable[[], Awaitable[bool]], what: str, *, timeout: float = 10.0
+) -> None:
+    """``eventually``, failing at once when a running source has crashed.
+
+    A source whose task ended with an error will never make the condition true: its
+    error is the test's failure, not a timeout after the whole wait.
+    """
+
+    async def alive_and(check: Callable[[], Awaitable[bool]] = check) -> bool:
+        for task in _RUNNING:
+            if task.done() and not task.cancelled():
+                task.result()  # raises the source's error
+        return await check()
+
+    await eventually(alive_and, what, timeout=timeout, interval=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -89,14 +108,14 @@ async def _running(source: SQSSource) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(source.run())
 
     async def ready() -> bool:
-        if task.done():
-            task.result()  # surface a startup error instead of waiting
         return source.ready()
 
+    _RUNNING.append(task)
     try:
         await _eventually(ready, "source ready")
         yield task
     finally:
+        _RUNNING.remove(task)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -169,6 +188,13 @@ def stream(nats_server: EmbeddedNats) -> Stream:
     return Stream(nats_server.url)
 
 
+@pytest.fixture
+def bus_settings() -> BusSettings:
+    """A publish gives up after 1 s (the suite's default is 2 s): while NATS is down every
+    failed publish costs that long, and a publish to a live server takes milliseconds."""
+    return BusSettings(publish_timeout_seconds=1.0, ack_wait_seconds=5.0)
+
+
 # -- the happy path --------------------------------------------------------------------
 async def test_message_becomes_event_then_is_deleted(
     sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
@@ -233,7 +259,7 @@ async def test_message_becomes_event_then_is_deleted(
 async def test_bus_down_deletes_nothing_then_every_message_is_one_event(
     sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, nats_server: EmbeddedNats
 ) -> None:
-    n = 200
+    n = 100
     url = await _create_queue(sqs, "outage")
     failures = 0
     real = _publisher(bus)
@@ -254,7 +280,7 @@ async def test_bus_down_deletes_nothing_then_every_message_is_one_event(
         ids = await _send_many(sqs, url, [orjson.dumps({"i": i}).decode() for i in range(n)])
 
         async def several_failed_publishes() -> bool:
-            return failures >= 40
+            return failures >= 20  # a failed batch on each of the two loops
 
         await _eventually(several_failed_publishes, "publishes failing while NATS is down")
 
@@ -544,7 +570,7 @@ async def test_stopping_during_a_long_poll_does_not_hide_messages(
     url = await _create_queue(sqs, "restart")
     # 120 s visibility: a message taken by the dying poll and not given back would miss
     # this test's 20 s bound.
-    cfg = {"example": _cfg(sqs_endpoint, "restart", waitTimeSeconds=3, visibilityTimeout=120)}
+    cfg = {"example": _cfg(sqs_endpoint, "restart", waitTimeSeconds=2, visibilityTimeout=120)}
     first = _source(_publisher(bus), cfg)
     async with _running(first) as task:
         task.cancel()
