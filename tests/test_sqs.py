@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 from pydantic import ValidationError
 
 from app.adapters.bus import Bus, StreamLimits
@@ -29,6 +32,7 @@ from app.kernel.settings import BusSettings
 from app.kernel.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
+from tests.support.net import free_port
 from tests.support.sensors import eventually
 from tests.support.sources import CountingMetrics as Metrics
 from tests.support.sources import DictSecrets as Secrets
@@ -181,6 +185,107 @@ class Stream:
             return out
         finally:
             await nc.close()
+
+
+Made = tuple[int, dict[str, Any]] | None
+Answer = Callable[[dict[str, Any]], Made | Awaitable[Made]]
+
+
+class FaultySQS:
+    """An HTTP front for moto that answers chosen SQS calls itself.
+
+    ``answers[action]`` sees each request of that action and returns (or awaits) the
+    answer (status, JSON), or None to forward it; everything else is forwarded to moto
+    unchanged. moto never fails an entry for a reason of its own (only a stale receipt
+    handle, a sender fault) and never refuses a call, so the retries for those are
+    reached only through this front.
+    """
+
+    def __init__(self, moto: str) -> None:
+        self.moto = moto
+        self.answers: dict[str, Answer] = {}
+        self.calls: list[str] = []
+        #: Set when the front stops: answers that hold a request wait for it.
+        self.stopping = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.endpoint = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.http = aiohttp.ClientSession()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        return self.endpoint
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.http is not None:
+            await self.http.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert self.http is not None
+        action = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
+        self.calls.append(action)
+        body = await request.read()
+        answer = self.answers.get(action)
+        made = answer(orjson.loads(body)) if answer is not None else None
+        if inspect.isawaitable(made):
+            made = await made
+        if made is not None:
+            status, payload = made
+            return web.Response(
+                status=status, body=orjson.dumps(payload), content_type="application/x-amz-json-1.0"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self.http.request(
+            request.method, self.moto + request.path_qs, headers=headers, data=body
+        ) as resp:
+            return web.Response(
+                status=resp.status,
+                body=await resp.read(),
+                headers={"Content-Type": resp.headers.get("Content-Type", "")},
+            )
+
+
+def _server_fault(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Every entry of the batch failed, SQS's fault (worth another try)."""
+    failed = [
+        {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+        for e in request["Entries"]
+    ]
+    return 200, {"Successful": [], "Failed": failed}
+
+
+def _refused(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The whole call refused (an error the SDK does not retry by itself)."""
+    return 403, {"__type": "com.amazonaws.sqs#AccessDenied", "message": "not now"}
+
+
+def _once(fault: Answer) -> Answer:
+    """``fault`` for the first request, then forward."""
+    left = [fault]
+
+    def answer(request: dict[str, Any]) -> Made | Awaitable[Made]:
+        return left.pop()(request) if left else None
+
+    return answer
+
+
+@pytest.fixture
+async def faulty_sqs(sqs_endpoint: str) -> AsyncIterator[FaultySQS]:
+    front = FaultySQS(sqs_endpoint)
+    await front.start()
+    try:
+        yield front
+    finally:
+        await front.stop()
 
 
 @pytest.fixture
@@ -648,11 +753,12 @@ async def test_invalid_filter_is_rejected_at_start() -> None:
 
 
 async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_rest(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stopped while a batch is being published: the message already on the bus is
     deleted, the one whose publish was cut short is visible again at once (not hidden for
-    the 120 s visibility timeout, nor lost)."""
+    the 120 s visibility timeout, nor lost), and SQS refuses none of those calls."""
+    caplog.set_level(logging.WARNING, logger="test.sqs")
     url = await _create_queue(sqs, "mid-batch")
     await _send_many(sqs, url, ["go", "hold"])  # before the start: one batch
     real = _publisher(bus)
@@ -692,3 +798,199 @@ async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_
     again = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
     assert [m["Body"] for m in again["Messages"]] == ["hold"]
     assert [e["data"]["body"] for _, e in await stream.messages()] == ["go"]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_entries_sqs_refuses_on_shutdown_are_logged_by_message_id(
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue is purged while a batch is being published, so when the source stops,
+    SQS refuses its delete of the published message and its visibility change of the
+    other one (their receipt handles are gone): each refusal is logged with the message
+    id and SQS's code, and the stop still completes."""
+    url = await _create_queue(sqs, "purged")
+    go_id, hold_id = await _send_many(sqs, url, ["go", "hold"])
+    real = _publisher(bus)
+    published: list[str] = []
+    holding = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "hold":
+            holding.set()
+            await asyncio.Event().wait()  # the stop comes in the middle of this publish
+        await real(event)
+        published.append(str(event.data["body"]))
+
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(publish, {"example": _cfg(sqs_endpoint, "purged", visibilityTimeout=120)})
+    async with _running(source) as task:
+
+        async def mid_batch() -> bool:
+            return holding.is_set() and published == ["go"]
+
+        await _eventually(mid_batch, "'go' published while 'hold' is being published")
+        await sqs.purge_queue(QueueUrl=url)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"message {go_id} was published but cannot be deleted: ReceiptHandleIsInvalid" in line
+        for line in lines
+    ), lines
+    assert any(
+        f"cannot change the visibility of message {hold_id} to 0s: ReceiptHandleIsInvalid" in line
+        for line in lines
+    ), lines
+    assert [e["data"]["body"] for _, e in await stream.messages()] == ["go"]
+
+
+# -- deletes SQS fails or refuses --------------------------------------------------------
+@pytest.mark.parametrize("fault", [_server_fault, _refused], ids=["entries-failed", "refused"])
+async def test_delete_sqs_fails_once_is_tried_again(
+    fault: Answer, sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """The first DeleteMessageBatch fails (every entry with a server fault, or the whole
+    call refused): the published messages are deleted by the next attempt, not left
+    hidden for the 120 s visibility timeout and published again."""
+    url = await _create_queue(sqs, "retried")
+    faulty_sqs.answers["DeleteMessageBatch"] = _once(fault)
+    source = _source(
+        _publisher(bus),
+        {"example": _cfg(faulty_sqs.endpoint, "retried", visibilityTimeout=120)},
+    )
+    async with _running(source):
+        await _send_many(sqs, url, ["a", "b"])
+
+        async def deleted() -> bool:
+            return await _in_queue(sqs, url) == 0
+
+        await _eventually(deleted, "both messages deleted by the second attempt")
+
+    assert faulty_sqs.calls.count("DeleteMessageBatch") == 2
+    assert sorted(e["data"]["body"] for _, e in await stream.messages()) == ["a", "b"]
+
+
+async def test_delete_failing_every_time_gives_up_after_three_attempts(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every delete with the first receipt handle fails: three attempts, then the delete
+    is given up and logged with the message id. The message comes back after its
+    visibility timeout (1 s here), is published again with the same event id and
+    deleted with its new receipt handle; the bus stores it once."""
+    url = await _create_queue(sqs, "given-up")
+    doomed: set[str] = set()
+    attempts: list[int] = []
+
+    def fail_the_first_receipt(request: dict[str, Any]) -> Made:
+        handles = {e["ReceiptHandle"] for e in request["Entries"]}
+        if not doomed:
+            doomed.update(handles)
+        if handles != doomed:
+            return None
+        attempts.append(1)
+        return _server_fault(request)
+
+    faulty_sqs.answers["DeleteMessageBatch"] = fail_the_first_receipt
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(
+        _publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "given-up", visibilityTimeout=1)}
+    )
+    async with _running(source):
+        (mid,) = await _send_many(sqs, url, ["once"])
+
+        async def given_up_and_deleted() -> bool:
+            return any("gave up" in r.getMessage() for r in caplog.records) and (
+                await _in_queue(sqs, url) == 0
+            )
+
+        await _eventually(given_up_and_deleted, "the delete given up, the message deleted")
+
+    assert len(attempts) == 3
+    (line,) = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert f"gave up deleting 1 published messages ({mid})" in line
+    assert await stream.count() == 1
+
+
+async def test_stopping_while_sqs_holds_the_poll_past_its_wait_does_not_hang(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus
+) -> None:
+    """SQS holds the long poll open past ``waitTimeSeconds``: a stop waits for it at most
+    two seconds more, not until the client's read timeout (``waitTimeSeconds`` + 15 s)."""
+    await _create_queue(sqs, "held")
+    held = asyncio.Event()
+
+    async def hold(request: dict[str, Any]) -> Made:
+        held.set()
+        await faulty_sqs.stopping.wait()  # not answered while the test runs
+        return None
+
+    source = _source(_publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "held")})
+    async with _running(source) as task:
+        faulty_sqs.answers["ReceiveMessage"] = hold
+
+        async def holding() -> bool:
+            return held.is_set()
+
+        await _eventually(holding, "a receive held by SQS")
+        task.cancel()
+        # 1 s wait + 2 s grace; the read timeout would end it only after 16 s
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the stop waited for the unanswered poll"
+
+
+async def test_stop_hands_back_every_message_of_the_last_poll_by_its_own_entry(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The poll a stop waits for brings two messages: each is made visible again in one
+    ChangeMessageVisibilityBatch with an entry of its own. SQS fails the first entry
+    here: that message id is logged, and the other message is visible at once."""
+    url = await _create_queue(sqs, "handed-back")
+    held, answer = asyncio.Event(), asyncio.Event()
+    entries: list[dict[str, Any]] = []
+
+    async def hold_the_first_poll(request: dict[str, Any]) -> Made:
+        if not held.is_set():
+            held.set()
+            await answer.wait()
+        return None  # forwarded to moto, which has both messages by then
+
+    async def fail_the_first_entry(request: dict[str, Any]) -> Made:
+        entries.extend(request["Entries"])
+        first, *rest = request["Entries"]
+        for e in rest:
+            await sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=e["ReceiptHandle"], VisibilityTimeout=0
+            )
+        failed = {"Id": first["Id"], "SenderFault": False, "Code": "InternalError"}
+        return 200, {"Successful": [{"Id": e["Id"]} for e in rest], "Failed": [failed]}
+
+    faulty_sqs.answers["ReceiveMessage"] = hold_the_first_poll
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = fail_the_first_entry
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(
+        _publisher(bus),
+        {"example": _cfg(faulty_sqs.endpoint, "handed-back", visibilityTimeout=120)},
+    )
+    async with _running(source) as task:
+
+        async def holding() -> bool:
+            return held.is_set()
+
+        await _eventually(holding, "the first poll held")
+        task.cancel()
+        ids = await _send_many(sqs, url, ["a", "b"])
+        answer.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert len(entries) == 2 and len({e["Id"] for e in entries}) == 2
+    visible = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    (back,) = [m["MessageId"] for m in visible["Messages"]]
+    (kept,) = set(ids) - {back}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        f"cannot change the visibility of message {kept} to 0s: InternalError" in line
+        for line in lines
+    ), lines
