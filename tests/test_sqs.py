@@ -205,6 +205,8 @@ class FaultySQS:
         self.moto = moto
         self.answers: dict[str, Answer] = {}
         self.calls: list[str] = []
+        #: The messages of every ReceiveMessage answer moto gave that had any.
+        self.received: list[list[dict[str, Any]]] = []
         #: Set when the front stops: answers that hold a request wait for it.
         self.stopping = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -247,9 +249,14 @@ class FaultySQS:
         async with self.http.request(
             request.method, self.moto + request.path_qs, headers=headers, data=body
         ) as resp:
+            answered = await resp.read()
+            if action == "ReceiveMessage" and resp.status == 200:
+                messages = orjson.loads(answered).get("Messages")
+                if messages:
+                    self.received.append(messages)
             return web.Response(
                 status=resp.status,
-                body=await resp.read(),
+                body=answered,
                 headers={"Content-Type": resp.headers.get("Content-Type", "")},
             )
 
@@ -454,31 +461,88 @@ async def test_full_stream_leaves_messages_in_the_queue_until_there_is_room(
 
 
 async def test_publish_slower_than_visibility_timeout_is_one_event(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
 ) -> None:
+    """The publish takes longer than the 2 s visibility timeout (it waits until the
+    source has extended the visibility twice): the message is not handed to the other
+    receive loop meanwhile, so it is published once, then deleted."""
     url = await _create_queue(sqs, "slow-bus")
     real = _publisher(bus)
-    published: list[str] = []
+    attempts: list[str] = []
+    extended: list[int] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        extended.extend(int(e["VisibilityTimeout"]) for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
 
     async def slow_publish(event: Event) -> None:
-        await asyncio.sleep(2.5)  # longer than the 1 s visibility timeout, twice over
+        attempts.append(event.id)
+
+        async def extended_twice() -> bool:
+            return len(extended) >= 2
+
+        await _eventually(extended_twice, "the visibility extended twice")
         await real(event)
-        published.append(event.id)
 
     source = _source(
         slow_publish,
-        {"example": _cfg(sqs_endpoint, "slow-bus", visibilityTimeout=1, concurrency=2)},
+        {"example": _cfg(faulty_sqs.endpoint, "slow-bus", visibilityTimeout=2, concurrency=2)},
     )
     async with _running(source):
         await sqs.send_message(QueueUrl=url, MessageBody="slow")
 
         async def stored_and_deleted() -> bool:
-            return bool(published) and await _in_queue(sqs, url) == 0
+            return await stream.count() == 1 and await _in_queue(sqs, url) == 0
 
         await _eventually(stored_and_deleted, "event stored and message deleted")
 
-    assert await stream.count() == 1
-    assert len(set(published)) == 1
+    assert len(attempts) == 1
+    assert extended[:2] == [2, 2]
+
+
+@pytest.mark.parametrize("queue", ["keeper", "keeper.fifo"])
+async def test_only_messages_still_being_published_have_their_visibility_extended(
+    queue: str, sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """One batch of a fast and a slow message: while the slow one is published, only it
+    is kept invisible; the fast one, already on the bus, is left to be deleted."""
+    fifo = queue.endswith(".fifo")
+    url = await _create_queue(sqs, queue, **({"FifoQueue": "true"} if fifo else {}))
+    for body in ("fast", "slow"):
+        group = {"MessageGroupId": "g", "MessageDeduplicationId": body} if fifo else {}
+        await sqs.send_message(QueueUrl=url, MessageBody=body, **group)
+    real = _publisher(bus)
+    extended: list[str] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        extended.extend(e["ReceiptHandle"] for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "slow":
+
+            async def extended_once() -> bool:
+                return bool(extended)
+
+            await _eventually(extended_once, "the visibility extended")
+        await real(event)
+
+    source = _source(publish, {"example": _cfg(faulty_sqs.endpoint, queue, visibilityTimeout=1)})
+    async with _running(source):
+
+        async def stored_and_deleted() -> bool:
+            return await stream.count() == 2 and await _in_queue(sqs, url) == 0
+
+        await _eventually(stored_and_deleted, "both events stored, both messages deleted")
+
+    (batch,) = faulty_sqs.received[:1]
+    body_of = {m["ReceiptHandle"]: m["Body"] for m in batch}
+    assert sorted(body_of.values()) == ["fast", "slow"]
+    assert {body_of[h] for h in extended} == {"slow"}
 
 
 async def test_lost_puback_redelivery_is_deduplicated(
@@ -595,6 +659,55 @@ async def test_fifo_queue_keeps_order(
         await _eventually(all_through, "25 FIFO events")
 
     assert [e["data"]["body"]["step"] for _, e in await stream.messages()] == list(range(25))
+
+
+async def test_fifo_failure_leaves_the_rest_of_the_batch_so_nothing_overtakes(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """The third message of a FIFO batch of five fails to publish once: nothing after it
+    is published from that batch; it and the two after it come back after the 1 s
+    visibility timeout and each reaches the bus once.
+
+    The order they come back in is not checked: moto hands back the messages of a group
+    whose visibility ended together out of order (SQS keeps it); what the source
+    decides is that the first batch stops at the failure.
+    """
+    url = await _create_queue(sqs, "steps.fifo", FifoQueue="true")
+    for i in range(5):
+        await sqs.send_message(
+            QueueUrl=url,
+            MessageBody=orjson.dumps({"step": i}).decode(),
+            MessageGroupId="pipeline-1",
+            MessageDeduplicationId=f"step-{i}",
+        )
+    real = _publisher(bus)
+    attempts: list[tuple[int, int]] = []  # (step, receives with messages so far)
+
+    async def publish(event: Event) -> None:
+        step = int(event.data["body"]["step"])
+        attempts.append((step, len(faulty_sqs.received)))
+        if step == 2 and [s for s, _ in attempts].count(2) == 1:
+            raise BusUnavailableError("not this time")
+        await real(event)
+
+    metrics = Metrics()
+    source = _source(
+        publish,
+        {"example": _cfg(faulty_sqs.endpoint, "steps.fifo", jsonBody=True, visibilityTimeout=1)},
+        metrics=metrics,
+    )
+    async with _running(source):
+
+        async def all_through() -> bool:
+            return await stream.count() == 5 and await _in_queue(sqs, url) == 0
+
+        await _eventually(all_through, "5 FIFO events")
+
+    assert [len(batch) for batch in faulty_sqs.received[:1]] == [5]
+    assert [step for step, batches in attempts if batches == 1] == [0, 1, 2]
+    assert sorted(step for step, _ in attempts) == [0, 1, 2, 2, 3, 4]
+    assert sorted(e["data"]["body"]["step"] for _, e in await stream.messages()) == list(range(5))
+    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 5}
 
 
 async def test_keys_from_secrets_and_assumed_role(
