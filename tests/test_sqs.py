@@ -34,7 +34,7 @@ from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
 from tests.support.net import free_port
 from tests.support.sensors import eventually
-from tests.support.sources import CountingMetrics as Metrics
+from tests.support.sources import CountingMetrics
 from tests.support.sources import DictSecrets as Secrets
 
 SOURCE = "aws-sqs"
@@ -295,6 +295,26 @@ async def faulty_sqs(sqs_endpoint: str) -> AsyncIterator[FaultySQS]:
         await front.stop()
 
 
+class Metrics(CountingMetrics):
+    """CountingMetrics that also records the source name each count was made for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: set[str] = set()
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_sent(source, event_name)
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_send_failed(source, event_name)
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_filtered(source, event_name)
+
+
 @pytest.fixture
 def stream(nats_server: EmbeddedNats) -> Stream:
     return Stream(nats_server.url)
@@ -365,6 +385,7 @@ async def test_message_becomes_event_then_is_deleted(
     assert notes["body"] == "hello, world"  # the text itself, not Argo's base64
     assert notes["metadata"] == {}
     assert metrics.counts == {("sent", "example"): 1, ("sent", "notes"): 1}
+    assert metrics.sources == {SOURCE}
 
 
 # -- the bus is down, slow, or loses a PubAck ------------------------------------------
@@ -545,9 +566,26 @@ async def test_only_messages_still_being_published_have_their_visibility_extende
     assert {body_of[h] for h in extended} == {"slow"}
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (BusUnavailableError("PubAck lost"), "PubAck lost"),
+        (RuntimeError("PubAck lost"), "RuntimeError: PubAck lost"),
+    ],
+    ids=["transient", "unexpected"],
+)
 async def test_lost_puback_redelivery_is_deduplicated(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    error: Exception,
+    reason: str,
+    sqs: Any,
+    sqs_endpoint: str,
+    bus: Bus,
+    stream: Stream,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The bus stores the event but the publish raises (a lost PubAck, or an error of
+    any other kind): the message is not deleted, is counted as failed, named with the
+    reason in the loop's warning, and comes back with the same event id."""
     url = await _create_queue(sqs, "lost-ack")
     real = _publisher(bus)
     attempts: list[str] = []
@@ -557,13 +595,17 @@ async def test_lost_puback_redelivery_is_deduplicated(
         await real(event)
         if len(attempts) == 1:
             # Stored by JetStream, but the source never hears it: it must not delete.
-            raise BusUnavailableError("PubAck lost")
+            raise error
 
+    metrics = Metrics()
+    caplog.set_level(logging.WARNING, logger="test.sqs")
     source = _source(
-        publish_then_lose_ack, {"example": _cfg(sqs_endpoint, "lost-ack", visibilityTimeout=1)}
+        publish_then_lose_ack,
+        {"example": _cfg(sqs_endpoint, "lost-ack", visibilityTimeout=1)},
+        metrics=metrics,
     )
     async with _running(source):
-        await sqs.send_message(QueueUrl=url, MessageBody="once")
+        (mid,) = await _send_many(sqs, url, ["once"])
 
         async def redelivered_and_deleted() -> bool:
             return len(attempts) >= 2 and await _in_queue(sqs, url) == 0
@@ -572,6 +614,11 @@ async def test_lost_puback_redelivery_is_deduplicated(
 
     assert len(set(attempts)) == 1  # the redelivery carried the same event id
     assert await stream.count() == 1
+    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 1}
+    assert metrics.sources == {SOURCE}
+    warned = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert len(warned) == 1 and f"1 of 1 messages not published ({reason})" in warned[0]
+    assert warned[0].endswith(f"Message ids: {mid}")
 
 
 # -- undecodable bodies ----------------------------------------------------------------
@@ -617,24 +664,35 @@ async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
 async def test_invalid_json_without_dlq_is_deleted_and_counted(
     sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An undecodable message is deleted and counted as failed; one the filter does not
+    pass is deleted and counted as filtered; only the rest is published."""
     url = await _create_queue(sqs, "requests")
     metrics = Metrics()
     source = _source(
         _publisher(bus),
-        {"example": _cfg(sqs_endpoint, "requests", jsonBody=True)},
+        {
+            "example": _cfg(
+                sqs_endpoint, "requests", jsonBody=True, filter={"expression": "body.ok == true"}
+            )
+        },
         metrics=metrics,
     )
     caplog.set_level(logging.WARNING, logger="test.sqs")
     async with _running(source):
-        bad_id, *_ = await _send_many(sqs, url, ["<xml/>", '{"ok": true}'])
+        bad_id, *_ = await _send_many(sqs, url, ["<xml/>", '{"ok": true}', '{"ok": false}'])
 
         async def settled() -> bool:
             return await stream.count() == 1 and await _in_queue(sqs, url) == 0
 
-        await _eventually(settled, "1 event, both messages gone")
+        await _eventually(settled, "1 event, all three messages gone")
 
     assert [e["data"]["body"] for _, e in await stream.messages()] == [{"ok": True}]
-    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 1}
+    assert metrics.counts == {
+        ("failed", "example"): 1,
+        ("sent", "example"): 1,
+        ("filtered", "example"): 1,
+    }
+    assert metrics.sources == {SOURCE}
     assert any(bad_id in r.getMessage() for r in caplog.records)
 
 
@@ -708,6 +766,7 @@ async def test_fifo_failure_leaves_the_rest_of_the_batch_so_nothing_overtakes(
     assert sorted(step for step, _ in attempts) == [0, 1, 2, 2, 3, 4]
     assert sorted(e["data"]["body"]["step"] for _, e in await stream.messages()) == list(range(5))
     assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 5}
+    assert metrics.sources == {SOURCE}
 
 
 async def test_keys_from_secrets_and_assumed_role(
