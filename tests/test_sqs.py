@@ -623,7 +623,7 @@ async def test_lost_puback_redelivery_is_deduplicated(
 
 # -- undecodable bodies ----------------------------------------------------------------
 async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
 ) -> None:
     dlq_url = await _create_queue(sqs, "requests-dlq")
     dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))[
@@ -635,11 +635,22 @@ async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
         RedrivePolicy=orjson.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1}).decode(),
     )
     metrics = Metrics()
+    released: list[tuple[str, int]] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        released.extend((e["Id"], int(e["VisibilityTimeout"])) for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
     # The 60 s visibility timeout would hold the bad message far longer than this test
     # waits: it reaches the DLQ promptly only because the source makes it visible again.
     source = _source(
         _publisher(bus),
-        {"example": _cfg(sqs_endpoint, "requests", jsonBody=True, dlq=True, visibilityTimeout=60)},
+        {
+            "example": _cfg(
+                faulty_sqs.endpoint, "requests", jsonBody=True, dlq=True, visibilityTimeout=60
+            )
+        },
         metrics=metrics,
     )
     async with _running(source):
@@ -659,6 +670,7 @@ async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
     assert sorted(e["data"]["body"]["ok"] for _, e in await stream.messages()) == [1, 2]
     assert metrics.counts["failed", "example"] >= 1
     assert metrics.counts["sent", "example"] == 2
+    assert [seconds for _, seconds in released] == [0]  # visible again at once
 
 
 async def test_invalid_json_without_dlq_is_deleted_and_counted(
@@ -1166,3 +1178,41 @@ async def test_stop_hands_back_every_message_of_the_last_poll_by_its_own_entry(
         f"cannot change the visibility of message {kept} to 0s: InternalError" in line
         for line in lines
     ), lines
+
+
+async def test_stop_waits_for_the_deletes_still_running(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """Stopped while the delete of a published message is running (its first attempt
+    answered only after the stop, with a server fault): the stop waits for the retry,
+    which deletes it, before closing the client."""
+    url = await _create_queue(sqs, "draining")
+    held, answer = asyncio.Event(), asyncio.Event()
+
+    async def hold_then_fail(request: dict[str, Any]) -> Made:
+        held.set()
+        await answer.wait()
+        return _server_fault(request)
+
+    faulty_sqs.answers["DeleteMessageBatch"] = _once(hold_then_fail)
+    source = _source(
+        _publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "draining", visibilityTimeout=120)}
+    )
+    async with _running(source) as task:
+        await _send_many(sqs, url, ["m"])
+
+        async def deleting() -> bool:
+            return held.is_set()
+
+        await _eventually(deleting, "the delete held")
+        task.cancel()
+        # the receive loop stops within its 1 s poll; a stop that did not wait for the
+        # delete would have closed the client by now
+        await asyncio.wait([task], timeout=2)
+        answer.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert faulty_sqs.calls.count("DeleteMessageBatch") == 2
+    assert await _in_queue(sqs, url) == 0
+    assert await stream.count() == 1
