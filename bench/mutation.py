@@ -151,7 +151,32 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "eventsources/sqs.py",
-            ("tests/test_sqs.py",),
+            # the tests that drive messages through the ack path (every test of the file
+            # but the credential and late-queue tests, which reach it only to repeat the
+            # happy path, and the configuration tests, which never reach it)
+            tuple(
+                f"tests/test_sqs.py::test_{t}"
+                for t in (
+                    "message_becomes_event_then_is_deleted",
+                    "bus_down_deletes_nothing_then_every_message_is_one_event",
+                    "full_stream_leaves_messages_in_the_queue_until_there_is_room",
+                    "publish_slower_than_visibility_timeout_is_one_event",
+                    "lost_puback_redelivery_is_deduplicated",
+                    "invalid_json_with_dlq_is_redriven_and_the_rest_flows",
+                    "invalid_json_without_dlq_is_deleted_and_counted",
+                    "fifo_queue_keeps_order",
+                    "stopping_during_a_long_poll_does_not_hide_messages",
+                    "stopping_mid_batch_deletes_what_was_published_and_gives_back_the_rest",
+                    "entries_sqs_refuses_on_shutdown_are_logged_by_message_id",
+                    "delete_sqs_fails_once_is_tried_again",
+                    "delete_failing_every_time_gives_up_after_three_attempts",
+                    "stopping_while_sqs_holds_the_poll_past_its_wait_does_not_hang",
+                    "stop_hands_back_every_message_of_the_last_poll_by_its_own_entry",
+                    "only_messages_still_being_published_have_their_visibility_extended",
+                    "fifo_failure_leaves_the_rest_of_the_batch_so_nothing_overtakes",
+                    "stop_waits_for_the_deletes_still_running",
+                )
+            ),
             _methods(
                 "_QueueConsumer",
                 "_process_batch",

@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import inspect
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 from pydantic import ValidationError
 
 from app.adapters.bus import Bus, StreamLimits
 from app.adapters.natsserver import EmbeddedNats
 from app.kernel.errors import BusUnavailableError, ConfigError, StreamFullError
 from app.kernel.events import Event, event_id_from
+from app.kernel.settings import BusSettings
 from app.kernel.spec import format_validation_error
 from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
+from tests.support.net import free_port
 from tests.support.sensors import eventually
-from tests.support.sources import CountingMetrics as Metrics
+from tests.support.sources import CountingMetrics
 from tests.support.sources import DictSecrets as Secrets
 
 SOURCE = "aws-sqs"
@@ -81,7 +85,26 @@ def _cfg(endpoint: str, queue: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-_eventually = functools.partial(eventually, timeout=20.0, interval=0.05)
+#: Sources started by ``_running`` and not stopped yet.
+_RUNNING: list[asyncio.Task[None]] = []
+
+
+async def _eventually(
+    check: Callable[[], Awaitable[bool]], what: str, *, timeout: float = 10.0
+) -> None:
+    """``eventually``, failing at once when a running source has crashed.
+
+    A source whose task ended with an error will never make the condition true: its
+    error is the test's failure, not a timeout after the whole wait.
+    """
+
+    async def alive_and(check: Callable[[], Awaitable[bool]] = check) -> bool:
+        for task in _RUNNING:
+            if task.done() and not task.cancelled():
+                task.result()  # raises the source's error
+        return await check()
+
+    await eventually(alive_and, what, timeout=timeout, interval=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -89,14 +112,14 @@ async def _running(source: SQSSource) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(source.run())
 
     async def ready() -> bool:
-        if task.done():
-            task.result()  # surface a startup error instead of waiting
         return source.ready()
 
+    _RUNNING.append(task)
     try:
         await _eventually(ready, "source ready")
         yield task
     finally:
+        _RUNNING.remove(task)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -164,9 +187,144 @@ class Stream:
             await nc.close()
 
 
+Made = tuple[int, dict[str, Any]] | None
+Answer = Callable[[dict[str, Any]], Made | Awaitable[Made]]
+
+
+class FaultySQS:
+    """An HTTP front for moto that answers chosen SQS calls itself.
+
+    ``answers[action]`` sees each request of that action and returns (or awaits) the
+    answer (status, JSON), or None to forward it; everything else is forwarded to moto
+    unchanged. moto never fails an entry for a reason of its own (only a stale receipt
+    handle, a sender fault) and never refuses a call, so the retries for those are
+    reached only through this front.
+    """
+
+    def __init__(self, moto: str) -> None:
+        self.moto = moto
+        self.answers: dict[str, Answer] = {}
+        self.calls: list[str] = []
+        #: The messages of every ReceiveMessage answer moto gave that had any.
+        self.received: list[list[dict[str, Any]]] = []
+        #: Set when the front stops: answers that hold a request wait for it.
+        self.stopping = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.endpoint = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.http = aiohttp.ClientSession()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        return self.endpoint
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.http is not None:
+            await self.http.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert self.http is not None
+        action = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
+        self.calls.append(action)
+        body = await request.read()
+        answer = self.answers.get(action)
+        made = answer(orjson.loads(body)) if answer is not None else None
+        if inspect.isawaitable(made):
+            made = await made
+        if made is not None:
+            status, payload = made
+            return web.Response(
+                status=status, body=orjson.dumps(payload), content_type="application/x-amz-json-1.0"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self.http.request(
+            request.method, self.moto + request.path_qs, headers=headers, data=body
+        ) as resp:
+            answered = await resp.read()
+            if action == "ReceiveMessage" and resp.status == 200:
+                messages = orjson.loads(answered).get("Messages")
+                if messages:
+                    self.received.append(messages)
+            return web.Response(
+                status=resp.status,
+                body=answered,
+                headers={"Content-Type": resp.headers.get("Content-Type", "")},
+            )
+
+
+def _server_fault(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Every entry of the batch failed, SQS's fault (worth another try)."""
+    failed = [
+        {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+        for e in request["Entries"]
+    ]
+    return 200, {"Successful": [], "Failed": failed}
+
+
+def _refused(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The whole call refused (an error the SDK does not retry by itself)."""
+    return 403, {"__type": "com.amazonaws.sqs#AccessDenied", "message": "not now"}
+
+
+def _once(fault: Answer) -> Answer:
+    """``fault`` for the first request, then forward."""
+    left = [fault]
+
+    def answer(request: dict[str, Any]) -> Made | Awaitable[Made]:
+        return left.pop()(request) if left else None
+
+    return answer
+
+
+@pytest.fixture
+async def faulty_sqs(sqs_endpoint: str) -> AsyncIterator[FaultySQS]:
+    front = FaultySQS(sqs_endpoint)
+    await front.start()
+    try:
+        yield front
+    finally:
+        await front.stop()
+
+
+class Metrics(CountingMetrics):
+    """CountingMetrics that also records the source name each count was made for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: set[str] = set()
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_sent(source, event_name)
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_send_failed(source, event_name)
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_filtered(source, event_name)
+
+
 @pytest.fixture
 def stream(nats_server: EmbeddedNats) -> Stream:
     return Stream(nats_server.url)
+
+
+@pytest.fixture
+def bus_settings() -> BusSettings:
+    """A publish gives up after 1 s (the suite's default is 2 s): while NATS is down every
+    failed publish costs that long, and a publish to a live server takes milliseconds."""
+    return BusSettings(publish_timeout_seconds=1.0, ack_wait_seconds=5.0)
 
 
 # -- the happy path --------------------------------------------------------------------
@@ -227,13 +385,14 @@ async def test_message_becomes_event_then_is_deleted(
     assert notes["body"] == "hello, world"  # the text itself, not Argo's base64
     assert notes["metadata"] == {}
     assert metrics.counts == {("sent", "example"): 1, ("sent", "notes"): 1}
+    assert metrics.sources == {SOURCE}
 
 
 # -- the bus is down, slow, or loses a PubAck ------------------------------------------
 async def test_bus_down_deletes_nothing_then_every_message_is_one_event(
     sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, nats_server: EmbeddedNats
 ) -> None:
-    n = 200
+    n = 100
     url = await _create_queue(sqs, "outage")
     failures = 0
     real = _publisher(bus)
@@ -254,7 +413,7 @@ async def test_bus_down_deletes_nothing_then_every_message_is_one_event(
         ids = await _send_many(sqs, url, [orjson.dumps({"i": i}).decode() for i in range(n)])
 
         async def several_failed_publishes() -> bool:
-            return failures >= 40
+            return failures >= 20  # a failed batch on each of the two loops
 
         await _eventually(several_failed_publishes, "publishes failing while NATS is down")
 
@@ -323,36 +482,110 @@ async def test_full_stream_leaves_messages_in_the_queue_until_there_is_room(
 
 
 async def test_publish_slower_than_visibility_timeout_is_one_event(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
 ) -> None:
+    """The publish takes longer than the 2 s visibility timeout (it waits until the
+    source has extended the visibility twice): the message is not handed to the other
+    receive loop meanwhile, so it is published once, then deleted."""
     url = await _create_queue(sqs, "slow-bus")
     real = _publisher(bus)
-    published: list[str] = []
+    attempts: list[str] = []
+    extended: list[int] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        extended.extend(int(e["VisibilityTimeout"]) for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
 
     async def slow_publish(event: Event) -> None:
-        await asyncio.sleep(2.5)  # longer than the 1 s visibility timeout, twice over
+        attempts.append(event.id)
+
+        async def extended_twice() -> bool:
+            return len(extended) >= 2
+
+        await _eventually(extended_twice, "the visibility extended twice")
         await real(event)
-        published.append(event.id)
 
     source = _source(
         slow_publish,
-        {"example": _cfg(sqs_endpoint, "slow-bus", visibilityTimeout=1, concurrency=2)},
+        {"example": _cfg(faulty_sqs.endpoint, "slow-bus", visibilityTimeout=2, concurrency=2)},
     )
     async with _running(source):
         await sqs.send_message(QueueUrl=url, MessageBody="slow")
 
         async def stored_and_deleted() -> bool:
-            return bool(published) and await _in_queue(sqs, url) == 0
+            return await stream.count() == 1 and await _in_queue(sqs, url) == 0
 
         await _eventually(stored_and_deleted, "event stored and message deleted")
 
-    assert await stream.count() == 1
-    assert len(set(published)) == 1
+    assert len(attempts) == 1
+    assert extended[:2] == [2, 2]
 
 
-async def test_lost_puback_redelivery_is_deduplicated(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+@pytest.mark.parametrize("queue", ["keeper", "keeper.fifo"])
+async def test_only_messages_still_being_published_have_their_visibility_extended(
+    queue: str, sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
 ) -> None:
+    """One batch of a fast and a slow message: while the slow one is published, only it
+    is kept invisible; the fast one, already on the bus, is left to be deleted."""
+    fifo = queue.endswith(".fifo")
+    url = await _create_queue(sqs, queue, **({"FifoQueue": "true"} if fifo else {}))
+    for body in ("fast", "slow"):
+        group = {"MessageGroupId": "g", "MessageDeduplicationId": body} if fifo else {}
+        await sqs.send_message(QueueUrl=url, MessageBody=body, **group)
+    real = _publisher(bus)
+    extended: list[str] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        extended.extend(e["ReceiptHandle"] for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "slow":
+
+            async def extended_once() -> bool:
+                return bool(extended)
+
+            await _eventually(extended_once, "the visibility extended")
+        await real(event)
+
+    source = _source(publish, {"example": _cfg(faulty_sqs.endpoint, queue, visibilityTimeout=1)})
+    async with _running(source):
+
+        async def stored_and_deleted() -> bool:
+            return await stream.count() == 2 and await _in_queue(sqs, url) == 0
+
+        await _eventually(stored_and_deleted, "both events stored, both messages deleted")
+
+    (batch,) = faulty_sqs.received[:1]
+    body_of = {m["ReceiptHandle"]: m["Body"] for m in batch}
+    assert sorted(body_of.values()) == ["fast", "slow"]
+    assert {body_of[h] for h in extended} == {"slow"}
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (BusUnavailableError("PubAck lost"), "PubAck lost"),
+        (RuntimeError("PubAck lost"), "RuntimeError: PubAck lost"),
+    ],
+    ids=["transient", "unexpected"],
+)
+async def test_lost_puback_redelivery_is_deduplicated(
+    error: Exception,
+    reason: str,
+    sqs: Any,
+    sqs_endpoint: str,
+    bus: Bus,
+    stream: Stream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bus stores the event but the publish raises (a lost PubAck, or an error of
+    any other kind): the message is not deleted, is counted as failed, named with the
+    reason in the loop's warning, and comes back with the same event id."""
     url = await _create_queue(sqs, "lost-ack")
     real = _publisher(bus)
     attempts: list[str] = []
@@ -362,13 +595,17 @@ async def test_lost_puback_redelivery_is_deduplicated(
         await real(event)
         if len(attempts) == 1:
             # Stored by JetStream, but the source never hears it: it must not delete.
-            raise BusUnavailableError("PubAck lost")
+            raise error
 
+    metrics = Metrics()
+    caplog.set_level(logging.WARNING, logger="test.sqs")
     source = _source(
-        publish_then_lose_ack, {"example": _cfg(sqs_endpoint, "lost-ack", visibilityTimeout=1)}
+        publish_then_lose_ack,
+        {"example": _cfg(sqs_endpoint, "lost-ack", visibilityTimeout=1)},
+        metrics=metrics,
     )
     async with _running(source):
-        await sqs.send_message(QueueUrl=url, MessageBody="once")
+        (mid,) = await _send_many(sqs, url, ["once"])
 
         async def redelivered_and_deleted() -> bool:
             return len(attempts) >= 2 and await _in_queue(sqs, url) == 0
@@ -377,11 +614,16 @@ async def test_lost_puback_redelivery_is_deduplicated(
 
     assert len(set(attempts)) == 1  # the redelivery carried the same event id
     assert await stream.count() == 1
+    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 1}
+    assert metrics.sources == {SOURCE}
+    warned = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert len(warned) == 1 and f"1 of 1 messages not published ({reason})" in warned[0]
+    assert warned[0].endswith(f"Message ids: {mid}")
 
 
 # -- undecodable bodies ----------------------------------------------------------------
 async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
 ) -> None:
     dlq_url = await _create_queue(sqs, "requests-dlq")
     dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"]))[
@@ -393,11 +635,22 @@ async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
         RedrivePolicy=orjson.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1}).decode(),
     )
     metrics = Metrics()
+    released: list[tuple[str, int]] = []
+
+    def record(request: dict[str, Any]) -> Made:
+        released.extend((e["Id"], int(e["VisibilityTimeout"])) for e in request["Entries"])
+        return None  # forwarded
+
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = record
     # The 60 s visibility timeout would hold the bad message far longer than this test
     # waits: it reaches the DLQ promptly only because the source makes it visible again.
     source = _source(
         _publisher(bus),
-        {"example": _cfg(sqs_endpoint, "requests", jsonBody=True, dlq=True, visibilityTimeout=60)},
+        {
+            "example": _cfg(
+                faulty_sqs.endpoint, "requests", jsonBody=True, dlq=True, visibilityTimeout=60
+            )
+        },
         metrics=metrics,
     )
     async with _running(source):
@@ -417,29 +670,41 @@ async def test_invalid_json_with_dlq_is_redriven_and_the_rest_flows(
     assert sorted(e["data"]["body"]["ok"] for _, e in await stream.messages()) == [1, 2]
     assert metrics.counts["failed", "example"] >= 1
     assert metrics.counts["sent", "example"] == 2
+    assert [seconds for _, seconds in released] == [0]  # visible again at once
 
 
 async def test_invalid_json_without_dlq_is_deleted_and_counted(
     sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An undecodable message is deleted and counted as failed; one the filter does not
+    pass is deleted and counted as filtered; only the rest is published."""
     url = await _create_queue(sqs, "requests")
     metrics = Metrics()
     source = _source(
         _publisher(bus),
-        {"example": _cfg(sqs_endpoint, "requests", jsonBody=True)},
+        {
+            "example": _cfg(
+                sqs_endpoint, "requests", jsonBody=True, filter={"expression": "body.ok == true"}
+            )
+        },
         metrics=metrics,
     )
     caplog.set_level(logging.WARNING, logger="test.sqs")
     async with _running(source):
-        bad_id, *_ = await _send_many(sqs, url, ["<xml/>", '{"ok": true}'])
+        bad_id, *_ = await _send_many(sqs, url, ["<xml/>", '{"ok": true}', '{"ok": false}'])
 
         async def settled() -> bool:
             return await stream.count() == 1 and await _in_queue(sqs, url) == 0
 
-        await _eventually(settled, "1 event, both messages gone")
+        await _eventually(settled, "1 event, all three messages gone")
 
     assert [e["data"]["body"] for _, e in await stream.messages()] == [{"ok": True}]
-    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 1}
+    assert metrics.counts == {
+        ("failed", "example"): 1,
+        ("sent", "example"): 1,
+        ("filtered", "example"): 1,
+    }
+    assert metrics.sources == {SOURCE}
     assert any(bad_id in r.getMessage() for r in caplog.records)
 
 
@@ -464,6 +729,56 @@ async def test_fifo_queue_keeps_order(
         await _eventually(all_through, "25 FIFO events")
 
     assert [e["data"]["body"]["step"] for _, e in await stream.messages()] == list(range(25))
+
+
+async def test_fifo_failure_leaves_the_rest_of_the_batch_so_nothing_overtakes(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """The third message of a FIFO batch of five fails to publish once: nothing after it
+    is published from that batch; it and the two after it come back after the 1 s
+    visibility timeout and each reaches the bus once.
+
+    The order they come back in is not checked: moto hands back the messages of a group
+    whose visibility ended together out of order (SQS keeps it); what the source
+    decides is that the first batch stops at the failure.
+    """
+    url = await _create_queue(sqs, "steps.fifo", FifoQueue="true")
+    for i in range(5):
+        await sqs.send_message(
+            QueueUrl=url,
+            MessageBody=orjson.dumps({"step": i}).decode(),
+            MessageGroupId="pipeline-1",
+            MessageDeduplicationId=f"step-{i}",
+        )
+    real = _publisher(bus)
+    attempts: list[tuple[int, int]] = []  # (step, receives with messages so far)
+
+    async def publish(event: Event) -> None:
+        step = int(event.data["body"]["step"])
+        attempts.append((step, len(faulty_sqs.received)))
+        if step == 2 and [s for s, _ in attempts].count(2) == 1:
+            raise BusUnavailableError("not this time")
+        await real(event)
+
+    metrics = Metrics()
+    source = _source(
+        publish,
+        {"example": _cfg(faulty_sqs.endpoint, "steps.fifo", jsonBody=True, visibilityTimeout=1)},
+        metrics=metrics,
+    )
+    async with _running(source):
+
+        async def all_through() -> bool:
+            return await stream.count() == 5 and await _in_queue(sqs, url) == 0
+
+        await _eventually(all_through, "5 FIFO events")
+
+    assert [len(batch) for batch in faulty_sqs.received[:1]] == [5]
+    assert [step for step, batches in attempts if batches == 1] == [0, 1, 2]
+    assert sorted(step for step, _ in attempts) == [0, 1, 2, 2, 3, 4]
+    assert sorted(e["data"]["body"]["step"] for _, e in await stream.messages()) == list(range(5))
+    assert metrics.counts == {("failed", "example"): 1, ("sent", "example"): 5}
+    assert metrics.sources == {SOURCE}
 
 
 async def test_keys_from_secrets_and_assumed_role(
@@ -544,7 +859,7 @@ async def test_stopping_during_a_long_poll_does_not_hide_messages(
     url = await _create_queue(sqs, "restart")
     # 120 s visibility: a message taken by the dying poll and not given back would miss
     # this test's 20 s bound.
-    cfg = {"example": _cfg(sqs_endpoint, "restart", waitTimeSeconds=3, visibilityTimeout=120)}
+    cfg = {"example": _cfg(sqs_endpoint, "restart", waitTimeSeconds=2, visibilityTimeout=120)}
     first = _source(_publisher(bus), cfg)
     async with _running(first) as task:
         task.cancel()
@@ -622,11 +937,12 @@ async def test_invalid_filter_is_rejected_at_start() -> None:
 
 
 async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_rest(
-    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stopped while a batch is being published: the message already on the bus is
     deleted, the one whose publish was cut short is visible again at once (not hidden for
-    the 120 s visibility timeout, nor lost)."""
+    the 120 s visibility timeout, nor lost), and SQS refuses none of those calls."""
+    caplog.set_level(logging.WARNING, logger="test.sqs")
     url = await _create_queue(sqs, "mid-batch")
     await _send_many(sqs, url, ["go", "hold"])  # before the start: one batch
     real = _publisher(bus)
@@ -666,3 +982,237 @@ async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_
     again = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
     assert [m["Body"] for m in again["Messages"]] == ["hold"]
     assert [e["data"]["body"] for _, e in await stream.messages()] == ["go"]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_entries_sqs_refuses_on_shutdown_are_logged_by_message_id(
+    sqs: Any, sqs_endpoint: str, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue is purged while a batch is being published, so when the source stops,
+    SQS refuses its delete of the published message and its visibility change of the
+    other one (their receipt handles are gone): each refusal is logged with the message
+    id and SQS's code, and the stop still completes."""
+    url = await _create_queue(sqs, "purged")
+    go_id, hold_id = await _send_many(sqs, url, ["go", "hold"])
+    real = _publisher(bus)
+    published: list[str] = []
+    holding = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "hold":
+            holding.set()
+            await asyncio.Event().wait()  # the stop comes in the middle of this publish
+        await real(event)
+        published.append(str(event.data["body"]))
+
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(publish, {"example": _cfg(sqs_endpoint, "purged", visibilityTimeout=120)})
+    async with _running(source) as task:
+
+        async def mid_batch() -> bool:
+            return holding.is_set() and published == ["go"]
+
+        await _eventually(mid_batch, "'go' published while 'hold' is being published")
+        await sqs.purge_queue(QueueUrl=url)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"message {go_id} was published but cannot be deleted: ReceiptHandleIsInvalid" in line
+        for line in lines
+    ), lines
+    assert any(
+        f"cannot change the visibility of message {hold_id} to 0s: ReceiptHandleIsInvalid" in line
+        for line in lines
+    ), lines
+    assert [e["data"]["body"] for _, e in await stream.messages()] == ["go"]
+
+
+# -- deletes SQS fails or refuses --------------------------------------------------------
+@pytest.mark.parametrize("fault", [_server_fault, _refused], ids=["entries-failed", "refused"])
+async def test_delete_sqs_fails_once_is_tried_again(
+    fault: Answer, sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """The first DeleteMessageBatch fails (every entry with a server fault, or the whole
+    call refused): the published messages are deleted by the next attempt, not left
+    hidden for the 120 s visibility timeout and published again."""
+    url = await _create_queue(sqs, "retried")
+    faulty_sqs.answers["DeleteMessageBatch"] = _once(fault)
+    source = _source(
+        _publisher(bus),
+        {"example": _cfg(faulty_sqs.endpoint, "retried", visibilityTimeout=120)},
+    )
+    async with _running(source):
+        await _send_many(sqs, url, ["a", "b"])
+
+        async def deleted() -> bool:
+            return await _in_queue(sqs, url) == 0
+
+        await _eventually(deleted, "both messages deleted by the second attempt")
+
+    assert faulty_sqs.calls.count("DeleteMessageBatch") == 2
+    assert sorted(e["data"]["body"] for _, e in await stream.messages()) == ["a", "b"]
+
+
+async def test_delete_failing_every_time_gives_up_after_three_attempts(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every delete with the first receipt handle fails: three attempts, then the delete
+    is given up and logged with the message id. The message comes back after its
+    visibility timeout (1 s here), is published again with the same event id and
+    deleted with its new receipt handle; the bus stores it once."""
+    url = await _create_queue(sqs, "given-up")
+    doomed: set[str] = set()
+    attempts: list[int] = []
+
+    def fail_the_first_receipt(request: dict[str, Any]) -> Made:
+        handles = {e["ReceiptHandle"] for e in request["Entries"]}
+        if not doomed:
+            doomed.update(handles)
+        if handles != doomed:
+            return None
+        attempts.append(1)
+        return _server_fault(request)
+
+    faulty_sqs.answers["DeleteMessageBatch"] = fail_the_first_receipt
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(
+        _publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "given-up", visibilityTimeout=1)}
+    )
+    async with _running(source):
+        (mid,) = await _send_many(sqs, url, ["once"])
+
+        async def given_up_and_deleted() -> bool:
+            return any("gave up" in r.getMessage() for r in caplog.records) and (
+                await _in_queue(sqs, url) == 0
+            )
+
+        await _eventually(given_up_and_deleted, "the delete given up, the message deleted")
+
+    assert len(attempts) == 3
+    (line,) = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert f"gave up deleting 1 published messages ({mid})" in line
+    assert await stream.count() == 1
+
+
+async def test_stopping_while_sqs_holds_the_poll_past_its_wait_does_not_hang(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus
+) -> None:
+    """SQS holds the long poll open past ``waitTimeSeconds``: a stop waits for it at most
+    two seconds more, not until the client's read timeout (``waitTimeSeconds`` + 15 s)."""
+    await _create_queue(sqs, "held")
+    held = asyncio.Event()
+
+    async def hold(request: dict[str, Any]) -> Made:
+        held.set()
+        await faulty_sqs.stopping.wait()  # not answered while the test runs
+        return None
+
+    source = _source(_publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "held")})
+    async with _running(source) as task:
+        faulty_sqs.answers["ReceiveMessage"] = hold
+
+        async def holding() -> bool:
+            return held.is_set()
+
+        await _eventually(holding, "a receive held by SQS")
+        task.cancel()
+        # 1 s wait + 2 s grace; the read timeout would end it only after 16 s
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the stop waited for the unanswered poll"
+
+
+async def test_stop_hands_back_every_message_of_the_last_poll_by_its_own_entry(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The poll a stop waits for brings two messages: each is made visible again in one
+    ChangeMessageVisibilityBatch with an entry of its own. SQS fails the first entry
+    here: that message id is logged, and the other message is visible at once."""
+    url = await _create_queue(sqs, "handed-back")
+    held, answer = asyncio.Event(), asyncio.Event()
+    entries: list[dict[str, Any]] = []
+
+    async def hold_the_first_poll(request: dict[str, Any]) -> Made:
+        if not held.is_set():
+            held.set()
+            await answer.wait()
+        return None  # forwarded to moto, which has both messages by then
+
+    async def fail_the_first_entry(request: dict[str, Any]) -> Made:
+        entries.extend(request["Entries"])
+        first, *rest = request["Entries"]
+        for e in rest:
+            await sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=e["ReceiptHandle"], VisibilityTimeout=0
+            )
+        failed = {"Id": first["Id"], "SenderFault": False, "Code": "InternalError"}
+        return 200, {"Successful": [{"Id": e["Id"]} for e in rest], "Failed": [failed]}
+
+    faulty_sqs.answers["ReceiveMessage"] = hold_the_first_poll
+    faulty_sqs.answers["ChangeMessageVisibilityBatch"] = fail_the_first_entry
+    caplog.set_level(logging.WARNING, logger="test.sqs")
+    source = _source(
+        _publisher(bus),
+        {"example": _cfg(faulty_sqs.endpoint, "handed-back", visibilityTimeout=120)},
+    )
+    async with _running(source) as task:
+
+        async def holding() -> bool:
+            return held.is_set()
+
+        await _eventually(holding, "the first poll held")
+        task.cancel()
+        ids = await _send_many(sqs, url, ["a", "b"])
+        answer.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert len(entries) == 2 and len({e["Id"] for e in entries}) == 2
+    visible = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    (back,) = [m["MessageId"] for m in visible["Messages"]]
+    (kept,) = set(ids) - {back}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        f"cannot change the visibility of message {kept} to 0s: InternalError" in line
+        for line in lines
+    ), lines
+
+
+async def test_stop_waits_for_the_deletes_still_running(
+    sqs: Any, faulty_sqs: FaultySQS, bus: Bus, stream: Stream
+) -> None:
+    """Stopped while the delete of a published message is running (its first attempt
+    answered only after the stop, with a server fault): the stop waits for the retry,
+    which deletes it, before closing the client."""
+    url = await _create_queue(sqs, "draining")
+    held, answer = asyncio.Event(), asyncio.Event()
+
+    async def hold_then_fail(request: dict[str, Any]) -> Made:
+        held.set()
+        await answer.wait()
+        return _server_fault(request)
+
+    faulty_sqs.answers["DeleteMessageBatch"] = _once(hold_then_fail)
+    source = _source(
+        _publisher(bus), {"example": _cfg(faulty_sqs.endpoint, "draining", visibilityTimeout=120)}
+    )
+    async with _running(source) as task:
+        await _send_many(sqs, url, ["m"])
+
+        async def deleting() -> bool:
+            return held.is_set()
+
+        await _eventually(deleting, "the delete held")
+        task.cancel()
+        # the receive loop stops within its 1 s poll; a stop that did not wait for the
+        # delete would have closed the client by now
+        await asyncio.wait([task], timeout=2)
+        answer.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert faulty_sqs.calls.count("DeleteMessageBatch") == 2
+    assert await _in_queue(sqs, url) == 0
+    assert await stream.count() == 1
