@@ -330,6 +330,10 @@ class _LockKeeper:
                         e,
                     )
                     wait = min(wait, 0.2)
+                else:
+                    # renewed for another span: look again when half of it is left (a
+                    # fixed look a second later would miss locks of a second or less)
+                    wait = min(wait, span / 2)
             self._changed.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
             # cancellation that arrives as the event is set (the loop would not stop).

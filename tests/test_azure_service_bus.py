@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -63,10 +64,32 @@ FAST = ServiceBusTuning(
     sdk_retry_total=0,
 )
 
-pytestmark = pytest.mark.timeout(90)
+# Each test takes seconds (under 10 on a loaded machine); a source that hangs on the way
+# out fails its test here instead of holding the run for minutes.
+pytestmark = pytest.mark.timeout(45)
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+class SourceMetrics(Metrics):
+    """CountingMetrics that also keeps every source name a count was made for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: set[str] = set()
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_sent(source, event_name)
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_send_failed(source, event_name)
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_filtered(source, event_name)
 
 
 class Publisher:
@@ -120,7 +143,9 @@ def _queue(name: str, **extra: Any) -> dict[str, Any]:
     return {"connectionString": {"name": SECRET[0], "key": SECRET[1]}, "queueName": name, **extra}
 
 
-_eventually = functools.partial(eventually, timeout=30.0, interval=0.05)
+# A bound against hanging, not a timing assertion: each step takes a second or two even
+# on a loaded machine, and a broken source fails its test in 15 s instead of 30.
+_eventually = functools.partial(eventually, timeout=15.0, interval=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -388,8 +413,8 @@ async def test_slow_publish_keeps_the_lock_and_publishes_once(
     bus: Bus,
     nats_server: EmbeddedNats,
 ) -> None:
-    server = fake_servicebus_factory(lock_duration_seconds=2.0)
-    publisher = Publisher(bus, delay_seconds=4.0)  # twice the lock duration
+    server = fake_servicebus_factory(lock_duration_seconds=1.0)
+    publisher = Publisher(bus, delay_seconds=2.0)  # twice the lock duration
     source = _source(server, publisher, {"slow": _queue("slow")})
     async with Peer(server, queues=("slow",)) as peer, _running(source):
         await peer.send("slow", ServiceBusMessage("take your time", message_id="s-1"))
@@ -416,12 +441,22 @@ async def test_lock_lost_during_a_stall_gives_no_duplicate_event(
             return sum(publisher.attempts.values()) >= 2 and not await peer.peek("stall")
 
         await _eventually(settled, "the redelivered message was published again and completed")
-    # Published again after the redelivery (maybe more than once), always with the same
-    # event id, so the stream holds the event once.
-    [(event_id, attempts)] = publisher.attempts.items()
-    assert attempts >= 2
-    events = await _stream_messages(nats_server.url)
-    assert [(e["id"], e["data"]["messageID"]) for _, e in events] == [(event_id, "x-1")]
+        # Published again after the redelivery (maybe more than once), always with the
+        # same event id, so the stream holds the event once.
+        [(event_id, attempts)] = publisher.attempts.items()
+        assert attempts >= 2
+        events = await _stream_messages(nats_server.url)
+        assert [(e["id"], e["data"]["messageID"]) for _, e in events] == [(event_id, "x-1")]
+
+        # The lost lock did not stop the lock renewal: the next slow publish keeps its lock.
+        publisher.delay_seconds = 2.0  # twice the lock duration
+        await peer.send("stall", ServiceBusMessage("slow", message_id="x-2"))
+
+        async def second() -> bool:
+            return await _stream_count(nats_server.url) == 2 and not await peer.peek("stall")
+
+        await _eventually(second, "the slow second message published and completed")
+    assert sorted(publisher.attempts.values()) == [1, attempts]
 
 
 async def test_invalid_json_is_dead_lettered_with_a_reason_and_the_queue_keeps_flowing(
@@ -496,6 +531,127 @@ async def test_broker_restart_is_survived(
         assert not task.done()
     events = await _stream_messages(nats_server.url)
     assert [e["data"]["body"] for _, e in events] == ["before", "after"]
+
+
+async def test_a_bus_outage_within_the_retry_window_is_ridden_out_without_abandoning(
+    fake_servicebus: FakeServiceBusServer, bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """While the bus is away for less than ``publishRetrySeconds`` the message is held and
+    the publish retried: it is not handed back (its delivery count is not spent)."""
+    publisher = Publisher(bus)
+    metrics = SourceMetrics()
+    tuning = dataclasses.replace(FAST, publish_retry_seconds=60.0)
+    source = _source(
+        fake_servicebus, publisher, {"held": _queue("held")}, metrics=metrics, tuning=tuning
+    )
+    async with Peer(fake_servicebus, queues=("held",)) as peer, _running(source):
+        nats_server.kill()
+        await peer.send("held", ServiceBusMessage("wait for me", message_id="w-1"))
+
+        async def failing() -> bool:
+            return publisher.failures >= 2
+
+        await _eventually(failing, "two publishes failed while the bus is down")
+        nats_server.start()
+
+        async def through() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("held")
+
+        await _eventually(through, "the held message published and completed")
+    assert metrics.counts == {("sent", "held"): 1}
+    assert metrics.sources == {SOURCE}
+    assert list(publisher.attempts.values()) == [publisher.failures + 1]
+
+
+async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connection(
+    fake_servicebus: FakeServiceBusServer,
+    bus: Bus,
+    nats_server: EmbeddedNats,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty receive, a completed batch, a filtered message and abandoned batches are
+    all routine: the source keeps its one broker connection through them (a reconnect
+    would drop the link and with it every lock it holds)."""
+    caplog.set_level(logging.INFO, logger="test.azure_service_bus")
+    publisher = Publisher(bus)
+    metrics = SourceMetrics()
+    tuning = dataclasses.replace(
+        FAST,
+        receive_wait_seconds=0.2,
+        publish_retry_seconds=0.0,  # abandon at the first failed publish
+    )
+    events = {"kept": _queue("kept", filter={"expression": 'body != "skip"'})}
+    source = _source(fake_servicebus, publisher, events, metrics=metrics, tuning=tuning)
+    async with Peer(fake_servicebus, queues=("kept",)) as peer, _running(source):
+        await asyncio.sleep(1.0)  # several empty receives
+        await peer.send(
+            "kept",
+            ServiceBusMessage("skip", message_id="k-0"),
+            ServiceBusMessage("first", message_id="k-1"),
+        )
+
+        async def first() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("kept")
+
+        await _eventually(first, "the first message published, the skipped one completed")
+        nats_server.kill()
+        await peer.send("kept", ServiceBusMessage("second", message_id="k-2"))
+
+        async def abandoned_twice() -> bool:
+            return metrics.counts["failed", "kept"] >= 2
+
+        await _eventually(abandoned_twice, "the second message abandoned twice")
+        nats_server.start()
+
+        async def second() -> bool:
+            return await _stream_count(nats_server.url) == 2 and not await peer.peek("kept")
+
+        await _eventually(second, "the second message published after the bus came back")
+    connects = [r for r in caplog.records if r.getMessage().endswith(": receiving")]
+    assert len(connects) == 1
+    assert not [r for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert metrics.counts["filtered", "kept"] == 1
+    assert metrics.counts["sent", "kept"] == 2
+    assert metrics.sources == {SOURCE}
+    stored = await _stream_messages(nats_server.url)
+    assert [e["data"]["messageID"] for _, e in stored] == ["k-1", "k-2"]
+
+
+async def test_a_publish_failing_for_another_reason_abandons_and_the_redelivery_goes_through(
+    fake_servicebus: FakeServiceBusServer, bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """A publish error that is not an outage hands the message back (Service Bus
+    dead-letters it only after MaxDeliveryCount attempts); the redelivery is published,
+    carrying the sender's trace context."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    refusals = 1
+
+    async def refuse_once(event: Event) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise RuntimeError("the event cannot be published now")
+        await bus.publish("default", event)
+
+    metrics = SourceMetrics()
+    source = _source(fake_servicebus, refuse_once, {"odd": _queue("odd")}, metrics=metrics)
+    async with Peer(fake_servicebus, queues=("odd",)) as peer, _running(source):
+        await peer.send(
+            "odd",
+            ServiceBusMessage(
+                "again", message_id="o-1", application_properties={"traceparent": traceparent}
+            ),
+        )
+
+        async def through() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("odd")
+
+        await _eventually(through, "the redelivered message published and completed")
+    assert metrics.counts == {("failed", "odd"): 1, ("sent", "odd"): 1}
+    assert metrics.sources == {SOURCE}
+    [(_, event)] = await _stream_messages(nats_server.url)
+    assert event["data"]["messageID"] == "o-1"
+    assert event["traceparent"] == traceparent
 
 
 # -- configuration -------------------------------------------------------------------------
