@@ -569,9 +569,9 @@ async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connect
     nats_server: EmbeddedNats,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An empty receive, a completed batch, a filtered message and abandoned batches are
-    all routine: the source keeps its one broker connection through them (a reconnect
-    would drop the link and with it every lock it holds)."""
+    """An empty receive, a filtered message, abandoned batches (the very first batch
+    included, and again after a completed one) are all routine: the source keeps its one
+    broker connection through them (a reconnect would drop every lock it holds)."""
     caplog.set_level(logging.INFO, logger="test.azure_service_bus")
     publisher = Publisher(bus)
     metrics = SourceMetrics()
@@ -582,13 +582,20 @@ async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connect
     )
     events = {"kept": _queue("kept", filter={"expression": 'body != "skip"'})}
     source = _source(fake_servicebus, publisher, events, metrics=metrics, tuning=tuning)
+
+    def abandoned(times: int) -> Callable[[], bool]:
+        return lambda: metrics.counts["failed", "kept"] >= times
+
     async with Peer(fake_servicebus, queues=("kept",)) as peer, _running(source):
         await asyncio.sleep(1.0)  # several empty receives
+        nats_server.kill()
         await peer.send(
             "kept",
             ServiceBusMessage("skip", message_id="k-0"),
             ServiceBusMessage("first", message_id="k-1"),
         )
+        await _eventually(abandoned(2), "the first message abandoned twice")
+        nats_server.start()
 
         async def first() -> bool:
             return await _stream_count(nats_server.url) == 1 and not await peer.peek("kept")
@@ -596,11 +603,7 @@ async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connect
         await _eventually(first, "the first message published, the skipped one completed")
         nats_server.kill()
         await peer.send("kept", ServiceBusMessage("second", message_id="k-2"))
-
-        async def abandoned_twice() -> bool:
-            return metrics.counts["failed", "kept"] >= 2
-
-        await _eventually(abandoned_twice, "the second message abandoned twice")
+        await _eventually(abandoned(3), "the second message abandoned")
         nats_server.start()
 
         async def second() -> bool:
