@@ -93,7 +93,8 @@ class SourceMetrics(Metrics):
 
 
 class Publisher:
-    """``ctx.publish`` onto a real Bus, counting attempts and failures per event id.
+    """``ctx.publish`` onto a real Bus, counting attempts and failures per event id and
+    the most publishes in flight at once.
 
     ``delay_seconds`` awaits before publishing (a slow bus: the loop keeps running);
     ``stall_seconds`` blocks the whole event loop once (a stalled process: nothing else,
@@ -106,9 +107,19 @@ class Publisher:
         self.stall_seconds = stall_seconds
         self.attempts: Counter[str] = Counter()
         self.failures = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def __call__(self, event: Event) -> None:
         self.attempts[event.id] += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self._publish(event)
+        finally:
+            self.in_flight -= 1
+
+    async def _publish(self, event: Event) -> None:
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if self.stall_seconds:
@@ -406,6 +417,8 @@ async def test_bus_outage_abandons_then_every_message_becomes_exactly_one_event(
     assert len(events) == n
     assert set(ids) == {f"m{i}" for i in range(n)}
     assert max(ids.values()) == 1
+    # received in batches, whose messages are published together
+    assert publisher.most_in_flight > 1
 
 
 async def test_slow_publish_keeps_the_lock_and_publishes_once(
