@@ -162,6 +162,7 @@ TARGETS: dict[str, Target] = {
                         "test_a_bus_outage_within_the_retry_window_is_ridden_out_without_abandoning",
                         "test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connection",
                         "test_a_publish_failing_for_another_reason_abandons_and_the_redelivery_goes_through",
+                        "test_stopping_while_the_broker_does_not_answer_still_stops",
                     )
                 ),
                 "tests/test_source_filters.py::test_service_bus_completes_filtered_messages_without_publishing",

@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -840,3 +842,39 @@ async def test_stopping_mid_publish_hands_the_message_back_at_once(
             await _eventually(through, "the handed-back message delivered", timeout=20.0)
     [(_, event)] = await _stream_messages(nats_server.url)
     assert event["data"]["messageID"] == "h-1"
+
+
+async def test_stopping_while_the_broker_does_not_answer_still_stops(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer],
+) -> None:
+    """Handing in-flight messages back is bounded (``shutdown_settle_seconds``): a broker
+    that holds the connection but answers nothing (here: its process paused) does not
+    keep the source from stopping; the locks expire on their own."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    holding = asyncio.Event()
+
+    async def hang(event: Event) -> None:
+        holding.set()
+        await asyncio.Event().wait()  # the stop comes in the middle of this publish
+
+    async def is_holding() -> bool:
+        return holding.is_set()
+
+    source = _source(server, hang, {"frozen": _queue("frozen")})
+    async with Peer(server, queues=("frozen",)) as peer:
+        task = asyncio.create_task(source.run())
+        try:
+            await _eventually(source.ready, "the source is receiving")
+            await peer.send("frozen", ServiceBusMessage("hold", message_id="f-1"))
+            await _eventually(is_holding, "the message is being published")
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                task.cancel()
+                done, _ = await asyncio.wait([task], timeout=20.0)  # a bound against hanging
+                assert done, "the source did not stop while the broker was not answering"
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
