@@ -189,7 +189,28 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "eventsources/azure_service_bus.py",
-            ("tests/test_azure_service_bus.py",),
+            # the tests of the ack path (each drives the fake broker and nats-server for
+            # seconds); the topic-subscription and broker-restart tests exercise the
+            # connection management, which is not mutated, and the configuration tests
+            # reach none of these functions
+            (
+                *(
+                    f"tests/test_azure_service_bus.py::{name}"
+                    for name in (
+                        "test_message_becomes_one_event_with_argo_data_and_is_completed",
+                        "test_bus_outage_abandons_then_every_message_becomes_exactly_one_event",
+                        "test_slow_publish_keeps_the_lock_and_publishes_once",
+                        "test_lock_lost_during_a_stall_gives_no_duplicate_event",
+                        "test_invalid_json_is_dead_lettered_with_a_reason_and_the_queue_keeps_flowing",
+                        "test_stopping_mid_publish_hands_the_message_back_at_once",
+                        "test_a_bus_outage_within_the_retry_window_is_ridden_out_without_abandoning",
+                        "test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connection",
+                        "test_a_publish_failing_for_another_reason_abandons_and_the_redelivery_goes_through",
+                        "test_stopping_while_the_broker_does_not_answer_still_stops",
+                    )
+                ),
+                "tests/test_source_filters.py::test_service_bus_completes_filtered_messages_without_publishing",
+            ),
             _methods(
                 "AzureServiceBusSource",
                 "_consume",

@@ -330,6 +330,10 @@ class _LockKeeper:
                         e,
                     )
                     wait = min(wait, 0.2)
+                else:
+                    # renewed for another span: look again when half of it is left (a
+                    # fixed look a second later would miss locks of a second or less)
+                    wait = min(wait, span / 2)
             self._changed.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
             # cancellation that arrives as the event is set (the loop would not stop).
@@ -720,6 +724,12 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
             self.ctx.log.warning(
                 "%s: %s of message %s failed: %s", where, result.outcome.value, key, e
             )
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A stop that landed in the settle call: the SDK's call can return instead
+            # of raising it, and the receive loop would go on. Stop here; the caller
+            # hands the rest of the batch back.
+            raise asyncio.CancelledError
 
     async def _abandon_on_shutdown(
         self, receiver: ServiceBusReceiver, batch: list[ServiceBusReceivedMessage], where: str

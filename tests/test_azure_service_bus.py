@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import itertools
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,14 +67,37 @@ FAST = ServiceBusTuning(
     sdk_retry_total=0,
 )
 
-pytestmark = pytest.mark.timeout(90)
+# Each test takes seconds (under 10 on a loaded machine); a source that hangs on the way
+# out fails its test here instead of holding the run for minutes.
+pytestmark = pytest.mark.timeout(45)
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
+class SourceMetrics(Metrics):
+    """CountingMetrics that also keeps every source name a count was made for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: set[str] = set()
+
+    def event_sent(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_sent(source, event_name)
+
+    def event_send_failed(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_send_failed(source, event_name)
+
+    def event_filtered(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
+        super().event_filtered(source, event_name)
+
+
 class Publisher:
-    """``ctx.publish`` onto a real Bus, counting attempts and failures per event id.
+    """``ctx.publish`` onto a real Bus, counting attempts and failures per event id and
+    the most publishes in flight at once.
 
     ``delay_seconds`` awaits before publishing (a slow bus: the loop keeps running);
     ``stall_seconds`` blocks the whole event loop once (a stalled process: nothing else,
@@ -83,9 +110,19 @@ class Publisher:
         self.stall_seconds = stall_seconds
         self.attempts: Counter[str] = Counter()
         self.failures = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def __call__(self, event: Event) -> None:
         self.attempts[event.id] += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self._publish(event)
+        finally:
+            self.in_flight -= 1
+
+    async def _publish(self, event: Event) -> None:
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if self.stall_seconds:
@@ -120,7 +157,9 @@ def _queue(name: str, **extra: Any) -> dict[str, Any]:
     return {"connectionString": {"name": SECRET[0], "key": SECRET[1]}, "queueName": name, **extra}
 
 
-_eventually = functools.partial(eventually, timeout=30.0, interval=0.05)
+# A bound against hanging, not a timing assertion: each step takes a second or two even
+# on a loaded machine, and a broken source fails its test in 15 s instead of 30.
+_eventually = functools.partial(eventually, timeout=15.0, interval=0.05)
 
 
 @contextlib.asynccontextmanager
@@ -381,6 +420,8 @@ async def test_bus_outage_abandons_then_every_message_becomes_exactly_one_event(
     assert len(events) == n
     assert set(ids) == {f"m{i}" for i in range(n)}
     assert max(ids.values()) == 1
+    # received in batches, whose messages are published together
+    assert publisher.most_in_flight > 1
 
 
 async def test_slow_publish_keeps_the_lock_and_publishes_once(
@@ -388,8 +429,8 @@ async def test_slow_publish_keeps_the_lock_and_publishes_once(
     bus: Bus,
     nats_server: EmbeddedNats,
 ) -> None:
-    server = fake_servicebus_factory(lock_duration_seconds=2.0)
-    publisher = Publisher(bus, delay_seconds=4.0)  # twice the lock duration
+    server = fake_servicebus_factory(lock_duration_seconds=1.0)
+    publisher = Publisher(bus, delay_seconds=2.0)  # twice the lock duration
     source = _source(server, publisher, {"slow": _queue("slow")})
     async with Peer(server, queues=("slow",)) as peer, _running(source):
         await peer.send("slow", ServiceBusMessage("take your time", message_id="s-1"))
@@ -416,12 +457,22 @@ async def test_lock_lost_during_a_stall_gives_no_duplicate_event(
             return sum(publisher.attempts.values()) >= 2 and not await peer.peek("stall")
 
         await _eventually(settled, "the redelivered message was published again and completed")
-    # Published again after the redelivery (maybe more than once), always with the same
-    # event id, so the stream holds the event once.
-    [(event_id, attempts)] = publisher.attempts.items()
-    assert attempts >= 2
-    events = await _stream_messages(nats_server.url)
-    assert [(e["id"], e["data"]["messageID"]) for _, e in events] == [(event_id, "x-1")]
+        # Published again after the redelivery (maybe more than once), always with the
+        # same event id, so the stream holds the event once.
+        [(event_id, attempts)] = publisher.attempts.items()
+        assert attempts >= 2
+        events = await _stream_messages(nats_server.url)
+        assert [(e["id"], e["data"]["messageID"]) for _, e in events] == [(event_id, "x-1")]
+
+        # The lost lock did not stop the lock renewal: the next slow publish keeps its lock.
+        publisher.delay_seconds = 2.0  # twice the lock duration
+        await peer.send("stall", ServiceBusMessage("slow", message_id="x-2"))
+
+        async def second() -> bool:
+            return await _stream_count(nats_server.url) == 2 and not await peer.peek("stall")
+
+        await _eventually(second, "the slow second message published and completed")
+    assert sorted(publisher.attempts.values()) == [1, attempts]
 
 
 async def test_invalid_json_is_dead_lettered_with_a_reason_and_the_queue_keeps_flowing(
@@ -496,6 +547,156 @@ async def test_broker_restart_is_survived(
         assert not task.done()
     events = await _stream_messages(nats_server.url)
     assert [e["data"]["body"] for _, e in events] == ["before", "after"]
+
+
+async def test_a_bus_outage_within_the_retry_window_is_ridden_out_without_abandoning(
+    fake_servicebus: FakeServiceBusServer, bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """While the bus is away for less than ``publishRetrySeconds`` the message is held and
+    the publish retried: it is not handed back (its delivery count is not spent)."""
+    publisher = Publisher(bus)
+    metrics = SourceMetrics()
+    tuning = dataclasses.replace(FAST, publish_retry_seconds=60.0)
+    source = _source(
+        fake_servicebus, publisher, {"held": _queue("held")}, metrics=metrics, tuning=tuning
+    )
+    async with Peer(fake_servicebus, queues=("held",)) as peer, _running(source):
+        nats_server.kill()
+        await peer.send("held", ServiceBusMessage("wait for me", message_id="w-1"))
+
+        async def failing() -> bool:
+            return publisher.failures >= 2
+
+        await _eventually(failing, "two publishes failed while the bus is down")
+        nats_server.start()
+
+        async def through() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("held")
+
+        await _eventually(through, "the held message published and completed")
+    assert metrics.counts == {("sent", "held"): 1}
+    assert metrics.sources == {SOURCE}
+    assert list(publisher.attempts.values()) == [publisher.failures + 1]
+
+
+async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connection(
+    fake_servicebus: FakeServiceBusServer,
+    bus: Bus,
+    nats_server: EmbeddedNats,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty receive, a filtered message, abandoned batches (the very first batch
+    included, and again after a completed one) are all routine: the source keeps its one
+    broker connection through them (a reconnect would drop every lock it holds)."""
+    caplog.set_level(logging.INFO, logger="test.azure_service_bus")
+    publisher = Publisher(bus)
+    metrics = SourceMetrics()
+    tuning = dataclasses.replace(
+        FAST,
+        receive_wait_seconds=0.2,
+        publish_retry_seconds=0.0,  # abandon at the first failed publish
+    )
+    events = {"kept": _queue("kept", filter={"expression": 'body != "skip"'})}
+    source = _source(fake_servicebus, publisher, events, metrics=metrics, tuning=tuning)
+
+    def abandoned(times: int) -> Callable[[], bool]:
+        return lambda: metrics.counts["failed", "kept"] >= times
+
+    async with Peer(fake_servicebus, queues=("kept",)) as peer, _running(source):
+        await asyncio.sleep(1.0)  # several empty receives
+        nats_server.kill()
+        await peer.send(
+            "kept",
+            ServiceBusMessage("skip", message_id="k-0"),
+            ServiceBusMessage("first", message_id="k-1"),
+        )
+        await _eventually(abandoned(2), "the first message abandoned twice")
+        nats_server.start()
+
+        async def first() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("kept")
+
+        await _eventually(first, "the first message published, the skipped one completed")
+        nats_server.kill()
+        await peer.send("kept", ServiceBusMessage("second", message_id="k-2"))
+        await _eventually(abandoned(3), "the second message abandoned")
+        nats_server.start()
+
+        async def second() -> bool:
+            return await _stream_count(nats_server.url) == 2 and not await peer.peek("kept")
+
+        await _eventually(second, "the second message published after the bus came back")
+    connects = [r for r in caplog.records if r.getMessage().endswith(": receiving")]
+    assert len(connects) == 1
+    assert not [r for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert metrics.counts["filtered", "kept"] == 1
+    assert metrics.counts["sent", "kept"] == 2
+    assert metrics.sources == {SOURCE}
+    stored = await _stream_messages(nats_server.url)
+    assert [e["data"]["messageID"] for _, e in stored] == ["k-1", "k-2"]
+
+
+async def test_a_publish_failing_for_another_reason_abandons_and_the_redelivery_goes_through(
+    fake_servicebus: FakeServiceBusServer, bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """A publish error that is not an outage hands the message back (Service Bus
+    dead-letters it only after MaxDeliveryCount attempts); the redelivery is published,
+    carrying the sender's trace context."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    refusals = 1
+
+    async def refuse_once(event: Event) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise RuntimeError("the event cannot be published now")
+        await bus.publish("default", event)
+
+    metrics = SourceMetrics()
+    source = _source(fake_servicebus, refuse_once, {"odd": _queue("odd")}, metrics=metrics)
+    async with Peer(fake_servicebus, queues=("odd",)) as peer, _running(source):
+        await peer.send(
+            "odd",
+            ServiceBusMessage(
+                "again", message_id="o-1", application_properties={"traceparent": traceparent}
+            ),
+        )
+
+        async def through() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("odd")
+
+        await _eventually(through, "the redelivered message published and completed")
+    assert metrics.counts == {("failed", "odd"): 1, ("sent", "odd"): 1}
+    assert metrics.sources == {SOURCE}
+    [(_, event)] = await _stream_messages(nats_server.url)
+    assert event["data"]["messageID"] == "o-1"
+    assert event["traceparent"] == traceparent
+
+
+async def test_a_failed_batch_pauses_the_receives_and_each_pause_doubles(
+    fake_servicebus: FakeServiceBusServer,
+) -> None:
+    """After a batch that was handed back the source waits before receiving again, and
+    waits twice as long after the next failure: a failing bus or publisher is not
+    hammered. Lower bounds only (a slow machine makes the gaps longer, never shorter)."""
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def refuse(event: Event) -> None:
+        attempts.append(loop.time())
+        raise RuntimeError("the event cannot be published now")
+
+    tuning = dataclasses.replace(
+        FAST, failure_pause_initial_seconds=0.3, failure_pause_max_seconds=2.0
+    )
+    source = _source(fake_servicebus, refuse, {"paced": _queue("paced")}, tuning=tuning)
+    async with Peer(fake_servicebus, queues=("paced",)) as peer, _running(source):
+        await peer.send("paced", ServiceBusMessage("x", message_id="p-1"))
+        await _eventually(lambda: len(attempts) >= 3, "three deliveries of the message")
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    slack = 0.02  # the event loop may run a timer up to its clock resolution early
+    assert gaps[0] >= 0.3 - slack, gaps
+    assert gaps[1] >= 0.6 - slack, gaps
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -668,3 +869,39 @@ async def test_stopping_mid_publish_hands_the_message_back_at_once(
             await _eventually(through, "the handed-back message delivered", timeout=20.0)
     [(_, event)] = await _stream_messages(nats_server.url)
     assert event["data"]["messageID"] == "h-1"
+
+
+async def test_stopping_while_the_broker_does_not_answer_still_stops(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer],
+) -> None:
+    """Handing in-flight messages back is bounded (``shutdown_settle_seconds``): a broker
+    that holds the connection but answers nothing (here: its process paused) does not
+    keep the source from stopping; the locks expire on their own."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    holding = asyncio.Event()
+
+    async def hang(event: Event) -> None:
+        holding.set()
+        await asyncio.Event().wait()  # the stop comes in the middle of this publish
+
+    async def is_holding() -> bool:
+        return holding.is_set()
+
+    source = _source(server, hang, {"frozen": _queue("frozen")})
+    async with Peer(server, queues=("frozen",)) as peer:
+        task = asyncio.create_task(source.run())
+        try:
+            await _eventually(source.ready, "the source is receiving")
+            await peer.send("frozen", ServiceBusMessage("hold", message_id="f-1"))
+            await _eventually(is_holding, "the message is being published")
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                task.cancel()
+                done, _ = await asyncio.wait([task], timeout=20.0)  # a bound against hanging
+                assert done, "the source did not stop while the broker was not answering"
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
