@@ -75,26 +75,6 @@ pytestmark = pytest.mark.timeout(45)
 # -- helpers ---------------------------------------------------------------------------
 
 
-class SourceMetrics(Metrics):
-    """CountingMetrics that also keeps every source name a count was made for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: set[str] = set()
-
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_sent(source, event_name)
-
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_send_failed(source, event_name)
-
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_filtered(source, event_name)
-
-
 class Publisher:
     """``ctx.publish`` onto a real Bus, counting attempts and failures per event id and
     the most publishes in flight at once.
@@ -555,7 +535,7 @@ async def test_a_bus_outage_within_the_retry_window_is_ridden_out_without_abando
     """While the bus is away for less than ``publishRetrySeconds`` the message is held and
     the publish retried: it is not handed back (its delivery count is not spent)."""
     publisher = Publisher(bus)
-    metrics = SourceMetrics()
+    metrics = Metrics()
     tuning = dataclasses.replace(FAST, publish_retry_seconds=60.0)
     source = _source(
         fake_servicebus, publisher, {"held": _queue("held")}, metrics=metrics, tuning=tuning
@@ -590,7 +570,7 @@ async def test_idle_receives_filtered_and_abandoned_batches_keep_the_one_connect
     broker connection through them (a reconnect would drop every lock it holds)."""
     caplog.set_level(logging.INFO, logger="test.azure_service_bus")
     publisher = Publisher(bus)
-    metrics = SourceMetrics()
+    metrics = Metrics()
     tuning = dataclasses.replace(
         FAST,
         receive_wait_seconds=0.2,
@@ -652,7 +632,7 @@ async def test_a_publish_failing_for_another_reason_abandons_and_the_redelivery_
             raise RuntimeError("the event cannot be published now")
         await bus.publish("default", event)
 
-    metrics = SourceMetrics()
+    metrics = Metrics()
     source = _source(fake_servicebus, refuse_once, {"odd": _queue("odd")}, metrics=metrics)
     async with Peer(fake_servicebus, queues=("odd",)) as peer, _running(source):
         await peer.send(

@@ -34,7 +34,7 @@ from eventsources.base import SourceContext
 from eventsources.sqs import SQSConfig, SQSSource
 from tests.support.net import free_port
 from tests.support.sensors import eventually
-from tests.support.sources import CountingMetrics
+from tests.support.sources import CountingMetrics as Metrics
 from tests.support.sources import DictSecrets as Secrets
 
 SOURCE = "aws-sqs"
@@ -293,26 +293,6 @@ async def faulty_sqs(sqs_endpoint: str) -> AsyncIterator[FaultySQS]:
         yield front
     finally:
         await front.stop()
-
-
-class Metrics(CountingMetrics):
-    """CountingMetrics that also records the source name each count was made for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: set[str] = set()
-
-    def event_sent(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_sent(source, event_name)
-
-    def event_send_failed(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_send_failed(source, event_name)
-
-    def event_filtered(self, source: str, event_name: str) -> None:
-        self.sources.add(source)
-        super().event_filtered(source, event_name)
 
 
 @pytest.fixture

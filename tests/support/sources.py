@@ -24,14 +24,19 @@ class CountingMetrics:
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.statuses: Counter[int] = Counter()
+        self.sources: set[str] = set()
+        """Every source name an event count was made for."""
 
     def event_sent(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
         self.counts["sent", event_name] += 1
 
     def event_send_failed(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
         self.counts["failed", event_name] += 1
 
     def event_filtered(self, source: str, event_name: str) -> None:
+        self.sources.add(source)
         self.counts["filtered", event_name] += 1
 
     def http_request(self, source: str, status: int) -> None:
