@@ -815,6 +815,18 @@ async def test_tls_config_builds_a_context() -> None:
         )
 
 
+def _hanging_publish() -> tuple[Callable[[Event], Awaitable[None]], Callable[[], bool]]:
+    """A publish that never returns (a stop is to come in the middle of it), and a
+    check that one has started."""
+    holding = asyncio.Event()
+
+    async def hang(event: Event) -> None:
+        holding.set()
+        await asyncio.Event().wait()
+
+    return hang, holding.is_set
+
+
 async def test_stopping_mid_publish_hands_the_message_back_at_once(
     fake_servicebus_factory: Callable[..., FakeServiceBusServer],
     bus: Bus,
@@ -823,14 +835,7 @@ async def test_stopping_mid_publish_hands_the_message_back_at_once(
     """Stopped while a message is being published: it is abandoned on the way out, so the
     next receiver gets it now, not when its 60 s lock expires; it becomes one event."""
     server = fake_servicebus_factory(lock_duration_seconds=60.0)
-    holding = asyncio.Event()
-
-    async def hang(event: Event) -> None:
-        holding.set()
-        await asyncio.Event().wait()  # the stop comes in the middle of this publish
-
-    async def is_holding() -> bool:
-        return holding.is_set()
+    hang, is_holding = _hanging_publish()
 
     events = {"handback": _queue("handback")}
     async with Peer(server, queues=("handback",)) as peer:
@@ -858,14 +863,7 @@ async def test_stopping_while_the_broker_does_not_answer_still_stops(
     that holds the connection but answers nothing (here: its process paused) does not
     keep the source from stopping; the locks expire on their own."""
     server = fake_servicebus_factory(lock_duration_seconds=60.0)
-    holding = asyncio.Event()
-
-    async def hang(event: Event) -> None:
-        holding.set()
-        await asyncio.Event().wait()  # the stop comes in the middle of this publish
-
-    async def is_holding() -> bool:
-        return holding.is_set()
+    hang, is_holding = _hanging_publish()
 
     source = _source(server, hang, {"frozen": _queue("frozen")})
     async with Peer(server, queues=("frozen",)) as peer:

@@ -58,6 +58,22 @@ def _publisher(bus: Bus) -> Publish:
     return publish
 
 
+def _held_at_hold(bus: Bus) -> tuple[Publish, list[str], asyncio.Event]:
+    """A publish onto ``bus`` that never returns for the body "hold" (a stop is to come
+    in the middle of it), the bodies published, and the event set once "hold" is held."""
+    published: list[str] = []
+    holding = asyncio.Event()
+
+    async def publish(event: Event) -> None:
+        if event.data["body"] == "hold":
+            holding.set()
+            await asyncio.Event().wait()
+        await bus.publish("default", event)
+        published.append(str(event.data["body"]))
+
+    return publish, published, holding
+
+
 def _source(
     publish: Publish,
     events: dict[str, dict[str, Any]],
@@ -925,16 +941,7 @@ async def test_stopping_mid_batch_deletes_what_was_published_and_gives_back_the_
     caplog.set_level(logging.WARNING, logger="test.sqs")
     url = await _create_queue(sqs, "mid-batch")
     await _send_many(sqs, url, ["go", "hold"])  # before the start: one batch
-    real = _publisher(bus)
-    published: list[str] = []
-    holding = asyncio.Event()
-
-    async def publish(event: Event) -> None:
-        if event.data["body"] == "hold":
-            holding.set()
-            await asyncio.Event().wait()  # the stop comes in the middle of this publish
-        await real(event)
-        published.append(str(event.data["body"]))
+    publish, published, holding = _held_at_hold(bus)
 
     source = _source(publish, {"example": _cfg(sqs_endpoint, "mid-batch", visibilityTimeout=120)})
     async with _running(source) as task:
@@ -974,16 +981,7 @@ async def test_entries_sqs_refuses_on_shutdown_are_logged_by_message_id(
     id and SQS's code, and the stop still completes."""
     url = await _create_queue(sqs, "purged")
     go_id, hold_id = await _send_many(sqs, url, ["go", "hold"])
-    real = _publisher(bus)
-    published: list[str] = []
-    holding = asyncio.Event()
-
-    async def publish(event: Event) -> None:
-        if event.data["body"] == "hold":
-            holding.set()
-            await asyncio.Event().wait()  # the stop comes in the middle of this publish
-        await real(event)
-        published.append(str(event.data["body"]))
+    publish, published, holding = _held_at_hold(bus)
 
     caplog.set_level(logging.WARNING, logger="test.sqs")
     source = _source(publish, {"example": _cfg(sqs_endpoint, "purged", visibilityTimeout=120)})
