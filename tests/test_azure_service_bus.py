@@ -28,7 +28,7 @@ import orjson
 import pytest
 import yaml
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from pydantic import BaseModel, ValidationError
 
 from app.adapters.bus import Bus
@@ -677,6 +677,47 @@ async def test_a_failed_batch_pauses_the_receives_and_each_pause_doubles(
     slack = 0.02  # the event loop may run a timer up to its clock resolution early
     assert gaps[0] >= 0.3 - slack, gaps
     assert gaps[1] >= 0.6 - slack, gaps
+
+
+async def test_a_stop_the_sdk_loses_in_a_settle_call_still_stops(
+    fake_servicebus: FakeServiceBusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's calls wait with ``asyncio.wait_for``, which on Python 3.11 can return
+    instead of raising a cancellation that arrives as the awaited frame does. Here the
+    real abandon call is wrapped to lose the stop that lands in it, every time: the
+    source must still stop (the stop is read from the task, not only from the raise)."""
+    entered = asyncio.Event()
+    lost = 0
+    abandon = ServiceBusReceiver.abandon_message
+
+    async def losing_abandon(self: ServiceBusReceiver, message: Any) -> None:
+        nonlocal lost
+        entered.set()
+        try:
+            await asyncio.sleep(0.5)  # the stop lands here
+        except asyncio.CancelledError:
+            lost += 1  # lost, as the SDK's wait_for may: the call returns normally
+        await abandon(self, message)
+
+    monkeypatch.setattr(ServiceBusReceiver, "abandon_message", losing_abandon)
+
+    async def refuse(event: Event) -> None:
+        raise RuntimeError("the event cannot be published now")
+
+    source = _source(fake_servicebus, refuse, {"lossy": _queue("lossy")})
+    async with Peer(fake_servicebus, queues=("lossy",)) as peer:
+        task = asyncio.create_task(source.run())
+        await peer.send("lossy", ServiceBusMessage("x", message_id="l-1"))
+        await _eventually(entered.is_set, "the message is being handed back")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:  # the bug: it went on receiving; end it for the other tests
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)
+        assert done, "the source went on after the stop"
+        assert lost == 1
+        assert task.cancelled()
 
 
 # -- configuration -------------------------------------------------------------------------
