@@ -12,10 +12,8 @@ in a sensor pod, once however often it is clicked.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from app.adapters.natsserver import EmbeddedNats
 from tests.support.browser import chromium, count_text, find, node_css, screenshot, wait
 from tests.support.flow import SEED_DEP, SEED_EVENT, SEED_TRIGGER, WORKFLOWS, node
 from tests.support.net import free_port, wait_for
+from tests.support.proc import stop_child
 from tests.test_podroles import NS, SEED, RoleProc
 from tests.test_seed_e2e import list_workflows, params_of
 
@@ -94,13 +93,7 @@ class ControllerProc:
     def stop(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_child(self.proc, timeout=15)
         self.proc = None
 
 

@@ -7,10 +7,8 @@ real nats-server, killed by PID at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import yaml
 
 from app.adapters.natsserver import EmbeddedNats
 from tests.support.net import free_port, wait_for
+from tests.support.proc import stop_child
 from tests.test_seed_e2e import list_workflows, params_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,13 +78,7 @@ class RoleProc:
     def stop(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_child(self.proc, timeout=10)
         self.proc = None
 
 
