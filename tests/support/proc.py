@@ -92,6 +92,9 @@ class Triggerfish:
         self.proc = None
         return rc
 
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
 
 def stop_child(
     proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0
@@ -104,6 +107,3 @@ def stop_child(
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
