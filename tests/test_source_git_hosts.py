@@ -1,9 +1,10 @@
 """The ``gitlab``, ``bitbucket`` and ``bitbucketserver`` sources: their checks, Argo's
 event data, and hook registration against FAKE provider APIs over HTTP
-(``tests/fakegithosts``); then one end-to-end run each through ``triggerfish run`` with a
-real nats-server and the fake Kubernetes API (a delivery starts a Workflow with the
-commit from the payload; a bad token/signature, or for Bitbucket Cloud, which does not
-sign, a body that is not JSON, starts nothing).
+(``tests/fakegithosts``); then one end-to-end run each through ``triggerfish run`` on the
+type's example (``examples/train-on-<type>-push``) with a real nats-server and the fake
+Kubernetes API (its sample push starts a Workflow with the commit from the payload; a
+bad token/signature, or for Bitbucket Cloud, which does not sign, a body that is not
+JSON, starts nothing).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import hashlib
 import hmac
 import json
 import logging
+import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -377,43 +380,66 @@ async def test_bitbucketserver_webhook_registered_once_and_deleted() -> None:
 # -- end to end -------------------------------------------------------------------------
 
 NS = "argo-events"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _manifests(kind: str, spec: dict[str, Any], data_key: str) -> list[dict[str, Any]]:
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git", "namespace": NS},
-              "stringData": {"secret": SECRET, "token": TOKEN}}  # fmt: skip
-    source = {"apiVersion": "argoproj.io/v1alpha1", "kind": "EventSource",
-              "metadata": {"name": kind, "namespace": NS},
-              "spec": {kind: {"push": spec}}}  # fmt: skip
-    workflow = {
-        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-        "metadata": {"generateName": f"{kind}-train-"},
-        "spec": {"workflowTemplateRef": {"name": "ml-pipeline-template"},
-                 "arguments": {"parameters": [{"name": "commit", "value": "unknown"}]}},
-    }  # fmt: skip
-    sensor = {
-        "apiVersion": "argoproj.io/v1alpha1", "kind": "Sensor",
-        "metadata": {"name": f"{kind}-train", "namespace": NS},
-        "spec": {
-            "dependencies": [{"name": "push", "eventSourceName": kind, "eventName": "push"}],
-            "triggers": [{"template": {"name": "train", "k8s": {
-                "operation": "create", "source": {"resource": workflow},
-                "parameters": [{"src": {"dependencyName": "push", "dataKey": data_key},
-                                "dest": "spec.arguments.parameters.0.value"}]}}}],
-        },
-    }  # fmt: skip
-    return [secret, source, sensor]
+@dataclass(frozen=True)
+class Case:
+    """One type's shipped example and how the provider would deliver its sample push."""
+
+    example: str
+    port: int
+    """The example's webhook port (mapped to a free one)."""
+    good: Callable[[bytes], dict[str, str]]
+    """The headers of a genuine delivery of a body (given the test's secret)."""
+    bad: dict[str, str]
+    """The headers of a refused delivery (a wrong token or signature)."""
+    bad_body: bytes | None
+    """For Bitbucket Cloud, which does not sign: a body it refuses instead."""
+    collection: str
+    """Where the fake provider keeps the registered hook ("": none registered)."""
+    repository: str
 
 
 CASES = {
-    # kind: (body, good headers, bad headers, bad body, commit dataKey)
-    "gitlab": (json.dumps(GITLAB_PUSH).encode(), {"X-Gitlab-Token": SECRET},
-               {"X-Gitlab-Token": "guess"}, None, "body.checkout_sha"),
-    "bitbucket": (json.dumps(BITBUCKET_PUSH).encode(), {"X-Event-Key": "repo:push"},
-                  {}, b"not json", "body.push.changes.0.new.target.hash"),
-    "bitbucketserver": (BBS_BODY, {"X-Hub-Signature": hub(BBS_BODY)},
-                        {"X-Hub-Signature": hub(BBS_BODY, "guess")}, None, "body.changes.0.toHash"),
+    "gitlab": Case("train-on-gitlab-push", 12400,
+                   lambda _b: {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET},
+                   {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "guess"}, None,
+                   "projects/ml-team/training", "ml-team/training"),
+    "bitbucket": Case("train-on-bitbucket-push", 12500, lambda _b: {"X-Event-Key": "repo:push"},
+                      {"X-Event-Key": "repo:push"}, b"not json", "", "ml-team/training"),
+    "bitbucketserver": Case("train-on-bitbucketserver-push", 12600,
+                            lambda b: {"X-Event-Key": "repo:refs_changed",
+                                       "X-Hub-Signature": hub(b)},
+                            {"X-Event-Key": "repo:refs_changed",
+                             "X-Hub-Signature": hub(BBS_BODY, "guess")}, None,
+                            "projects/ML/repos/training", "training"),
 }  # fmt: skip
+
+
+def _example(kind: str, case: Case, tmp_path: Path, fake: FakeHookHost) -> Path:
+    """The shipped example with its Secret filled in with the test's values and, where
+    it registers hooks, the provider's API pointed at ``fake``, ``webhook.url`` set and
+    ``deleteHookOnFinish`` on (as its comment says to)."""
+    out = tmp_path / case.example
+    shutil.copytree(EXAMPLES / case.example, out)
+    es_path = out / "event-source.yaml"
+    es = yaml.safe_load(es_path.read_text())
+    push = es["spec"][kind]["push"]
+    if kind == "gitlab":
+        push["gitlabBaseURL"] = fake.api_url
+    elif kind == "bitbucketserver":
+        push["bitbucketserverBaseURL"] = fake.api_url
+    if case.collection:
+        push["webhook"]["url"] = "https://hooks.example.com"
+        push["deleteHookOnFinish"] = True
+    es_path.write_text(yaml.safe_dump(es))
+    secret_path = out / "secret.yaml"
+    secret = yaml.safe_load(secret_path.read_text())
+    secret["stringData"] = {key: {"secret": SECRET, "token": TOKEN}.get(key, PASSWORD)
+                            for key in secret["stringData"]}  # fmt: skip
+    secret_path.write_text(yaml.safe_dump(secret))
+    return out
 
 
 @pytest.mark.slow
@@ -421,57 +447,94 @@ CASES = {
 def test_delivery_starts_a_workflow_and_a_bad_one_nothing_end_to_end(
     kind: str, tmp_path: Path, kube_api: Any, nats_server: Any
 ) -> None:
-    body, good, bad, bad_body, data_key = CASES[kind]
+    """``triggerfish run`` on the type's example: its sample push, delivered as the
+    provider delivers it, starts one Workflow with the commit; a badly signed one (for
+    Bitbucket Cloud: one that is not JSON) starts none; the hook is registered once and
+    deleted on shutdown."""
+    case = CASES[kind]
     with threaded(FakeHookHost(kind, token=TOKEN)) as fake:
-        spec: dict[str, Any] = {"webhook": {"endpoint": "/push", "port": "12000"}}
-        collection = ""
-        if kind == "gitlab":
-            spec |= {"projects": ["ml-team/training"], "events": ["PushEvents"],
-                     "accessToken": TOKEN_REF, "secretToken": SECRET_REF,
-                     "gitlabBaseURL": fake.api_url, "deleteHookOnFinish": True}  # fmt: skip
-            collection = "projects/ml-team/training"
-        elif kind == "bitbucket":
-            spec |= {"repositories": [{"owner": "ml-team", "repositorySlug": "training"}],
-                     "events": ["repo:push"]}  # fmt: skip
-        else:
-            spec |= {"repositories": [{"projectKey": "ML", "repositorySlug": "training"}],
-                     "events": ["repo:refs_changed"], "accessToken": TOKEN_REF,
-                     "webhookSecret": SECRET_REF, "bitbucketserverBaseURL": fake.api_url,
-                     "deleteHookOnFinish": True}  # fmt: skip
-            collection = "projects/ML/repos/training"
-        if collection:
-            spec["webhook"]["url"] = "https://hooks.example.com"
-        path = tmp_path / "manifests.yaml"
-        path.write_text(yaml.safe_dump_all(_manifests(kind, spec, data_key)))
+        example = _example(kind, case, tmp_path, fake)
+        body = (example / "events" / "push-payload.event.json").read_bytes()
         port = free_port()
-        tf = Triggerfish(files=[str(path)], state_dir=tmp_path / "state",
+        tf = Triggerfish(files=[str(example)], state_dir=tmp_path / "state",
                          kubeconfig=str(kube_api.kubeconfig), nats_url=nats_server.url,
-                         port_map={12000: port},
+                         port_map={case.port: port},
                          extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG"}).start()  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}/push"
             ctype = {"Content-Type": "application/json"}
-            refused = httpx.post(url, content=bad_body or body, headers={**ctype, **bad})
+            refused = httpx.post(url, content=case.bad_body or body,
+                                 headers={**ctype, **case.bad})  # fmt: skip
             assert refused.status_code in (400, 401, 403), refused.text
-            r = httpx.post(url, content=body, headers={**ctype, **good})
+            r = httpx.post(url, content=body, headers={**ctype, **case.good(body)})
             assert r.status_code == 200, (r.text, tf.log())
             wait_for(lambda: list_workflows(kube_api), timeout=30, interval=0.2)
-            if collection:
-                wait_for(lambda: fake.urls(collection), timeout=15, interval=0.1)
-                assert fake.urls(collection) == [HOOK_URL]
+            if case.collection:
+                wait_for(lambda: fake.urls(case.collection), timeout=15, interval=0.1)
+                assert fake.urls(case.collection) == [HOOK_URL]
             time.sleep(1.0)  # a Workflow from the refused request would show by now
             [workflow] = list_workflows(kube_api)
-            assert params_of(workflow) == {"commit": SHA}
+            assert params_of(workflow) == {"commit": SHA, "repository": case.repository}
             outputs = api_outputs(tf)
         finally:
             tf.stop()
-        if collection:
-            assert fake.hooks[collection] == [], tf.log()
+        if case.collection:
+            assert fake.hooks[case.collection] == [], tf.log()
         outputs["log"] = tf.log()
         assert SHA in outputs["/api/v1/traces"]  # what the API shows of the event
         leaks = [(s, where) for where, text in outputs.items() for s in (SECRET, TOKEN)
                  if s in text]  # fmt: skip
         assert leaks == []
+
+
+SOURCES: dict[str, type[WebhookServedSource[Any]]] = {
+    "gitlab": GitlabSource, "bitbucket": BitbucketSource, "bitbucketserver": BitbucketServerSource,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+async def test_each_examples_sample_event_is_what_its_source_makes_of_the_sample_push(
+    kind: str,
+) -> None:
+    """The example's ``events/push.event.json`` (what ``triggerfish test`` is given) is
+    the event data its own EventSource and Secret make of ``push-payload.event.json``
+    delivered with those headers: the same body, the same header values (the token
+    masked), the signature header aside (the sample shows it elided)."""
+    case = CASES[kind]
+    example = EXAMPLES / case.example
+    es = yaml.safe_load((example / "event-source.yaml").read_text())
+    secret = yaml.safe_load((example / "secret.yaml").read_text())
+    name = secret["metadata"]["name"]
+    pub = Publisher()
+    ctx = SourceContext(
+        publish=pub,
+        secrets=DictSecrets({(name, k): v for k, v in secret["stringData"].items()}),
+        metrics=CountingMetrics(),
+        log=logging.getLogger("test.githosts"),
+        bind_host="127.0.0.1",
+    )
+    cls = SOURCES[kind]
+    cfg = cls.config_model.model_validate(es["spec"][kind]["push"])
+    source = cls(es["metadata"]["name"], NS, {"push": cfg}, ctx)
+    sample = json.loads((example / "events" / "push.event.json").read_text())
+    body = (example / "events" / "push-payload.event.json").read_bytes()
+    signature = "X-Hub-Signature"
+    headers = {k: v[0] for k, v in sample["headers"].items() if k != signature}
+    if signature in sample["headers"]:
+        headers[signature] = hub(body, secret["stringData"]["secret"])
+    if kind == "gitlab":
+        headers["X-Gitlab-Token"] = secret["stringData"]["secret"]
+    [app] = (await source.prepare()).values()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://git") as c:
+        r = await c.post("/push", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    [event] = pub.events
+    assert event.data["body"] == sample["body"] == json.loads(body)
+    assert set(event.data) == set(sample)
+    for key, value in sample["headers"].items():
+        if key != signature:
+            assert event.data["headers"][key] == value, key
 
 
 def api_outputs(tf: Triggerfish) -> dict[str, str]:
