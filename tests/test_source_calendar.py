@@ -41,6 +41,7 @@ from eventsources.calendar import (
 )
 from tests.support.brokers import CountingPublisher, Stream, eventually_long, source_context
 from tests.support.clock import FakeClock
+from tests.support.sources import CountingMetrics
 
 START = datetime(2024, 3, 1, 0, 30, tzinfo=UTC)
 HOUR = 3600.0
@@ -229,10 +230,16 @@ async def test_filter_expression_drops_ticks(bus: Bus, nats_server: EmbeddedNats
                           "metadata": {"run": "no"}},
               "kept": {"interval": "1h", "filter": {"expression": "metadata.run == 'yes'"},
                        "metadata": {"run": "yes"}}}  # fmt: skip
-    async with _calendar(bus, clock, events):
+    async with _calendar(bus, clock, events) as (source, _):
+        metrics = source.ctx.metrics
+        assert isinstance(metrics, CountingMetrics)
         await _step(clock, stream, HOUR, 1)
         await _step(clock, stream, HOUR, 2)
+        # each tick is counted as sent or filtered, per event name, as on every source
+        await eventually_long(lambda: metrics.counts["filtered", "dropped"] == 2, "counted")
     assert {e["subject"] for e in await stream.events()} == {"kept"}
+    assert metrics.counts["sent", "kept"] == 2 and metrics.counts["sent", "dropped"] == 0
+    assert metrics.sources == {"nightly"}
 
 
 async def test_a_tick_the_bus_refuses_is_retried_not_skipped(
@@ -386,6 +393,30 @@ async def test_catchup_is_bounded_by_max_duration(
         await run.stop()
     times = [e["data"]["eventTime"][11:16] for e in await stream.events()]
     assert times == ["01:00", "06:00", "07:00", "08:00", "09:00", "10:00", "11:00"]
+
+
+async def test_exclusion_dates_hold_live_and_in_the_catchup_after_a_restart(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    clock = FakeClock(_ts(START))
+    stream = Stream(nats_server.url)
+    daily = """schedule: "0 12 * * *"
+      exclusionDates: ["EXDATE:20240302T000000Z", "EXDATE:20240305T093000Z"]"""
+    manifest = CALENDAR_ES.replace('schedule: "0 * * * *"', daily)
+    run = Runtime(tmp_path, nats_server.url, clock, manifest.replace(", maxDuration: 6h", ""))
+    await run.start()
+    try:
+        await _step(clock, stream, 12 * HOUR, 1)  # 03-01 12:00
+        await run.stop()
+        clock.advance(3 * 24 * HOUR)  # now 03-04 12:30: 03-02 (excluded) fell due while down
+        await run.start()
+        assert await stream.count() == 3  # 03-03 and 03-04 caught up
+        await _step(clock, stream, 2 * 24 * HOUR, 4)  # 03-05 excluded, 03-06 fires
+    finally:
+        await run.stop()
+    days = [e["data"]["eventTime"][:16] for e in await stream.events()]
+    assert days == ["2024-03-01 12:00", "2024-03-03 12:00", "2024-03-04 12:00",
+                    "2024-03-06 12:00"]  # fmt: skip
 
 
 async def test_config_map_persistence_through_the_kubernetes_api(
