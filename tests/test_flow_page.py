@@ -134,6 +134,9 @@ def test_the_seed_pipeline_on_the_page(
         wait(browser, lambda d: count_text(d, SEED_TRIGGER, "deadLettered") == "1 dead-lettered")
         wait(browser, lambda d: "Forbidden" in find(d, node_css(SEED_TRIGGER)).text)
         wait(browser, lambda d: find(d, "#dlq-count").text == "1")
+        # ... and on the edge to the trigger's objects
+        labels = "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
+        wait(browser, lambda d: "2 fired · 1 failed · 1 dead-lettered" in d.execute_script(labels))
         find(browser, node_css(SEED_TRIGGER)).click()
         error = wait(browser, lambda d: text(d, "#panel .trigger-error"))
         assert "Forbidden" in error
