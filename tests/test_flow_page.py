@@ -94,6 +94,15 @@ def test_the_seed_pipeline_on_the_page(
             "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
         )
         assert "1 in" in edge_labels and "1 fired" in edge_labels, edge_labels
+        # click an edge (its label; the edges are redrawn on every poll): the events
+        # through it, here the trigger's firing
+        label = f'#edges g.label[data-edge="{SEED_TRIGGER}"]'
+        wait(browser, lambda d: find(d, label).click() or True)
+        wait(
+            browser,
+            lambda d: text(d, "#panel h3") == "Trigger trigger-ml-pipeline of ml-pipeline-sensor",
+        )
+        assert "succeeded" in wait(browser, lambda d: text(d, "#panel .trace[open]"))
 
         # click the dependency: its trace, with each parameter's value and source
         find(browser, node_css(SEED_DEP)).click()
