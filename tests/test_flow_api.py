@@ -4,6 +4,7 @@ across a restart, dead letters listed, replayed exactly once, and discarded."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
+from app.adapters.bus import Bus
 from app.adapters.natsserver import EmbeddedNats
+from app.kernel.settings import BusSettings
 from tests.support.flow import (
     BERT_DEP,
     REPO,
@@ -124,6 +128,54 @@ def test_a_bus_outage_shows_as_not_ready_with_its_reason(
         wait_for(lambda: len(workflows(kube_api)) == 1, timeout=15)
     finally:
         tf.stop()
+
+
+def test_a_sensor_whose_bus_consumer_is_down_shows_why(
+    tmp_path: Path, kube_api: Any, nats_server: EmbeddedNats
+) -> None:
+    """The bus stays connected but the EventBus stream (with the sensors' durable
+    consumers) is deleted under the running process: each sensor is "not ready", the
+    reason naming the dependency whose consumer cannot consume; once the stream is
+    back the consumers are recreated and the sensor is ready and fires again."""
+    tf, port = start_seed(tmp_path, kube_api, nats_url=nats_server.url)
+    try:
+        sensor_id = "sn:argo-events/ml-pipeline-sensor"
+
+        def status() -> dict[str, str]:
+            flow = _get(tf, "/api/v1/flow")
+            return dict(next(s["status"] for s in flow["sensors"] if s["id"] == sensor_id))
+
+        assert status() == {"state": "ready", "reason": ""}
+        asyncio.run(_jetstream(nats_server.url, lambda js: js.delete_stream("default")))
+        wait_for(lambda: status()["state"] == "not ready", timeout=20)
+        reason = status()["reason"]
+        assert reason.startswith("bus consumer of training-event down: "), reason
+        [seed] = [s for s in _get(tf, "/api/v1/sensors") if s["name"] == "ml-pipeline-sensor"]
+        assert seed["status"] == {"state": "not ready", "reason": reason}
+
+        async def recreate() -> None:
+            bus = Bus(BusSettings(), nats_server.url)
+            await bus.connect()
+            try:
+                await bus.ensure_stream("default")
+            finally:
+                await bus.close()
+
+        asyncio.run(recreate())
+        wait_for(lambda: status() == {"state": "ready", "reason": ""}, timeout=30)
+        post(port, {"model": "resnet", "dataset": "after-the-stream-came-back"})
+        wait_for(lambda: len(workflows(kube_api)) == 1, timeout=15)
+    finally:
+        tf.stop()
+
+
+async def _jetstream(url: str, act: Any) -> None:
+    """Run ``act(jetstream)`` on a connection of its own (the process's is untouched)."""
+    nc = await nats.connect(url)
+    try:
+        await act(nc.jetstream())
+    finally:
+        await nc.close()
 
 
 def test_traces_survive_a_restart(tmp_path: Path, kube_api: Any) -> None:

@@ -94,6 +94,15 @@ def test_the_seed_pipeline_on_the_page(
             "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
         )
         assert "1 in" in edge_labels and "1 fired" in edge_labels, edge_labels
+        # click an edge (its label; the edges are redrawn on every poll): the events
+        # through it, here the trigger's firing
+        label = f'#edges g.label[data-edge="{SEED_TRIGGER}"]'
+        wait(browser, lambda d: find(d, label).click() or True)
+        wait(
+            browser,
+            lambda d: text(d, "#panel h3") == "Trigger trigger-ml-pipeline of ml-pipeline-sensor",
+        )
+        assert "succeeded" in wait(browser, lambda d: text(d, "#panel .trace[open]"))
 
         # click the dependency: its trace, with each parameter's value and source
         find(browser, node_css(SEED_DEP)).click()
@@ -134,6 +143,9 @@ def test_the_seed_pipeline_on_the_page(
         wait(browser, lambda d: count_text(d, SEED_TRIGGER, "deadLettered") == "1 dead-lettered")
         wait(browser, lambda d: "Forbidden" in find(d, node_css(SEED_TRIGGER)).text)
         wait(browser, lambda d: find(d, "#dlq-count").text == "1")
+        # ... and on the edge to the trigger's objects
+        labels = "return [...document.querySelectorAll('#edges text')].map(t => t.textContent)"
+        wait(browser, lambda d: "2 fired · 1 failed · 1 dead-lettered" in d.execute_script(labels))
         find(browser, node_css(SEED_TRIGGER)).click()
         error = wait(browser, lambda d: text(d, "#panel .trigger-error"))
         assert "Forbidden" in error

@@ -275,7 +275,8 @@ function edgeList() {
     for (const t of s.triggers) {
       if (!t.objects.length) continue;
       out.push({ from: t.id, to: "obj:" + t.id.slice(4), select: t.id, counts: t.counts.window,
-        label: (c) => `${c.fired || 0} fired` + (c.failed ? ` · ${c.failed} failed` : "") });
+        label: (c) => `${c.fired || 0} fired` + (c.failed ? ` · ${c.failed} failed` : "") +
+          (c.deadLettered ? ` · ${c.deadLettered} dead-lettered` : "") });
     }
   }
   return out;
