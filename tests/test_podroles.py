@@ -60,7 +60,7 @@ class RoleProc:
                 env=env, cwd=str(REPO),
             )  # fmt: skip
         try:
-            wait_for(lambda: self.readyz()["ready"], timeout=30, interval=0.05)
+            wait_for(lambda: self.readyz()["ready"], timeout=60, interval=0.05)
         except TimeoutError:
             self.stop()
             raise AssertionError(f"{self.args} did not become ready:\n{self.log()}") from None

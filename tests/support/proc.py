@@ -38,7 +38,7 @@ class Triggerfish:
     log_path: Path | None = None
 
     def start(
-        self, timeout: float = 30.0, until: Callable[[Triggerfish], bool] | None = None
+        self, timeout: float = 60.0, until: Callable[[Triggerfish], bool] | None = None
     ) -> Triggerfish:
         """Start and wait until ready (or until ``until(self)`` holds)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
