@@ -209,6 +209,10 @@ TARGETS: dict[str, Target] = {
                         "test_stopping_while_the_broker_does_not_answer_still_stops",
                         "test_a_failed_batch_pauses_the_receives_and_each_pause_doubles",
                         "test_a_stop_the_sdk_loses_in_a_settle_call_still_stops",
+                        "test_a_stop_between_two_settles_hands_back_exactly_the_unsettled_messages",
+                        "test_a_hand_back_refused_on_shutdown_does_not_keep_the_rest_locked",
+                        "test_a_failed_dead_letter_call_is_logged_and_the_connection_kept",
+                        "test_a_stop_the_sdk_loses_in_a_receive_call_still_stops_and_hands_back_the_batch",
                     )
                 ),
                 "tests/test_source_filters.py::test_service_bus_completes_filtered_messages_without_publishing",

@@ -586,12 +586,19 @@ class AzureServiceBusSource(EventSourcePlugin[AzureServiceBusConfig]):
         keeper = _LockKeeper(receiver, self.ctx, where)
         pause = self.tuning.failure_pause_initial_seconds
         keeper_task = asyncio.create_task(keeper.run(), name=f"{where}: lock renewal")
+        task = asyncio.current_task()
         try:
             while True:
                 batch = await receiver.receive_messages(
                     max_message_count=self.tuning.receive_batch_size,
                     max_wait_time=self.tuning.receive_wait_seconds,
                 )
+                if task is not None and task.cancelling():
+                    # A stop that landed in the receive call: the SDK's call can return
+                    # (with messages, locked to this receiver) instead of raising it, and
+                    # the loop would go on. Hand what came back and stop.
+                    await self._abandon_on_shutdown(receiver, batch, where)
+                    raise asyncio.CancelledError
                 if not batch:
                     continue
                 settled = 0

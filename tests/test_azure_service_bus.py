@@ -29,6 +29,7 @@ import pytest
 import yaml
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
 from pydantic import BaseModel, ValidationError
 
 from app.adapters.bus import Bus
@@ -718,6 +719,217 @@ async def test_a_stop_the_sdk_loses_in_a_settle_call_still_stops(
         assert done, "the source went on after the stop"
         assert lost == 1
         assert task.cancelled()
+
+
+async def _stop(task: asyncio.Task[None]) -> bool:
+    """Cancel the source's task; True when it ended within a bound against hanging (a
+    source that went on is cancelled until it ends, for the tests after it)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+    return bool(done)
+
+
+def _ids(messages: list[Any]) -> list[str]:
+    return [str(m.message_id) for m in messages]
+
+
+async def test_a_stop_between_two_settles_hands_back_exactly_the_unsettled_messages(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three messages received in one batch, all published; the stop lands while the
+    third is being completed (the real complete call is wrapped to hold there). The two
+    completed ones stay completed; only the third is handed back (abandoned) on the way
+    out: neither a settled message handed back (its lock is gone, the call fails) nor
+    an unsettled one left locked for its 60 s."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    batches: list[list[str]] = []
+    completing: list[str] = []
+    completed: list[str] = []
+    handed_back: list[str] = []
+    holding = asyncio.Event()
+    receive = ServiceBusReceiver.receive_messages
+    complete = ServiceBusReceiver.complete_message
+    abandon = ServiceBusReceiver.abandon_message
+
+    async def recording_receive(self: ServiceBusReceiver, *args: Any, **kwargs: Any) -> Any:
+        batch = await receive(self, *args, **kwargs)
+        if batch:
+            batches.append(_ids(batch))
+        return batch
+
+    async def holding_third_complete(self: ServiceBusReceiver, message: Any) -> None:
+        completing.append(str(message.message_id))
+        if len(completing) == 3:
+            holding.set()
+            await asyncio.Event().wait()  # the stop lands here
+        await complete(self, message)
+        completed.append(str(message.message_id))
+
+    async def recording_abandon(self: ServiceBusReceiver, message: Any) -> None:
+        handed_back.append(str(message.message_id))
+        await abandon(self, message)
+
+    monkeypatch.setattr(ServiceBusReceiver, "receive_messages", recording_receive)
+    monkeypatch.setattr(ServiceBusReceiver, "complete_message", holding_third_complete)
+    monkeypatch.setattr(ServiceBusReceiver, "abandon_message", recording_abandon)
+    published: list[str] = []
+
+    async def accept(event: Event) -> None:
+        published.append(event.data["messageID"])
+
+    source = _source(server, accept, {"trio": _queue("trio")})
+    async with Peer(server, queues=("trio",)) as peer:
+        # Queued before the source starts: its first receive takes all three at once.
+        await peer.send(
+            "trio", *(ServiceBusMessage(f"m{i}", message_id=f"t-{i}") for i in range(3))
+        )
+        task = asyncio.create_task(source.run())
+        await _eventually(holding.is_set, "the third message is being completed")
+        assert await _stop(task), "the source went on after the stop"
+        assert task.cancelled()
+        [batch] = batches
+        assert sorted(batch) == ["t-0", "t-1", "t-2"]
+        assert sorted(published) == sorted(batch)
+        assert completing == batch
+        assert completed == batch[:2]
+        assert handed_back == batch[2:]
+        assert _ids(await peer.peek("trio")) == batch[2:]
+
+
+async def test_a_hand_back_refused_on_shutdown_does_not_keep_the_rest_locked(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped with two messages being published, the first hand-back fails (its lock
+    lost, as the broker may answer): the second is still handed back, and the stop
+    completes."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    tried: list[str] = []
+    handed_back: list[str] = []
+    abandon = ServiceBusReceiver.abandon_message
+
+    async def refusing_the_first_abandon(self: ServiceBusReceiver, message: Any) -> None:
+        tried.append(str(message.message_id))
+        if len(tried) == 1:
+            raise MessageLockLostError(message="the lock of the message was lost")
+        await abandon(self, message)
+        handed_back.append(str(message.message_id))
+
+    monkeypatch.setattr(ServiceBusReceiver, "abandon_message", refusing_the_first_abandon)
+    hang, is_holding = _hanging_publish()
+    source = _source(server, hang, {"pair": _queue("pair")})
+    async with Peer(server, queues=("pair",)) as peer:
+        # Queued before the source starts: its first receive takes both at once.
+        await peer.send(
+            "pair",
+            ServiceBusMessage("a", message_id="p-0"),
+            ServiceBusMessage("b", message_id="p-1"),
+        )
+        task = asyncio.create_task(source.run())
+        await _eventually(is_holding, "the messages are being published")
+        assert await _stop(task), "the source did not stop"
+        assert task.cancelled()
+    assert sorted(tried) == ["p-0", "p-1"]
+    assert handed_back == tried[1:]
+
+
+async def test_a_failed_dead_letter_call_is_logged_and_the_connection_kept(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer],
+    bus: Bus,
+    nats_server: EmbeddedNats,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dead-letter call of a body that is not JSON fails once (the broker's error):
+    the failure is logged and the source goes on on the same connection; the message
+    comes back when its lock expires and is dead-lettered then."""
+    caplog.set_level(logging.INFO, logger="test.azure_service_bus")
+    server = fake_servicebus_factory(lock_duration_seconds=1.0)
+    refusals = 1
+    dead_letter = ServiceBusReceiver.dead_letter_message
+
+    async def refusing_once(self: ServiceBusReceiver, message: Any, **kwargs: Any) -> None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise ServiceBusError("the broker did not take the disposition")
+        await dead_letter(self, message, **kwargs)
+
+    monkeypatch.setattr(ServiceBusReceiver, "dead_letter_message", refusing_once)
+    source = _source(
+        server, lambda e: bus.publish("default", e), {"strict": _queue("strict", jsonBody=True)}
+    )
+    async with Peer(server, queues=("strict",)) as peer, _running(source):
+        await peer.send("strict", ServiceBusMessage("{not json", message_id="bad-1"))
+        await _eventually(lambda: refusals == 0, "the dead-letter call refused")
+        await peer.send("strict", ServiceBusMessage('{"ok": 1}', message_id="good-1"))
+
+        async def settled() -> bool:
+            return await _stream_count(nats_server.url) == 1 and not await peer.peek("strict")
+
+        await _eventually(settled, "the good message published, the bad one dead-lettered")
+        async with peer.client.get_queue_receiver(
+            "strict", sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=5
+        ) as dlq:
+            [dead] = await dlq.receive_messages(max_message_count=5, max_wait_time=5)
+            assert dead.message_id == "bad-1"
+            assert dead.dead_letter_reason == "InvalidJSONBody"
+            await dlq.complete_message(dead)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "dead-letter of message bad-1 failed" in m]) == 1
+    assert len([m for m in lines if m.endswith(": receiving")]) == 1
+    assert not [m for m in lines if "reconnecting" in m]
+
+
+async def test_a_stop_the_sdk_loses_in_a_receive_call_still_stops_and_hands_back_the_batch(
+    fake_servicebus_factory: Callable[..., FakeServiceBusServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a settle call, a stop that lands in the receive call can be lost by the SDK,
+    which then returns what it received. The real receive call is wrapped to lose the
+    first stop and then receive a queued message: the source must still stop, and hand
+    that message back at once instead of publishing it."""
+    server = fake_servicebus_factory(lock_duration_seconds=60.0)
+    lost = 0
+    handed_back: list[str] = []
+    entered = asyncio.Event()
+    receive = ServiceBusReceiver.receive_messages
+    abandon = ServiceBusReceiver.abandon_message
+
+    async def losing_receive(self: ServiceBusReceiver, *args: Any, **kwargs: Any) -> Any:
+        nonlocal lost
+        if not entered.is_set():
+            entered.set()
+            try:
+                await asyncio.Event().wait()  # the stop lands here
+            except asyncio.CancelledError:
+                lost += 1  # lost, as the SDK's wait_for may: the call goes on
+        return await receive(self, *args, **kwargs)
+
+    async def recording_abandon(self: ServiceBusReceiver, message: Any) -> None:
+        await abandon(self, message)
+        handed_back.append(str(message.message_id))
+
+    monkeypatch.setattr(ServiceBusReceiver, "receive_messages", losing_receive)
+    monkeypatch.setattr(ServiceBusReceiver, "abandon_message", recording_abandon)
+    published: list[str] = []
+
+    async def accept(event: Event) -> None:
+        published.append(event.data["messageID"])
+
+    source = _source(server, accept, {"late": _queue("late")})
+    async with Peer(server, queues=("late",)) as peer:
+        await peer.send("late", ServiceBusMessage("x", message_id="r-1"))
+        task = asyncio.create_task(source.run())
+        await _eventually(entered.is_set, "the source is receiving")
+        assert await _stop(task), "the source went on after the stop"
+        assert task.cancelled()
+        assert lost == 1
+        assert published == []
+        assert handed_back == ["r-1"]
+        [waiting] = await peer.peek("late")
+        assert waiting.message_id == "r-1"
 
 
 # -- configuration -------------------------------------------------------------------------
