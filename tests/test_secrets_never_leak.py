@@ -10,8 +10,9 @@ GitHub API), SQS ``accessKey`` /
 ``secureHeaders`` (against a local recording server, once answering 200 and once 500 so
 the failure path, its retries and the dead letter are taken too). After one event from
 each source has gone through both triggers, every output is scanned for every value:
-the process log, every ``/api/v1/*`` answer, ``/metrics``, the probes and the OpenAPI
-document. The recording server proves the values were really used.
+the process log, every ``/api/v1/*`` answer, ``/metrics``, the probes, the OpenAPI
+document and the spans it exported over OTLP (errors included). The recording server
+proves the values were really used.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import yaml
 from tests.fakegithosts import FakeHookHost, threaded
 from tests.servicebus_fixtures import FakeServiceBusServer
 from tests.support.net import free_port, wait_for
+from tests.support.otlp import OtlpReceiver
 from tests.support.proc import Triggerfish
 
 NS = "argo-events"
@@ -181,8 +183,8 @@ def test_secret_values_appear_in_no_output(
 
     target_url, seen = target
     github = FakeHookHost("github", token=GITHUB_TOKEN)
-    with threaded(github):
-        _run_and_scan(tmp_path, sqs_endpoint, fake_servicebus, target_url, seen, github)
+    with threaded(github), OtlpReceiver() as otlp:
+        _run_and_scan(tmp_path, sqs_endpoint, fake_servicebus, target_url, seen, github, otlp)
 
 
 def _run_and_scan(
@@ -192,6 +194,7 @@ def _run_and_scan(
     target_url: str,
     seen: list[tuple[str, dict[str, str]]],
     github: FakeHookHost,
+    otlp: OtlpReceiver,
 ) -> None:
     import boto3
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
@@ -207,8 +210,9 @@ def _run_and_scan(
         files=[str(manifests)],
         state_dir=tmp_path / "state",
         port_map={12000: port, 12001: github_port},
-        extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG", "TRIGGERFISH_LOG_FORMAT": "json"},
-    ).start()
+        extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG", "TRIGGERFISH_LOG_FORMAT": "json",
+                   **otlp.env},
+    ).start()  # fmt: skip
     base = f"http://127.0.0.1:{tf.api_port}"
     try:
         hook = f"http://127.0.0.1:{port}/hook"
@@ -253,6 +257,7 @@ def _run_and_scan(
     outputs["log"] = tf.log_path.read_text(errors="replace") if tf.log_path else ""
     assert "dead-lettered" in outputs["/api/v1/traces"]
     assert '"level": "debug"' in outputs["log"]
+    outputs["spans"] = otlp.scannable(["webhook hook", "trigger ok", "trigger fails"])
     leaks = [
         (secret, where, text[max(0, text.find(secret) - 200) : text.find(secret) + 50])
         for where, text in outputs.items()

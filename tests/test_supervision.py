@@ -6,7 +6,8 @@
   is dead is still found and replaced.
 * SIGKILL of the embedded nats-server mid-burst: Triggerfish starts it again on the same
   store and port, and every event answered 200 before, during or after produces exactly
-  one Workflow.
+  one Workflow. A round of a two-dependency sensor half stored when the server dies
+  completes once after the restart: its state bucket and both consumers resume.
 * A server that cannot come back (broken store, then its port taken): ``/readyz`` and
   posts say 503 meanwhile, ``/healthz`` fails after ``unhealthy_after_seconds``; once the
   store is back the server starts on a new port, the connection follows, and everything
@@ -254,3 +255,93 @@ def test_stop_while_the_bus_cannot_restart_exits_cleanly(tmp_path: Path, kube_ap
     assert tf.stop() == 0, tf.log()
     assert not (tf.state_dir / "nats" / "nats-server.pid").exists()
     assert "stopped" in tf.log()
+
+
+AND_MANIFESTS = """\
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {name: webhook, namespace: argo-events}
+spec:
+  webhook:
+    model: {port: "12000", endpoint: /model, method: POST}
+    data: {port: "12000", endpoint: /data, method: POST}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {name: both, namespace: argo-events}
+spec:
+  dependencies:
+    - {name: m, eventSourceName: webhook, eventName: model}
+    - {name: d, eventSourceName: webhook, eventName: data}
+  triggers:
+    - template:
+        name: run
+        conditions: "m && d"
+        k8s:
+          operation: create
+          source:
+            resource:
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              metadata: {generateName: both-}
+              spec:
+                arguments:
+                  parameters: [{name: model, value: none}, {name: dataset, value: none}]
+          parameters:
+            - src: {dependencyName: m, dataKey: body.model}
+              dest: spec.arguments.parameters.0.value
+            - src: {dependencyName: d, dataKey: body.dataset}
+              dest: spec.arguments.parameters.1.value
+"""
+
+
+@pytest.mark.slow
+def test_a_round_half_done_when_the_embedded_nats_dies_completes_once_after_its_restart(
+    tmp_path: Path, kube_api: Any
+) -> None:
+    """The supervised restart brings back the sensor's condition state (its KV bucket)
+    and both dependencies' durable consumers: the half of a round stored before the
+    SIGKILL and the half posted after it fire together, once, and the next round too."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for f in SEED.glob("*.yaml"):  # the EventBus, template and RBAC of the seed
+        if not re.search(r"^kind: (EventSource|Sensor)$", f.read_text(), re.M):
+            (manifests / f.name).write_text(f.read_text())
+    (manifests / "and.yaml").write_text(AND_MANIFESTS)
+    port = free_port()
+    tf = Triggerfish(
+        files=[str(manifests)],
+        state_dir=tmp_path / "state",
+        kubeconfig=str(kube_api.kubeconfig),
+        port_map={12000: port},
+    ).start(timeout=60)
+    base = f"http://127.0.0.1:{port}"
+    api = f"http://127.0.0.1:{tf.api_port}"
+
+    def post(path: str, body: dict[str, str]) -> int:
+        return httpx.post(f"{base}/{path}", json=body, timeout=15).status_code
+
+    def rounds() -> collections.Counter[tuple[str, str]]:
+        return collections.Counter(
+            (params_of(w)["model"], params_of(w)["dataset"]) for w in list_workflows(kube_api)
+        )
+
+    try:
+        assert post("model", {"model": "r0"}) == 200
+        traces = f"{api}/api/v1/traces"
+        wait_for(lambda: len(httpx.get(traces, timeout=5).json()) == 1, timeout=30, interval=0.1)
+        killed = _nats_pid(tf)
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: _nats_pid(tf) != killed, timeout=30, interval=0.1)
+        wait_for(lambda: post("data", {"dataset": "d0"}) == 200, timeout=30, interval=0.25)
+        wait_for(lambda: sum(rounds().values()) == 1, timeout=60, interval=0.25)
+        assert post("model", {"model": "r1"}) == 200
+        assert post("data", {"dataset": "d1"}) == 200
+        wait_for(lambda: sum(rounds().values()) == 2, timeout=60, interval=0.25)
+        wait_for(lambda: len(httpx.get(traces, timeout=5).json()) >= 4, timeout=30, interval=0.1)
+        assert rounds() == {("r0", "d0"): 1, ("r1", "d1"): 1}, tf.log()
+        assert not _alive(killed)
+        metrics = httpx.get(f"{api}/metrics", timeout=5).text
+        assert "triggerfish_bus_server_restarts_total 1.0" in metrics
+    finally:
+        assert tf.stop() == 0, tf.log()

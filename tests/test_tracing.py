@@ -6,16 +6,12 @@ in-process, and over OTLP/HTTP against a local receiver from a real ``triggerfis
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.adapters import tracing
@@ -26,6 +22,7 @@ from app.kernel.events import Event
 from app.kernel.settings import Settings
 from app.kernel.tracecontext import child_of, parse_traceparent
 from tests.support.net import free_port, wait_for
+from tests.support.otlp import OtlpReceiver
 from tests.support.proc import Triggerfish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,65 +156,37 @@ async def test_seed_event_as_spans(
 # --------------------------------------------------------------------------- OTLP over HTTP
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    requests: list[ExportTraceServiceRequest]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        req = ExportTraceServiceRequest()
-        req.ParseFromString(body)
-        self.server.requests.append(req)  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
 @pytest.mark.slow
 def test_a_real_run_exports_over_otlp_http(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    port = free_port()
-    tf = Triggerfish(
-        files=[str(SEED)],
-        state_dir=tmp_path / "state",
-        port_map={12000: port},
-        extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
-    ).start()
-    try:
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/trigger", json={"model": "resnet", "dataset": "x"}, timeout=10
-        )
-        assert r.status_code == 200
-
-        def names() -> dict[str, str]:
-            out = {}
-            for req in list(server.requests):  # type: ignore[attr-defined]
-                for rs in req.resource_spans:
-                    for ss in rs.scope_spans:
-                        for s in ss.spans:
-                            out[s.name] = s.trace_id.hex()
-            return out
-
+    with OtlpReceiver() as otlp:
+        port = free_port()
+        tf = Triggerfish(
+            files=[str(SEED)],
+            state_dir=tmp_path / "state",
+            port_map={12000: port},
+            extra_env=otlp.env,
+        ).start()
         try:
-            wait_for(lambda: "k8s create Workflow" in names(), timeout=20)
-        except TimeoutError:
-            raise AssertionError(f"spans received: {sorted(names())}\n{tf.log()}") from None
-        got = names()
-        steps = ("webhook trigger", "sensor ml-pipeline-sensor", "trigger trigger-ml-pipeline")
-        trace_ids = {got[n] for n in (*steps, "k8s create Workflow")}
-        assert len(trace_ids) == 1
-        [wf] = (tmp_path / "state" / "objects" / "argo-events" / "Workflow").glob("*.yaml")
-        annotations = yaml.safe_load(wf.read_text())["metadata"]["annotations"]
-        assert annotations["events.triggerfish.io/trace-id"] == trace_ids.pop()
-    finally:
-        assert tf.stop() == 0, tf.log()
-        server.shutdown()
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/trigger",
+                json={"model": "resnet", "dataset": "x"},
+                timeout=10,
+            )
+            assert r.status_code == 200
+
+            def names() -> dict[str, str]:
+                return {s.name: s.trace_id.hex() for s in otlp.spans()}
+
+            try:
+                wait_for(lambda: "k8s create Workflow" in names(), timeout=20)
+            except TimeoutError:
+                raise AssertionError(f"spans received: {sorted(names())}\n{tf.log()}") from None
+            got = names()
+            steps = ("webhook trigger", "sensor ml-pipeline-sensor", "trigger trigger-ml-pipeline")
+            trace_ids = {got[n] for n in (*steps, "k8s create Workflow")}
+            assert len(trace_ids) == 1
+            [wf] = (tmp_path / "state" / "objects" / "argo-events" / "Workflow").glob("*.yaml")
+            annotations = yaml.safe_load(wf.read_text())["metadata"]["annotations"]
+            assert annotations["events.triggerfish.io/trace-id"] == trace_ids.pop()
+        finally:
+            assert tf.stop() == 0, tf.log()

@@ -9,9 +9,9 @@ dead-lettered. The peers are real servers on 127.0.0.1: a second nats-server wit
 auth, the fake Service Bus broker, the fake Slack Web API, the fake Lambda Invoke API,
 the fake OpenWhisk API, an SMTP server with STARTTLS and AUTH (its certificate trusted
 through the process's ``SSL_CERT_FILE``). The peers prove the credentials were used;
-then the
-log, every ``/api/v1/*`` answer, ``/metrics``, the probes and the OpenAPI document are
-scanned for every value.
+then the log, every ``/api/v1/*`` answer, ``/metrics``, the probes, the OpenAPI document
+and the spans exported over OTLP (each trigger's, errors included) are scanned for every
+value.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests.servicebus_fixtures import FakeServiceBusServer
 from tests.sqs_fixtures import AWS_TEST_ENV
 from tests.support.natspeer import NatsPeer
 from tests.support.net import free_port, wait_for
+from tests.support.otlp import OtlpReceiver
 from tests.support.proc import Triggerfish
 from tests.test_trigger_email import PASSWORD as SMTP_PASSWORD
 from tests.test_trigger_email import Mailbox, start_smtp
@@ -163,6 +164,18 @@ def test_trigger_credentials_appear_in_no_output(
     aws_lambda: FakeLambda,
     whisk: FakeOpenWhisk,
 ) -> None:
+    with OtlpReceiver() as otlp:
+        _run_and_scan(tmp_path, fake_servicebus, slack, aws_lambda, whisk, otlp)
+
+
+def _run_and_scan(
+    tmp_path: Path,
+    fake_servicebus: FakeServiceBusServer,
+    slack: FakeSlack,
+    aws_lambda: FakeLambda,
+    whisk: FakeOpenWhisk,
+    otlp: OtlpReceiver,
+) -> None:
     from azure.servicebus import ServiceBusClient
 
     pki = make_pki(tmp_path)
@@ -185,7 +198,7 @@ def test_trigger_credentials_appear_in_no_output(
             extra_env={"TRIGGERFISH_LOG_LEVEL": "DEBUG", "TRIGGERFISH_LOG_FORMAT": "json",
                        "TRIGGERFISH_SENSOR__SLACK_API_URL": slack.url,
                        "SSL_CERT_FILE": str(tmp_path / "ca.pem"),
-                       **AWS_TEST_ENV, "AWS_ENDPOINT_URL_LAMBDA": aws_lambda.url},
+                       **AWS_TEST_ENV, "AWS_ENDPOINT_URL_LAMBDA": aws_lambda.url, **otlp.env},
         ).start()  # fmt: skip
         base = f"http://127.0.0.1:{tf.api_port}"
         hook = f"http://127.0.0.1:{port}/hook"
@@ -234,6 +247,7 @@ def test_trigger_credentials_appear_in_no_output(
     outputs["log"] = tf.log_path.read_text(errors="replace") if tf.log_path else ""
     assert '"level": "debug"' in outputs["log"]
     assert "authorization violation" in outputs["/api/v1/traces"]
+    outputs["spans"] = otlp.scannable([f"trigger {name}" for name in done])
     leaks = [
         (secret, where, text[max(0, text.find(secret) - 200) : text.find(secret) + 50])
         for where, text in outputs.items()
