@@ -21,6 +21,7 @@ from tests.support.sensors import SensorHarness, eventually
 
 TRANSFORM = """
 if event.body.loop then while true do end end
+if event.body.pattern then string.rep("a", 400):find(".-.-.-.-b") end
 if event.body.bomb then
   local t = {}
   for i = 1, 1e9 do t[i] = string.rep("x", 4096) .. i end
@@ -121,8 +122,9 @@ async def test_a_runaway_transform_fails_its_event_and_others_keep_flowing(
     await bus.publish("default", _event("lua", model="b", bomb=True))
     await bus.publish("default", _event("jq", model="C"))
     await bus.publish("default", _event("jq", model="E", loop=True))
+    await bus.publish("default", _event("lua", model="f", pattern=True))
     await bus.publish("default", _event("lua", model="d"))
-    await eventually(lambda: len(h.traces.recent()) == 5, timeout=30)
+    await eventually(lambda: len(h.traces.recent()) == 6, timeout=30)
     await eventually(lambda: len(_models(kube)) == 2)
     assert _models(kube) == ["D", "c-jq"]
     failed = sorted((t.transform, t.error) for t in h.traces.recent() if t.outcome() == "failed")
@@ -132,6 +134,7 @@ async def test_a_runaway_transform_fails_its_event_and_others_keep_flowing(
          "10000000 instructions"),
         ("script: failed", "transform script: the script ran past its memory limit of "
          "33554432 bytes"),
+        ("script: failed", "transform script: the script ran past its time limit of 2 s"),
     ]  # fmt: skip
     await h.stop()
     # failed events are acked (as Argo drops them), not redelivered forever
