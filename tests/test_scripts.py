@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from app.compose.manifests import check_one
 from app.kernel.errors import ScriptError
 from app.kernel.events import Event
-from app.languages.jq import JqProgram
+from app.languages.jq import JqLimits, JqProgram
 from app.languages.lua import LuaLimits, LuaScript
 from sensors.filters import CompiledFilters
 from sensors.spec import DataFilter, EventDependencyFilter, EventDependencyTransformer
@@ -206,6 +207,9 @@ def test_the_sandbox_has_no_way_out(name: str) -> None:
         ("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end",
          "the script ran past its memory limit of 4194304 bytes"),
         ("return string.rep('x', 1e9)", "the script ran past its memory limit of 4194304 bytes"),
+        # pattern matching runs in C, out of the hook's reach: the time limit ends it
+        ("return ('a'):rep(400):find('.-.-.-.-b')",
+         "the script ran past its time limit of 2 s"),
         ("return setmetatable({}, {__gc = function() while true do end end})",
          "__gc metamethods are not allowed in a sensor script"),
         ("local t = {} t.t = t return t",
@@ -223,6 +227,52 @@ def test_a_runaway_script_fails_with_a_clear_error(source: str, message: str) ->
     with pytest.raises(ScriptError) as info:
         script.run({"a": 1})
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "limits", "message"),
+    [
+        ("last(range(1e18))", JqLimits(time_seconds=1.0),
+         "the jq program ran past its time limit of 1 s"),
+        ('reduce range(40) as $i ("x"; . + .)',
+         JqLimits(time_seconds=120.0, max_memory_bytes=64 << 20),
+         "the jq program ran past its memory limit of 67108864 bytes"),
+    ],
+)  # fmt: skip
+def test_a_runaway_jq_program_fails_with_a_clear_error(
+    source: str, limits: JqLimits, message: str
+) -> None:
+    program = JqProgram.compile(f"if .run then {source} else {{ok: true}} end", limits)
+    with pytest.raises(ScriptError) as info:
+        program.first({"run": True})
+    assert str(info.value) == message
+    # the worker that ran it was ended; the next call gets a fresh one
+    assert program.first({"run": False}) == {"ok": True}
+
+
+def test_a_runaway_jq_program_holds_up_no_other_thread() -> None:
+    """libjq keeps the GIL while it runs: run in the caller's process, a program that
+    never ends would stop every thread until it did."""
+    other = JqProgram.compile(".a")
+    assert other.first({"a": 0}) == 0  # its worker is ready
+    runaway = JqProgram.compile("last(range(1e18))", JqLimits(time_seconds=5.0))
+    failures: list[str] = []
+
+    def run() -> None:
+        try:
+            runaway.first({})
+        except ScriptError as e:
+            failures.append(str(e))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert [other.first({"a": n}) for n in range(20)] == list(range(20))
+        assert LuaScript.compile("return event.a + 1").run({"a": 1}) == 2
+        assert thread.is_alive() and not failures  # the runaway is still running
+    finally:
+        thread.join()
+    assert failures == ["the jq program ran past its time limit of 5 s"]
 
 
 def test_each_call_starts_from_a_fresh_state() -> None:

@@ -3,7 +3,8 @@
 Events published on the bus reach a SensorRunner whose dependencies transform them
 (Lua, jq) and filter them with a Lua script; the objects created (FileKube, the
 standalone no-cluster target) carry the transformed values, the traces say what each
-script did, and a runaway script fails its own event while the others keep flowing.
+script did, and a runaway script (Lua or jq) fails its own event while the others keep
+flowing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.support.sensors import SensorHarness, eventually
 
 TRANSFORM = """
 if event.body.loop then while true do end end
+if event.body.pattern then string.rep("a", 400):find(".-.-.-.-b") end
 if event.body.bomb then
   local t = {}
   for i = 1, 1e9 do t[i] = string.rep("x", 4096) .. i end
@@ -28,6 +30,7 @@ event.body.model = string.upper(event.body.model)
 return event
 """
 FILTER = "return event.body.model ~= 'SKIP'"
+JQ = 'if .body.loop then last(range(1e18)) else .body.model |= ascii_downcase + "-jq" end'
 
 
 def _sensor() -> Any:
@@ -69,7 +72,7 @@ def _sensor() -> Any:
                         "name": "jq",
                         "eventSourceName": "hook",
                         "eventName": "jq",
-                        "transform": {"jq": '.body.model |= ascii_downcase + "-jq"'},
+                        "transform": {"jq": JQ},
                     },
                 ],
                 "triggers": [{"template": configmap("lua")}, {"template": configmap("jq")}],
@@ -114,20 +117,24 @@ async def test_a_runaway_transform_fails_its_event_and_others_keep_flowing(
 ) -> None:
     kube = FileKube(tmp_path / "objects")
     h = SensorHarness(bus, TriggerContext(kube=kube))
-    await h.start(_sensor())
+    await h.start(_sensor(), ack_wait_seconds=30.0)  # no redelivery while a script runs
     await bus.publish("default", _event("lua", model="a", loop=True))
     await bus.publish("default", _event("lua", model="b", bomb=True))
     await bus.publish("default", _event("jq", model="C"))
+    await bus.publish("default", _event("jq", model="E", loop=True))
+    await bus.publish("default", _event("lua", model="f", pattern=True))
     await bus.publish("default", _event("lua", model="d"))
-    await eventually(lambda: len(h.traces.recent()) == 4)
+    await eventually(lambda: len(h.traces.recent()) == 6, timeout=30)
     await eventually(lambda: len(_models(kube)) == 2)
     assert _models(kube) == ["D", "c-jq"]
     failed = sorted((t.transform, t.error) for t in h.traces.recent() if t.outcome() == "failed")
     assert failed == [
+        ("jq: failed", "transform jq: the jq program ran past its time limit of 2 s"),
         ("script: failed", "transform script: the script ran past its limit of "
          "10000000 instructions"),
         ("script: failed", "transform script: the script ran past its memory limit of "
          "33554432 bytes"),
+        ("script: failed", "transform script: the script ran past its time limit of 2 s"),
     ]  # fmt: skip
     await h.stop()
     # failed events are acked (as Argo drops them), not redelivered forever

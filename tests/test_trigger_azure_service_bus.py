@@ -4,12 +4,14 @@ real SDK on both ends): directly and end to end through the sensor runner over t
 Covers the payload built from parameters, queue and topic (every subscription gets a
 copy), parameters applied to the config (queueName), the firing key as ``message_id``,
 a broker outage (transient; retried and dead-lettered by the runner; the next send after
-a restart goes through), unusable connection strings and missing Secrets (permanent),
-and the connection string kept out of messages, traces and logs.
+a restart goes through), concurrent firings on one sender, unusable connection strings
+and missing Secrets (permanent), and the connection string kept out of messages, traces
+and logs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -118,6 +120,19 @@ async def test_payload_arrives_on_the_queue_with_the_parameters_applied(
     assert msg.content_type == "application/json"
     assert result.action == "sent" and result.detail["entity"] == "queue queue"
     assert [r["dest"] for r in result.parameters] == ["message", "meta.n"]
+
+
+async def test_concurrent_firings_share_the_sender(
+    fake_servicebus: FakeServiceBusServer, ctx: TriggerContext
+) -> None:
+    """The runner fires several events at once; overlapping sends on the SDK's shared
+    sender, before its link is open, failed every one of them."""
+    t = trigger(ctx, queueName="queue")
+    keys = [f"{n:032d}" for n in range(8)]
+    results = await asyncio.gather(*(t.execute(invocation(DATA, key=k)) for k in keys))
+    assert [r.action for r in results] == ["sent"] * 8
+    msgs = await receive(fake_servicebus, "queue", 8)
+    assert sorted(m.message_id for m in msgs) == keys
 
 
 async def test_a_topic_copies_to_every_subscription(

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from app.adapters.bus import Bus
 from app.adapters.kube import FileKube
@@ -30,6 +31,7 @@ from sensors.triggers.openwhisk import OpenWhiskTrigger, OpenWhiskTriggerConfig
 from tests.fakeopenwhisk import FakeOpenWhisk, echo, fail, slow
 from tests.support.net import free_port
 from tests.support.sensors import SensorHarness, dead_letters, eventually
+from tests.test_argo_corpus import CORPUS
 from tests.test_trigger_http import secret_manifest
 
 NS = "ns1"
@@ -227,6 +229,16 @@ def sensor_doc(whisk_cfg: dict[str, Any], **trigger_extra: Any) -> dict[str, Any
 def test_bad_config_fails_at_load(cfg: dict[str, Any], message: str) -> None:
     _obj, lines = check_one(sensor_doc(cfg))
     assert any(message in line for line in lines), lines
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="argo examples not present")
+def test_argo_example_loads_with_its_key_spelled_as_argo_reads_it() -> None:
+    """Argo's example writes ``openwhisk`` (a known-bad example of the corpus test);
+    with the key Argo's decoder reads, ``openWhisk``, every field of it loads."""
+    text = (CORPUS / "sensors" / "trigger-openwhisk.yaml").read_text()
+    assert text.count("openwhisk:") == 1
+    _obj, lines = check_one(yaml.safe_load(text.replace("openwhisk:", "openWhisk:")))
+    assert lines == []
 
 
 # --------------------------------------------------------------------------- end to end

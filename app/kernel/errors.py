@@ -72,4 +72,4 @@ class ParameterError(PermanentError):
 class ScriptError(PermanentError):
     """A user script (a jq program or a Lua script of a dependency's ``transform`` or
     ``filters.script``) failed on one event: a runtime error, a result of the wrong
-    type, or its instruction or memory limit. Says which in one line."""
+    type, or its time, instruction or memory limit. Says which in one line."""

@@ -4,8 +4,7 @@ Argo runs these with gopher-lua: the event's data is the global ``event`` (a tab
 script's last returned value is the result (a table for a transform, ``true`` for a
 filter to pass). Sensors call :meth:`LuaScript.compile` when the manifest loads (a
 syntax error is a load-time error) and :meth:`LuaScript.run` once per event, from a
-worker thread: lupa releases the GIL while Lua runs, so a slow script never holds up
-the event loop.
+worker thread; the call runs in a worker process (:mod:`app.languages.isolation`).
 
 Why a sandbox and limits: a script is user text running inside the sensor process.
 Every call gets a fresh Lua state (no state leaks between events) whose global
@@ -16,8 +15,10 @@ the same limit). There is no ``os``, ``io``, ``debug``, ``package``, nor any way
 to Python. ``setmetatable`` refuses ``__gc`` (a finaliser would run outside the
 limits). Each call is bounded by :class:`LuaLimits`: an instruction budget enforced by
 a count hook (past it, every further instruction raises, so ``pcall`` cannot swallow
-it) and lupa's ``max_memory`` for the state. A script past a limit fails that event
-with :class:`~app.kernel.errors.ScriptError`.
+it) and lupa's ``max_memory`` for the state; and, for what the hook cannot count (C
+functions: a pathological pattern such as ``("a"):rep(400):find(".-.-.-.-b")`` runs
+for hours), a wall-clock limit past which its worker process is killed. A script past
+a limit fails that event with :class:`~app.kernel.errors.ScriptError`.
 
 Values, as Argo converts them: JSON objects become tables keyed by strings, arrays
 1-based sequences (``null`` items are dropped, as in Argo), numbers Lua numbers
@@ -38,6 +39,7 @@ from typing import Any, Final
 from lupa import LuaError, LuaMemoryError, LuaRuntime, LuaSyntaxError, lua_type
 
 from app.kernel.errors import ScriptError
+from app.languages.isolation import ProcessLimits, call
 
 __all__ = ["LuaLimits", "LuaScript"]
 
@@ -129,6 +131,14 @@ class LuaLimits:
     """Lua VM instructions per call (about 50 ms of plain Lua on this machine class)."""
     max_memory_bytes: int = 32 * 1024 * 1024
     """Memory of the call's Lua state, the event's data included."""
+    time_seconds: float = 2.0
+    """Wall-clock time of the call in its worker process: the bound for what the
+    instruction budget cannot count (C functions such as pattern matching)."""
+
+
+_HANDLER: Final = "app.languages.lua:_answer"
+_PROCESS_HEADROOM: Final = 128 * 1024 * 1024
+"""What a worker process may use beyond the Lua state (Python, the decoded event)."""
 
 
 class LuaScript:
@@ -172,8 +182,29 @@ class LuaScript:
         return runtime, run, _Shape(shape, item)
 
     def run(self, data: Any) -> Any:
-        """Run the script with ``event`` = ``data``; its last returned value as JSON
-        data (``None`` for nil or no value). :class:`ScriptError` when it fails."""
+        """Run the script with ``event`` = ``data`` in a worker process; its last
+        returned value as JSON data (``None`` for nil or no value). :class:`ScriptError`
+        when it fails or passes a limit. Blocks the calling thread for at most
+        ``limits.time_seconds``."""
+        limits = ProcessLimits(
+            self.limits.time_seconds, self.limits.max_memory_bytes + _PROCESS_HEADROOM
+        )
+        request = {
+            "source": self.source,
+            "data": data,
+            "max_instructions": self.limits.max_instructions,
+            "max_memory_bytes": self.limits.max_memory_bytes,
+        }
+        try:
+            reply = call(_HANDLER, limits, request, "the script")
+        except RecursionError as e:
+            raise ScriptError("the event or the result is nested too deeply") from e
+        if "error" in reply:
+            raise ScriptError(str(reply["error"]))
+        return reply["value"]
+
+    def run_here(self, data: Any) -> Any:
+        """:meth:`run` in this process (what a worker process does per request)."""
         runtime, run, shape = self._boot()
         try:
             result = run(_to_lua(runtime, data, 0))
@@ -185,6 +216,15 @@ class LuaScript:
             raise ScriptError(_message(e)) from e
         except RecursionError as e:
             raise ScriptError("the event or the result is nested too deeply") from e
+
+
+def _answer(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one request in a worker process (the handler :meth:`LuaScript.run` names)."""
+    limits = LuaLimits(request["max_instructions"], request["max_memory_bytes"])
+    try:
+        return {"value": LuaScript(request["source"], limits).run_here(request["data"])}
+    except ScriptError as e:
+        return {"error": str(e)}
 
 
 def _message(e: Exception) -> str:

@@ -13,7 +13,10 @@ The official ``azure-servicebus`` SDK is imported inside the methods that send, 
 validating a manifest does not load it. One client and sender per (namespace,
 connection-string Secret key, entity, TLS) live in the context's
 :class:`~sensors.triggers.base.SharedCache` and are closed with it; the SDK reconnects a
-broken link on the next send.
+broken link on the next send. Sends on one sender take turns: the SDK's async sender is
+not safe to share between coroutines (sends that overlap while it opens its link fail
+with ``'NoneType' object has no attribute 'client_ready_async'``), and the runner fires
+several events at once.
 
 Semantics:
 * Each message carries ``message_id`` = the firing key, the same on every retry and
@@ -100,6 +103,8 @@ class _Sender:
         self.client = client
         self.sender = sender
         self.secret_text = secret_text
+        self.turn = asyncio.Lock()
+        """Held around each send (the SDK's sender is not coroutine-safe)."""
 
     async def close(self) -> None:
         for closable in (self.sender, self.client):
@@ -142,10 +147,11 @@ class AzureServiceBusTrigger(ParameterizedTrigger[AzureServiceBusTriggerConfig])
         )
         where = f"azureServiceBus {cfg.entity}"
         try:
-            await asyncio.wait_for(
-                sender.sender.send_messages(message, timeout=SEND_TIMEOUT_SECONDS),
-                SEND_TIMEOUT_SECONDS + 5,
-            )
+            async with sender.turn:
+                await asyncio.wait_for(
+                    sender.sender.send_messages(message, timeout=SEND_TIMEOUT_SECONDS),
+                    SEND_TIMEOUT_SECONDS + 5,
+                )
         except (
             ServiceBusAuthenticationError,
             ServiceBusAuthorizationError,
