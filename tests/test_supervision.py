@@ -314,7 +314,7 @@ def test_a_round_half_done_when_the_embedded_nats_dies_completes_once_after_its_
         state_dir=tmp_path / "state",
         kubeconfig=str(kube_api.kubeconfig),
         port_map={12000: port},
-    ).start(timeout=60)
+    ).start()
     base = f"http://127.0.0.1:{port}"
     api = f"http://127.0.0.1:{tf.api_port}"
 
